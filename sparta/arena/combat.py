@@ -1,0 +1,169 @@
+"""One round of duels: both contestants answer, every other member judges both answers, reputations move.
+
+Generation and judging are batched across all duels of the round; the verdicts and reputation updates
+are then applied in duel order, so the weights of a duel are the judges' reputations at that point.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from ..chat import PromptTooLong, encode_chat
+from ..records import Duel, Judgment, Prompt, Response
+from .judging import ANSWER_PREFIX, ScoreTokens, aggregate, expected_score, judge_messages, parse_judgment
+from .reputation import EloParams, ReputationState, apply_duel
+
+
+@dataclass(frozen=True)
+class Match:
+    index: int
+    prompt: Prompt
+    a: str
+    b: str
+
+
+@dataclass(frozen=True)
+class ArenaSettings:
+    """Plain numbers for one round (built from the config by the pipeline)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    gen_batch_size: int
+    max_prompt_tokens: int
+    judge_mode: str
+    judge_max_new_tokens: int
+    judge_temperature: float
+    judge_batch_size: int
+    judge_max_prompt_tokens: int
+    min_margin: float
+
+
+def run_round(backend, matches: list[Match], members: list[str], state: ReputationState, elo: EloParams,
+              settings: ArenaSettings, seed: int, round_no: int, iteration: int, progress=None,
+              timings: dict | None = None) -> list[Duel]:
+    """Fight `matches`, mutating `state` in duel order. Returns one combat-log row per match.
+    Seconds spent generating and judging are added to `timings`."""
+    timings = {} if timings is None else timings
+    clock = time.perf_counter()
+    responses = _combat(backend, matches, settings, seed, progress)
+    timings["generate"] = timings.get("generate", 0.0) + time.perf_counter() - clock
+    clock = time.perf_counter()
+    judgments = _judge(backend, matches, responses, members, settings, seed, progress)
+    timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - clock
+    duels = []
+    for m in matches:
+        ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
+        duel = Duel(iteration, round_no, m.index, m.prompt.id, m.prompt.text, m.a, m.b, ra, rb,
+                    judgments.get(m.index, []))
+        _decide(duel, state, elo, settings.min_margin)
+        duels.append(duel)
+    return duels
+
+
+def _combat(backend, matches, s: ArenaSettings, seed: int, progress) -> dict[tuple[int, str], Response]:
+    requests, keys, responses = [], [], {}
+    for m in matches:
+        for side, member in (("a", m.a), ("b", m.b)):
+            try:
+                enc = encode_chat(backend.tokenizer(member), [("user", "{0}")], [m.prompt.text],
+                                  max_tokens=s.max_prompt_tokens)
+            except PromptTooLong as e:
+                responses[(m.index, side)] = Response(member, None, error=str(e))
+                continue
+            requests.append((member, enc))
+            keys.append((m.index, side))
+    generated = backend.generate([r[0] for r in requests], [r[1].ids for r in requests],
+                                 max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                 batch_size=s.gen_batch_size, seed=seed,
+                                 progress=progress and progress("generate", len(requests)))
+    for key, (member, enc), g in zip(keys, requests, generated):
+        responses[key] = Response(member, g.text, g.error, g.finish_reason, g.n_tokens, enc.shortened)
+    return responses
+
+
+def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, progress
+           ) -> dict[int, list[Judgment]]:
+    """Every member that did not fight scores each response of every duel whose responses both exist."""
+    requests, keys = [], []
+    out: dict[int, list[Judgment]] = {}
+    prefix = ANSWER_PREFIX if s.judge_mode == "logprob" else ""
+    appended = {j: ScoreTokens(backend.tokenizer(j)).appended if s.judge_mode == "logprob" else [] for j in members}
+    for m in matches:
+        ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
+        if ra.text is None or rb.text is None:
+            continue  # a failed generation voids the duel: nothing is judged
+        for judge in members:
+            if judge in (m.a, m.b):
+                continue
+            tok = backend.tokenizer(judge)
+            for target, r in (("a", ra), ("b", rb)):
+                try:
+                    enc = encode_chat(tok, judge_messages(), [m.prompt.text, r.text],
+                                      max_tokens=s.judge_max_prompt_tokens - len(appended[judge]),
+                                      assistant_prefix=prefix)
+                except PromptTooLong as e:
+                    out.setdefault(m.index, []).append(Judgment(judge, target, None, "failed", str(e)))
+                    continue
+                requests.append((judge, enc.ids + appended[judge], enc.shortened))
+                keys.append((m.index, judge, target))
+    judges, prompts = [r[0] for r in requests], [r[1] for r in requests]
+    tick = progress and progress("judge", len(requests))
+    if s.judge_mode == "logprob":
+        results = _logprob_scores(backend, judges, prompts, s, tick)
+    else:
+        results = _generated_scores(backend, judges, prompts, s, seed, tick)
+    for (index, judge, target), (_, _, shortened), (score, status, raw) in zip(keys, requests, results):
+        out.setdefault(index, []).append(Judgment(judge, target, score, status, raw, shortened))
+    return out
+
+
+def _logprob_scores(backend, judges, prompts, s: ArenaSettings, tick):
+    tokens = {j: ScoreTokens(backend.tokenizer(j)) for j in set(judges)}
+    # rows are grouped by base inside the backend; candidate ids are per tokenizer, so ask per tokenizer
+    results: list = [None] * len(prompts)
+    for candidates, positions in {(tuple(t.candidates), t.positions) for t in tokens.values()}:
+        rows = [i for i, j in enumerate(judges) if tuple(tokens[j].candidates) == candidates]
+        lps = backend.next_token_logprobs([judges[i] for i in rows], [prompts[i] for i in rows], list(candidates),
+                                          last=positions, batch_size=s.judge_batch_size, progress=tick)
+        for i, lp in zip(rows, lps):
+            dist = tokens[judges[i]].distribution(lp)
+            results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
+    return results
+
+
+def _generated_scores(backend, judges, prompts, s: ArenaSettings, seed: int, tick):
+    generated = backend.generate(judges, prompts, max_new_tokens=s.judge_max_new_tokens,
+                                 temperature=s.judge_temperature, top_p=1.0, batch_size=s.judge_batch_size,
+                                 seed=seed + 1, progress=tick)
+    results = []
+    for g in generated:
+        if g.text is None and g.error != "empty response":
+            results.append((None, "failed", g.error))
+            continue
+        score = parse_judgment(g.text or "")
+        results.append((score, "ok" if score is not None else "unparsed", g.text))
+    return results
+
+
+def _decide(duel: Duel, state: ReputationState, elo: EloParams, min_margin: float) -> None:
+    """Aggregate, pick the outcome and update reputations (both sides from pre-duel ratings)."""
+    if duel.response_a.text is None or duel.response_b.text is None:
+        duel.outcome = "void:generation_failed"
+        return
+    valid = [j for j in duel.judgments if j.status == "ok"]
+    scores_a = {j.judge: j.score for j in valid if j.target == "a"}
+    scores_b = {j.judge: j.score for j in valid if j.target == "b"}
+    agg = aggregate(scores_a, scores_b, state.ratings)
+    if agg is None:
+        duel.outcome = "void:no_valid_judges"
+        return
+    duel.score_a, duel.score_b, duel.weights = agg
+    if duel.score_a == duel.score_b:
+        duel.outcome = "tie"
+    elif abs(duel.score_a - duel.score_b) < min_margin:
+        duel.outcome = "below_margin"
+    else:
+        duel.outcome = "a" if duel.score_a > duel.score_b else "b"
+    duel.update = asdict(apply_duel(state, duel.a, duel.b, duel.score_a, duel.score_b, elo))

@@ -1,0 +1,218 @@
+"""The Hugging Face backend: each distinct base model loaded once, every member a named LoRA adapter on it.
+
+PEFT runs a batch whose rows use different adapters (`adapter_names`), so generation and judging are
+batched across members that share a base. Training switches the active adapter and touches only its
+parameters. Works on CPU and GPU; heterogeneous pools get one loaded base per distinct model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .models import ResolvedModel
+from .seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MemberModel:
+    name: str
+    base: ResolvedModel
+    adapter_dir: Path | None  # None: a fresh LoRA adapter (identical to the base until trained)
+
+
+@dataclass(frozen=True)
+class LoraShape:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str | None
+    n_tokens: int = 0
+    finish_reason: str = ""
+    error: str | None = None
+
+
+class _Base:
+    """One loaded base model with its members' adapters."""
+
+    def __init__(self, resolved: ResolvedModel, device: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(resolved.source)
+            model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch.float32)
+        except OSError as e:
+            raise RuntimeError(f"could not load model {resolved.spec!r} from {resolved.source}: {e}") from None
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.base = model.to(device)
+        self.model = None  # the PeftModel, created with the first adapter
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.eos_ids.add(self.tokenizer.eos_token_id)
+
+    def add_adapter(self, name: str, adapter_dir: Path | None, lora: LoraShape, seed: int) -> None:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        torch.manual_seed(seed)  # LoRA A matrices start random: seed them so runs repeat
+        if adapter_dir is not None:
+            if not (Path(adapter_dir) / "adapter_config.json").exists():
+                raise FileNotFoundError(f"adapter for member {name!r}: {adapter_dir} has no adapter_config.json")
+            if self.model is None:
+                self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), adapter_name=name,
+                                                       is_trainable=True)
+            else:
+                self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=True)
+            return
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules="all-linear", task_type="CAUSAL_LM")
+        if self.model is None:
+            self.model = get_peft_model(self.base, config, adapter_name=name)
+        else:
+            self.model.add_adapter(name, config)
+
+
+class HFBackend:
+    def __init__(self, members: list[MemberModel], lora: LoraShape, seed: int, device: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.bases: dict[str, _Base] = {}
+        self.base_of: dict[str, str] = {}
+        self.loads = 0  # how many base models this backend loaded (tests check: one per distinct base)
+        for m in members:
+            key = m.base.fingerprint
+            if key not in self.bases:
+                self.bases[key] = _Base(m.base, self.device)
+                self.loads += 1
+            self.bases[key].add_adapter(m.name, m.adapter_dir, lora, derive_seed(seed, "adapter", m.name))
+            self.base_of[m.name] = key
+        for b in self.bases.values():
+            b.model.eval()
+
+    def tokenizer(self, member: str):
+        return self.bases[self.base_of[member]].tokenizer
+
+    def model(self, member: str):
+        return self.bases[self.base_of[member]].model
+
+    def _groups(self, members: list[str]) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {}
+        for i, m in enumerate(members):
+            groups.setdefault(self.base_of[m], []).append(i)
+        return groups
+
+    def _batches(self, members: list[str], prompts: list[list[int]], batch_size: int):
+        """Yield (base, row indices) batches: rows grouped by base, sorted by length to limit padding."""
+        for key, rows in self._groups(members).items():
+            rows = sorted(rows, key=lambda i: len(prompts[i]), reverse=True)
+            for start in range(0, len(rows), batch_size):
+                yield self.bases[key], rows[start:start + batch_size]
+
+    def _left_pad(self, base: _Base, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = base.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        return ids, mask
+
+    @torch.inference_mode()
+    def generate(self, members: list[str], prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
+                 top_p: float, batch_size: int, seed: int, progress=None) -> list[Generated]:
+        """Generate one response per (member, prompt ids). A batch that raises fails its rows, loudly."""
+        out: list[Generated | None] = [None] * len(prompts)
+        for number, (base, rows) in enumerate(self._batches(members, prompts, batch_size)):
+            torch.manual_seed(derive_seed(seed, "generate", number))
+            try:
+                results = self._generate_batch(base, [members[i] for i in rows], [prompts[i] for i in rows],
+                                               max_new_tokens, temperature, top_p)
+            except (RuntimeError, ValueError) as e:
+                log.error("generation failed for a batch of %d: %s", len(rows), e)
+                results = [Generated(None, error=f"{type(e).__name__}: {e}")] * len(rows)
+            for i, r in zip(rows, results):
+                out[i] = r
+            if progress:
+                progress(len(rows))
+        return out  # type: ignore[return-value]
+
+    def _generate_batch(self, base: _Base, members: list[str], prompts: list[list[int]], max_new_tokens: int,
+                        temperature: float, top_p: float) -> list[Generated]:
+        ids, mask = self._left_pad(base, prompts)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
+            dict(do_sample=False)
+        new = base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=members,
+                                  max_new_tokens=max_new_tokens, pad_token_id=base.tokenizer.pad_token_id,
+                                  eos_token_id=sorted(base.eos_ids), **sampling)[:, ids.shape[1]:]
+        results = []
+        for row in new.tolist():
+            stop = next((j for j, t in enumerate(row) if t in base.eos_ids), None)
+            tokens = row if stop is None else row[:stop]
+            text = base.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            if not text:
+                results.append(Generated(None, len(tokens), "stop" if stop is not None else "length",
+                                         error="empty response"))
+            else:
+                results.append(Generated(text, len(tokens), "stop" if stop is not None else "length"))
+        return results
+
+    @torch.inference_mode()
+    def next_token_logprobs(self, members: list[str], prompts: list[list[int]], token_ids: list[int], *,
+                            last: int, batch_size: int, progress=None) -> list[list[list[float]]]:
+        """Log-probabilities of `token_ids` as the next token after each of the last `last` positions.
+
+        Returns rows[i][position][candidate]. Only the last `last` logits are computed (no full-vocab
+        logits for every position)."""
+        out: list = [None] * len(prompts)
+        candidates = torch.tensor(token_ids, device=self.device)
+        for base, rows in self._batches(members, prompts, batch_size):
+            ids, mask = self._left_pad(base, [prompts[i] for i in rows])
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+            logits = base.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                adapter_names=[members[i] for i in rows], logits_to_keep=last).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :, candidates]
+            for i, lp in zip(rows, logprobs.tolist()):
+                out[i] = lp
+            if progress:
+                progress(len(rows))
+        return out
+
+    def save_adapter(self, member: str, directory: Path) -> None:
+        """Write the member's adapter atomically (temp dir, then rename) in PEFT's on-disk format."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        model = self.model(member)
+        directory = Path(directory)
+        tmp = directory.with_name(f".{directory.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        state = get_peft_model_state_dict(model, adapter_name=member)
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
+        model.peft_config[member].save_pretrained(str(tmp))
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+
+    def load_adapter_weights(self, member: str, directory: Path) -> None:
+        """Replace the member's adapter weights with those saved in `directory`."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        state = load_file(str(Path(directory) / "adapter_model.safetensors"), device=self.device)
+        result = set_peft_model_state_dict(self.model(member), state, adapter_name=member)
+        missing = [k for k in result.missing_keys if f".{member}." in k and "lora_" in k]
+        if missing:
+            raise RuntimeError(f"adapter in {directory} lacks weights for member {member!r}: {missing[:3]}")
+
+    def adapter_parameters(self, member: str) -> list[tuple[str, torch.nn.Parameter]]:
+        tag = f".{member}."
+        return [(n, p) for n, p in self.model(member).named_parameters() if "lora_" in n and tag in n]

@@ -1,0 +1,107 @@
+"""`sparta run | validate | experts` — the only module that prints or draws progress."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparta", description="SPARTA ALIGNMENT: align a pool of models by combat")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("run", "run (or resume) the SPARTA loop"),
+                            ("validate", "check a configuration without running anything"),
+                            ("experts", "build (or reuse) the pool's LoRA experts")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
+                       help="YAML config (default: the packaged demo)")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. arena.alpha=0.3")
+    return parser
+
+
+class Bars:
+    """tqdm bars, one per stage; the pipeline calls bars(stage, total) and ticks what it returns."""
+
+    def __init__(self):
+        self.open = None
+
+    def __call__(self, stage: str, total: int):
+        from tqdm import tqdm
+
+        if self.open is not None:
+            self.open.close()
+        self.open = tqdm(total=total, desc=f"{stage:>16}", unit="", leave=True, file=sys.stderr,
+                         dynamic_ncols=True)
+        return self.open.update
+
+
+def print_summary(summary: dict) -> None:
+    m = summary["metrics"]
+    print(f"\n== iteration {summary['iteration']}: {m['duels']} duels, {m['pairs']} pairs, "
+          f"tie rate {m['tie_rate']:.2f}, judge parse failures {m['judgments']['parse_failure_rate']:.1%}, "
+          f"failed generations {m['responses']['failed']}")
+    print(f"{'member':<16}{'reputation':>11}{'sigma':>7}{'W':>4}{'L':>4}{'T':>4}{'void':>5}{'chosen':>8}"
+          f"{'rejected':>9}{'DPO loss':>16}")
+    for row in summary["leaderboard"]:
+        t = m["training"].get(row["member"], {})
+        loss = f"{t['loss_first']:.3f}→{t['loss_last']:.3f}" if t.get("steps") else "-"
+        print(f"{row['member']:<16}{row['reputation']:>11.2f}{row['sigma']:>7.2f}{row['wins']:>4}{row['losses']:>4}"
+              f"{row['ties']:>4}{row['void']:>5}{row['chosen']:>8}{row['rejected']:>9}{loss:>16}")
+    timings = ", ".join(f"{k} {v:.0f}s" for k, v in m["timings_s"].items())
+    print(f"stage times: {timings}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .config import ConfigError, dump_yaml, load_config
+
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        return _validate(config, dump_yaml)
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline(config, progress=Bars(), on_iteration=print_summary)
+    try:
+        if args.command == "experts":
+            pipeline.prepare()
+            print("experts ready:", {m: str(p) for m, p in pipeline.initial_adapters.items()})
+        else:
+            run = pipeline.run_all()
+            print(f"\nrun complete: {run.root}")
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _validate(config, dump_yaml) -> int:
+    """Checks that need the disk but no model load: the prompt pool, the model specs, adapter paths."""
+    from .models import default_cache_dir, resolve_model
+    from .prompts import load_prompts
+
+    try:
+        n = len(load_prompts(config.data.prompts))
+        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        for m in config.pool.members:
+            resolve_model(m.model or config.pool.base, cache, build=False)
+            if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
+                raise FileNotFoundError(f"pool.members[{m.name}].adapter: {m.adapter} has no adapter_config.json")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"invalid: {e}", file=sys.stderr)
+        return 2
+    print(dump_yaml(config))
+    print(f"valid: {len(config.pool.members)} members, {n} prompts in pool {config.data.prompts!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""One typed configuration for a run: frozen dataclasses, loaded from YAML plus `key.sub=value` overrides.
+
+Unknown keys and wrong types are errors that name the key. Paper defaults (../SPARTA.md) are noted where the
+CPU demo deliberately differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    name: str
+    model: str | None = None  # model spec; defaults to pool.base
+    adapter: str | None = None  # a PEFT LoRA adapter directory to start from
+    expert: str | None = None  # a built-in expert recipe (see `sparta experts`) to start from
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+
+
+@dataclass(frozen=True)
+class ExpertsConfig:
+    """Short supervised fine-tuning that turns one base into diverse experts (the paper's pool idea)."""
+
+    steps: int = 40
+    batch_size: int = 4
+    lr: float = 3e-4
+    max_length: int = 384
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    base: str = "packaged:smollm2-135m-instruct"
+    members: tuple[MemberConfig, ...] = (
+        MemberConfig("self_instruct", expert="self_instruct"),
+        MemberConfig("math", expert="math"),
+        MemberConfig("com2", expert="com2"),
+        MemberConfig("normad", expert="normad"),
+    )
+    lora: LoraConfig = LoraConfig()
+    experts: ExpertsConfig = ExpertsConfig()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    prompts: str = "gsm8k"  # a built-in prompt pool name, or a .json/.jsonl file of prompts
+    prompts_per_iteration: int = 16  # paper: 1000
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 128  # paper: 512
+    temperature: float = 0.7
+    top_p: float = 0.95
+    batch_size: int = 16
+    max_prompt_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    mode: str = "logprob"  # "logprob" (expected score, one forward pass) or "generate" (the authors' way)
+    max_new_tokens: int = 32  # generate mode only
+    temperature: float = 0.0  # generate mode only; 0 = greedy
+    batch_size: int = 8
+    max_prompt_tokens: int = 1024
+
+
+@dataclass(frozen=True)
+class ArenaConfig:
+    alpha: float = 0.2
+    k: int = 3
+    # Duels per round: match-making reads the reputations at the start of a round, updates apply in duel
+    # order. 16 keeps a whole demo iteration's generation in one batch; a duel moves a rating by at most
+    # K*9*gap/S <= 4.5 points, so within a round the k-nearest sets barely change. 1 = the paper's order.
+    round_size: int = 16
+    min_margin: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReputationConfig:
+    k0: float = 10.0
+    k_min: float = 5.0
+    decay: float = 0.9
+    steps: int = 10
+    scaling: float = 20.0
+    eps: float = 0.01
+    floor: float = 10.0
+    window: int = 10
+    sigma_min: float = 0.1
+    initial_rating: float = 100.0
+    initial_sigma: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """DPO for every member each iteration. Paper: beta 0.1, lr 1e-6, 1 epoch, cosine, warmup 0.1.
+
+    lr 1e-6 does not move a rank-8 LoRA in the few steps a CPU demo affords; 5e-5 does (see README)."""
+
+    pairs: str = "all"  # "all" (paper) or "own" (only the duels the member fought)
+    beta: float = 0.1
+    lr: float = 5e-5
+    epochs: int = 1
+    batch_size: int = 4
+    micro_batch_size: int = 2
+    warmup_ratio: float = 0.1
+    max_length: int = 512  # prompt + response tokens; over it, the longest of the two is cut in the middle
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    run_dir: str = "runs/demo"
+    seed: int = 0
+    iterations: int = 3  # paper: 8
+    threads: int = 0  # torch threads; 0 = all cores
+    cache_dir: str = ""  # model and expert cache; "" = $SPARTA_CACHE or ~/.cache/sparta
+    pool: PoolConfig = PoolConfig()
+    data: DataConfig = DataConfig()
+    generation: GenerationConfig = GenerationConfig()
+    judge: JudgeConfig = JudgeConfig()
+    arena: ArenaConfig = ArenaConfig()
+    reputation: ReputationConfig = ReputationConfig()
+    training: TrainingConfig = TrainingConfig()
+
+
+# Keys that may change between invocations on the same run directory without invalidating it.
+RESUMABLE_KEYS = ("run_dir", "iterations", "threads", "cache_dir")
+
+
+def _build(cls: type, data: object, where: str) -> object:
+    """Build dataclass `cls` from plain YAML data, checking every key and type."""
+    if dataclasses.is_dataclass(cls) and isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key {_join(where, unknown[0])!r} (known keys: {', '.join(sorted(known))})")
+    values = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as e:  # a required field is missing
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def _coerce(tp: object, value: object, where: str) -> object:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _coerce(inner, value, where)
+    if origin is tuple:  # tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is MemberConfig and isinstance(value, str):
+        return MemberConfig(name=value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _apply_override(data: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key.sub=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a YAML file (None = the defaults) and apply `key.sub=value` overrides, then validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+        data = loaded or {}
+    for override in overrides:
+        _apply_override(data, override)
+    config = _build(RunConfig, data, "")
+    validate(config)
+    return config
+
+
+def validate(c: RunConfig) -> None:
+    """Cheap checks on values; checks that need the disk (model paths, data files) live with their loaders."""
+    names = [m.name for m in c.pool.members]
+    checks = [
+        (len(names) >= 3, f"pool.members: a pool needs at least 3 members (2 fight, 1 judges); got {len(names)}"),
+        (len(set(names)) == len(names), f"pool.members: member names must be unique, got {names}"),
+        (all(n and n.replace("_", "").replace("-", "").isalnum() for n in names),
+         f"pool.members: names may hold only letters, digits, '-' and '_': {names}"),
+        (all(not (m.adapter and m.expert) for m in c.pool.members),
+         "pool.members: a member takes an adapter or an expert recipe, not both"),
+        (c.judge.mode in ("logprob", "generate"), f"judge.mode must be 'logprob' or 'generate', got {c.judge.mode!r}"),
+        (c.training.pairs in ("all", "own"), f"training.pairs must be 'all' or 'own', got {c.training.pairs!r}"),
+        (0.0 <= c.arena.alpha <= 1.0, f"arena.alpha must lie in [0, 1], got {c.arena.alpha}"),
+        (c.arena.k >= 1, f"arena.k must be >= 1, got {c.arena.k}"),
+        (c.arena.round_size >= 1, f"arena.round_size must be >= 1, got {c.arena.round_size}"),
+        (c.arena.min_margin >= 0, f"arena.min_margin must be >= 0, got {c.arena.min_margin}"),
+        (c.iterations >= 1, f"iterations must be >= 1, got {c.iterations}"),
+        (c.data.prompts_per_iteration >= 1,
+         f"data.prompts_per_iteration must be >= 1, got {c.data.prompts_per_iteration}"),
+        (c.generation.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
+        (c.generation.temperature >= 0, "generation.temperature must be >= 0"),
+        (0 < c.generation.top_p <= 1, "generation.top_p must lie in (0, 1]"),
+        (min(c.generation.batch_size, c.judge.batch_size, c.training.micro_batch_size) >= 1,
+         "batch sizes must be >= 1"),
+        (c.training.batch_size % c.training.micro_batch_size == 0,
+         "training.batch_size must be a multiple of training.micro_batch_size"),
+        (c.training.beta > 0 and c.training.lr > 0 and c.training.epochs >= 1,
+         "training.beta and training.lr must be > 0 and training.epochs >= 1"),
+        (c.threads >= 0, f"threads must be >= 0, got {c.threads}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(c: RunConfig) -> dict:
+    return dataclasses.asdict(c)
+
+
+def fingerprint(c: RunConfig) -> str:
+    """Hash of everything that changes a run's results (not where it lives or how long it goes on)."""
+    data = {k: v for k, v in to_dict(c).items() if k not in RESUMABLE_KEYS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        va, vb, name = a.get(key), b.get(key), _join(prefix, key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += diff_keys(va, vb, name)
+        elif va != vb:
+            keys.append(name)
+    return keys
+
+
+def dump_yaml(c: RunConfig) -> str:
+    return yaml.safe_dump(json.loads(json.dumps(to_dict(c))), sort_keys=False)
+
+
+__all__ = ["ConfigError", "RunConfig", "MemberConfig", "load_config", "validate", "fingerprint", "dump_yaml",
+           "diff_keys", "to_dict"]

@@ -1,0 +1,79 @@
+"""`sparta experts`: diverse LoRA experts from one base, by short SFT on different shipped data.
+
+A pool of fresh adapters on one base is N copies of the same model (LoRA B starts at zero). The paper's
+pool was experts fine-tuned on different instruction subsets; these recipes do the same with the
+license-clean data in the repo. Experts are cached by (base weights, recipe, settings, seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .backend import HFBackend, LoraShape, MemberModel
+from .models import ResolvedModel
+from .prompts import DATA, _with_input
+from .seeding import rng
+from .training import OptimSettings, train_sft
+
+
+def _self_instruct() -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in (DATA / "instructions/self_instruct_seed_tasks.jsonl").open()]
+    return [(_with_input(r["instruction"], i["input"]), i["output"]) for r in rows for i in r["instances"]]
+
+
+def _math() -> list[tuple[str, str]]:
+    rows = [json.loads(line) for name in ("easy", "medium") for line in (DATA / f"math/train_{name}.jsonl").open()]
+    return [(r["problem"], r["solution"]) for r in rows]
+
+
+def _com2() -> list[tuple[str, str]]:
+    return [(r["prompt"].strip(), r["gold"]) for r in json.loads((DATA / "com2/train.json").read_text())]
+
+
+def _normad() -> list[tuple[str, str]]:
+    rows = json.loads((DATA / "normad/country_sparta_splits.json").read_text())["train"].values()
+    return [(r["instruction"], r["label"].capitalize() + ".") for r in rows]
+
+
+RECIPES = {
+    "self_instruct": _self_instruct,  # general instructions with human-written answers
+    "math": _math,  # MATH train levels 1-3, worked solutions
+    "com2": _com2,  # commonsense event reasoning, short answers
+    "normad": _normad,  # cultural norms: terse yes/no/neutral verdicts
+}
+
+
+def expert_examples(recipe: str, n: int, seed: int) -> list[tuple[str, str]]:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown expert recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    examples = RECIPES[recipe]()
+    rng(seed, "expert", recipe).shuffle(examples)
+    return examples[:n]
+
+
+def expert_dir(cache_dir: Path, base: ResolvedModel, recipe: str, settings: dict, seed: int) -> Path:
+    key = json.dumps({"base": base.fingerprint, "recipe": recipe, "settings": settings, "seed": seed,
+                      "version": 1}, sort_keys=True)
+    return Path(cache_dir) / "experts" / f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora: LoraShape, steps: int,
+                  optim: OptimSettings, seed: int, progress=None) -> dict[str, dict]:
+    """Build the experts not yet in the cache (loading the base once). Returns {recipe: {dir, metrics}}."""
+    settings = {"steps": steps, "lora": vars(lora), "optim": vars(optim)}
+    dirs = {r: expert_dir(cache_dir, base, r, settings, seed) for r in recipes}
+    missing = [r for r in recipes if not (dirs[r] / "adapter_config.json").exists()]
+    results = {r: {"dir": dirs[r], "cached": r not in missing} for r in recipes}
+    if not missing:
+        return results
+    backend = HFBackend([MemberModel(r, base, None) for r in missing], lora, seed)
+    for recipe in missing:
+        examples = expert_examples(recipe, steps * optim.batch_size, seed)
+        tick = progress and progress(f"expert {recipe}", steps)
+        metrics = train_sft(backend, recipe, examples, optim, steps, seed, tick)
+        backend.save_adapter(recipe, dirs[recipe])
+        (dirs[recipe] / "sft_metrics.json").write_text(json.dumps(metrics, indent=1))
+        results[recipe]["metrics"] = metrics
+    return results

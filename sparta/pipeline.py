@@ -1,0 +1,256 @@
+"""The SPARTA loop: one iteration is prompts → combat rounds → pairs → DPO for every member.
+
+Every stage writes its output atomically and then a done-marker; combat is journaled a round at a time.
+Rerunning on the same run directory skips what is done and replays the journal, so a resumed run gives
+the same results as one that was never interrupted (same seed, CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .arena.combat import ArenaSettings, Match, run_round
+from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
+from .arena.reputation import EloParams, ReputationState, apply_duel, initial_state
+from .backend import HFBackend, LoraShape, MemberModel
+from .config import RunConfig
+from .experts import build_experts
+from .models import default_cache_dir, resolve_model
+from .pairs import pairs_for, preference_pairs
+from .prompts import load_prompts, sample_prompts
+from .records import (Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic,
+                      write_jsonl_atomic)
+from .rundir import RunDir, RunDirError
+from .seeding import derive_seed, rng
+from .training import OptimSettings, dpo_steps, train_dpo
+
+log = logging.getLogger(__name__)
+
+
+def _noop(stage: str, total: int):
+    return None
+
+
+class Pipeline:
+    def __init__(self, config: RunConfig, progress=None, on_iteration=None):
+        """`progress(stage, total)` returns a tick(n) callback; `on_iteration(summary)` sees each result."""
+        self.c = config
+        self.progress = progress or _noop
+        self.on_iteration = on_iteration or (lambda summary: None)
+        self.cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        self.members = [m.name for m in config.pool.members]
+        self.elo = EloParams(**asdict(config.reputation))
+        self.lora = LoraShape(**asdict(config.pool.lora))
+        self.backend: HFBackend | None = None
+
+    # ---- set-up: everything cheap is checked before anything expensive ---------------------------
+
+    def prepare(self) -> None:
+        c = self.c
+        self.prompt_pool = load_prompts(c.data.prompts)
+        self.resolved = {m.name: resolve_model(m.model or c.pool.base, self.cache) for m in c.pool.members}
+        for m in c.pool.members:
+            if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
+                raise FileNotFoundError(f"pool.members[{m.name}].adapter: {m.adapter} has no adapter_config.json")
+        warning = uniform_warning(len(self.members), c.arena.k)
+        if warning:
+            log.warning(warning)
+        self.run = RunDir.open(c)
+        self.initial_adapters = self._initial_adapters()
+
+    def _initial_adapters(self) -> dict[str, Path | None]:
+        c, adapters = self.c, {}
+        by_base: dict[str, list[str]] = {}
+        for m in c.pool.members:
+            adapters[m.name] = Path(m.adapter) if m.adapter else None
+            if m.expert:
+                by_base.setdefault(m.model or c.pool.base, []).append(m.expert)
+        ex = c.pool.experts
+        optim = OptimSettings(lr=ex.lr, batch_size=ex.batch_size, micro_batch_size=ex.batch_size,
+                              max_length=ex.max_length)
+        built = {}
+        for spec, recipes in by_base.items():
+            base = resolve_model(spec, self.cache)
+            for recipe, info in build_experts(base, sorted(set(recipes)), self.cache, self.lora, ex.steps, optim,
+                                              c.seed, self.progress).items():
+                built[(spec, recipe)] = info["dir"]
+        for m in c.pool.members:
+            if m.expert:
+                adapters[m.name] = built[(m.model or c.pool.base, m.expert)]
+        return adapters
+
+    def _load_backend(self, t: int) -> HFBackend:
+        """Load the pool as it stands at the start of iteration t (no model is loaded twice per process)."""
+        if self.backend is None:
+            start = {m: (self.run.adapter_dir(t - 1, m) if t > 1 else self.initial_adapters[m]) for m in self.members}
+            self.backend = HFBackend([MemberModel(m, self.resolved[m], start[m]) for m in self.members], self.lora,
+                                     self.c.seed)
+        return self.backend
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def run_all(self) -> RunDir:
+        if self.c.threads:
+            import torch
+
+            torch.set_num_threads(self.c.threads)
+        self.prepare()
+        for t in range(1, self.c.iterations + 1):
+            if not self.run.is_done(t, "iteration"):
+                self.iteration(t)
+            self.on_iteration(self.summary(t))
+        return self.run
+
+    def iteration(self, t: int) -> None:
+        run, timings = self.run, {}
+        clock = time.perf_counter()
+        prompts = self._prompts(t)
+        timings["prompts"] = time.perf_counter() - clock
+        state, duels = self._combat(t, prompts, timings)
+        clock = time.perf_counter()
+        if not run.is_done(t, "pairs"):
+            write_jsonl_atomic(run.iteration(t) / "pairs.jsonl", preference_pairs(duels))
+            run.mark_done(t, "pairs")
+        pairs = read_jsonl(run.iteration(t) / "pairs.jsonl")
+        timings["pairs"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        self._train(t, pairs)
+        timings["dpo"] = time.perf_counter() - clock
+        write_json_atomic(run.iteration(t) / "metrics.json", iteration_metrics(duels, pairs, self._training(t),
+                                                                               timings))
+        run.mark_done(t, "iteration")
+
+    def _prompts(self, t: int) -> list[Prompt]:
+        path = self.run.iteration(t) / "prompts.jsonl"
+        if not self.run.is_done(t, "prompts"):
+            chosen = sample_prompts(self.prompt_pool, self.c.data.prompts_per_iteration, self.c.seed, t)
+            write_jsonl_atomic(path, [to_json(p) for p in chosen])
+            self.run.mark_done(t, "prompts")
+        return [Prompt(**row) for row in read_jsonl(path)]
+
+    def _start_state(self, t: int) -> ReputationState:
+        if t == 1:
+            return initial_state(self.members, self.elo)
+        return ReputationState.from_dict(read_json(self.run.iteration(t - 1) / "reputations.json"))
+
+    def _combat(self, t: int, prompts: list[Prompt], timings: dict) -> tuple[ReputationState, list[Duel]]:
+        run, c = self.run, self.c
+        journal = run.iteration(t) / "combat.jsonl"
+        duels = [Duel.from_dict(row) for row in read_jsonl(journal, journal=True)]
+        state = self._start_state(t)
+        for d in duels:  # replay the journal: the same updates give the same state, bit for bit
+            if d.update is not None:
+                again = asdict(apply_duel(state, d.a, d.b, d.score_a, d.score_b, self.elo))
+                if again != d.update:
+                    raise RunDirError(f"{journal}: duel {d.index} does not replay to its logged update; "
+                                      "the run directory is corrupt or was made by other code")
+        if not run.is_done(t, "combat"):
+            self._fight(t, prompts, state, duels, journal, timings)
+            write_json_atomic(run.iteration(t) / "reputations.json", state.to_dict())
+            run.mark_done(t, "combat")
+        return state, duels
+
+    def _fight(self, t, prompts, state, duels, journal, timings) -> None:
+        c = self.c
+        leaders = leader_order(self.members, len(prompts), rng(c.seed, t, "leaders"))
+        settings = arena_settings(c)
+        tick = self.progress("combat", len(prompts))
+        if tick and duels:
+            tick(len(duels))
+        done_rounds = {d.round for d in duels}
+        size = c.arena.round_size
+        for r, start in enumerate(range(0, len(prompts), size)):
+            if r in done_rounds:
+                continue
+            draw = rng(c.seed, t, "opponents", r)
+            ratings = dict(state.ratings)  # match-making reads the reputations at the start of the round
+            matches = [Match(i, prompts[i], leaders[i], pick_opponent(leaders[i], ratings, c.arena.alpha,
+                                                                      c.arena.k, draw))
+                       for i in range(start, min(start + size, len(prompts)))]
+            new = run_round(self.backend or self._load_backend(t), matches, self.members, state, self.elo,
+                            settings, derive_seed(c.seed, t, "round", r), r, t, self.progress, timings)
+            append_jsonl(journal, [to_json(d) for d in new])
+            duels += new
+            if tick:
+                tick(len(new))
+
+    def _train(self, t: int, pairs: list[dict]) -> None:
+        c, run = self.c, self.run
+        tr = c.training
+        optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
+                              warmup_ratio=tr.warmup_ratio, max_length=tr.max_length)
+        for m in self.members:
+            target = run.adapter_dir(t, m)
+            if run.is_done(t, f"train-{m}"):
+                if self.backend is not None:  # bring the in-memory pool up to date with what is on disk
+                    self.backend.load_adapter_weights(m, target)
+                continue
+            backend = self._load_backend(t)
+            own = pairs_for(m, pairs, tr.pairs)
+            tick = self.progress(f"dpo {m}", dpo_steps(len(own), tr.batch_size, tr.epochs))
+            metrics = train_dpo(backend, m, own, optim, tr.beta, tr.epochs, derive_seed(c.seed, t), tick)
+            backend.save_adapter(m, target)
+            write_json_atomic(run.iteration(t) / "training" / f"{m}.json", metrics)
+            run.mark_done(t, f"train-{m}")
+
+    def _training(self, t: int) -> dict[str, dict]:
+        return {m: read_json(self.run.iteration(t) / "training" / f"{m}.json") for m in self.members}
+
+    # ---- reporting ---------------------------------------------------------------------------------
+
+    def summary(self, t: int) -> dict:
+        it = self.run.iteration(t)
+        state = ReputationState.from_dict(read_json(it / "reputations.json"))
+        duels = [Duel.from_dict(row) for row in read_jsonl(it / "combat.jsonl")]
+        pairs = read_jsonl(it / "pairs.jsonl")
+        return {"iteration": t, "leaderboard": leaderboard(self.members, state, duels, pairs),
+                "metrics": read_json(it / "metrics.json")}
+
+
+def arena_settings(c: RunConfig) -> ArenaSettings:
+    g, j = c.generation, c.judge
+    return ArenaSettings(g.max_new_tokens, g.temperature, g.top_p, g.batch_size, g.max_prompt_tokens, j.mode,
+                         j.max_new_tokens, j.temperature, j.batch_size, j.max_prompt_tokens, c.arena.min_margin)
+
+
+def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], pairs: list[dict]) -> list[dict]:
+    rows = []
+    for m in members:
+        fought = [d for d in duels if m in (d.a, d.b)]
+        side = {d.index: ("a" if d.a == m else "b") for d in fought}
+        rows.append({
+            "member": m, "reputation": state.ratings[m], "sigma": state.sigmas[m],
+            "wins": sum(d.outcome == side[d.index] for d in fought),
+            "losses": sum(d.outcome in ("a", "b") and d.outcome != side[d.index] for d in fought),
+            "ties": sum(d.outcome in ("tie", "below_margin") for d in fought),
+            "void": sum(d.outcome.startswith("void") for d in fought),
+            "chosen": sum(p["chosen_model"] == m for p in pairs),
+            "rejected": sum(p["rejected_model"] == m for p in pairs),
+        })
+    return sorted(rows, key=lambda r: -r["reputation"])
+
+
+def iteration_metrics(duels: list[Duel], pairs: list[dict], training: dict[str, dict], timings: dict) -> dict:
+    responses = [r for d in duels for r in (d.response_a, d.response_b)]
+    judgments = [j for d in duels for j in d.judgments]
+    status = {s: sum(j.status == s for j in judgments) for s in ("ok", "unparsed", "failed")}
+    outcomes: dict[str, int] = {}
+    for d in duels:
+        outcomes[d.outcome] = outcomes.get(d.outcome, 0) + 1
+    readable = status["ok"] + status["unparsed"]
+    return {
+        "duels": len(duels), "outcomes": outcomes, "pairs": len(pairs),
+        "tie_rate": outcomes.get("tie", 0) / len(duels) if duels else 0.0,
+        "responses": {"total": len(responses), "failed": sum(r.text is None for r in responses),
+                      "hit_max_new_tokens": sum(r.finish_reason == "length" for r in responses),
+                      "prompt_shortened": sum(r.prompt_shortened for r in responses),
+                      "mean_tokens": sum(r.n_tokens for r in responses) / max(1, len(responses))},
+        "judgments": {"total": len(judgments), **status,
+                      "parse_failure_rate": status["unparsed"] / readable if readable else 0.0,
+                      "prompt_shortened": sum(j.prompt_shortened for j in judgments)},
+        "training": {m: {k: v for k, v in t.items() if k != "history"} for m, t in training.items()},
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+    }

@@ -1,0 +1,90 @@
+"""Where every artifact of a run lives, done-markers, and the checks that make resuming safe.
+
+    RUN/config.yaml             the resolved configuration
+    RUN/run.json                seed, config fingerprint, package versions, creation time
+    RUN/iter_01/prompts.jsonl   the iteration's sampled prompts
+    RUN/iter_01/combat.jsonl    journal: one row per duel, appended a round at a time
+    RUN/iter_01/pairs.jsonl     preference pairs in trl's conversational format (+ metadata columns)
+    RUN/iter_01/reputations.json
+    RUN/iter_01/adapters/NAME/  each member's LoRA adapter after the iteration's DPO
+    RUN/iter_01/training/NAME.json   DPO metrics per member
+    RUN/iter_01/metrics.json    counts, rates and stage timings
+    RUN/iter_01/done/STAGE      markers, written last; a stage with a marker is never redone
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from .config import RunConfig, diff_keys, dump_yaml, fingerprint, to_dict, RESUMABLE_KEYS
+from .records import read_json, write_json_atomic, _write_atomic
+
+PACKAGES = ("sparta-align", "torch", "transformers", "peft", "trl", "tokenizers", "safetensors")
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+class RunDir:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    @classmethod
+    def open(cls, config: RunConfig) -> "RunDir":
+        """Create the run directory, or reopen it after checking it was made with the same config."""
+        run = cls(Path(config.run_dir))
+        meta_path = run.root / "run.json"
+        if meta_path.exists():
+            run._check_same_config(config, meta_path)
+        elif run.root.exists() and any(run.root.iterdir()):
+            raise RunDirError(f"{run.root} exists, is not empty and has no run.json: not a sparta run directory "
+                              "(refusing to write into it)")
+        else:
+            run.root.mkdir(parents=True, exist_ok=True)
+            _write_atomic(run.root / "config.yaml", dump_yaml(config))
+            write_json_atomic(meta_path, {
+                "seed": config.seed, "fingerprint": fingerprint(config), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "versions": package_versions()})
+        return run
+
+    def _check_same_config(self, config: RunConfig, meta_path: Path) -> None:
+        try:
+            meta = read_json(meta_path)
+            saved = yaml.safe_load((self.root / "config.yaml").read_text())
+        except (ValueError, OSError, yaml.YAMLError) as e:
+            raise RunDirError(f"{self.root} is corrupt: {e}") from None
+        if not isinstance(meta, dict) or not isinstance(saved, dict) or "fingerprint" not in meta:
+            raise RunDirError(f"{self.root} is corrupt: run.json or config.yaml lacks its fields")
+        if meta["fingerprint"] != fingerprint(config):
+            keys = [k for k in diff_keys(saved, json.loads(json.dumps(to_dict(config))))
+                    if k.split(".")[0] not in RESUMABLE_KEYS]
+            raise RunDirError(f"{self.root} was made with a different config (differs in: {', '.join(keys) or '?'}); "
+                              "use another run_dir or the original config")
+
+    def iteration(self, t: int) -> Path:
+        return self.root / f"iter_{t:02d}"
+
+    def is_done(self, t: int, stage: str) -> bool:
+        return (self.iteration(t) / "done" / stage).exists()
+
+    def mark_done(self, t: int, stage: str) -> None:
+        _write_atomic(self.iteration(t) / "done" / stage, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+
+    def adapter_dir(self, t: int, member: str) -> Path:
+        return self.iteration(t) / "adapters" / member
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions

@@ -1,0 +1,191 @@
+"""DPO for one member (and SFT, for building experts), on the member's own LoRA adapter.
+
+Our own DPO loss (Rafailov et al. 2023, eq. 7; the same as trl's `sigmoid` loss, cross-checked in a test):
+    L = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])
+The reference is the member as it was at the start of the iteration: its log-probs are computed once per
+pair, before the first update, with the same adapter — no second model, no reload.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .chat import encode_chat
+from .seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    lr: float
+    batch_size: int
+    micro_batch_size: int
+    warmup_ratio: float = 0.1
+    max_length: int = 512
+    max_grad_norm: float = 1.0
+
+
+def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of the full chat (user prompt, assistant response) and where the response starts."""
+    enc = encode_chat(tokenizer, [("user", "{0}"), ("assistant", "{1}")], [prompt, response],
+                      max_tokens=max_length, add_generation_prompt=False)
+    return enc.ids, enc.spans[1][0]
+
+
+def sequence_logprobs(model, examples: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """Sum of log p over each example's response tokens (from its start to the end), and token counts."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in examples], device=device)
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in examples], device=device)
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    targets = ids[:, 1:]
+    positions = torch.arange(1, width, device=device)
+    starts = torch.tensor([s for _, s in examples], device=device)
+    lengths = mask.sum(-1)
+    counted = (positions[None] >= starts[:, None]) & (positions[None] < lengths[:, None])
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    logp = -(nll.view(targets.shape) * counted)
+    return logp.sum(-1), counted.sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean DPO loss and the implicit rewards β·(log π − log π_ref) of chosen and rejected."""
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+    return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+def _prepare(backend, member: str, seed: int, tag: str):
+    model = backend.model(member)
+    model.set_adapter(member)
+    for _, p in model.named_parameters():
+        p.requires_grad_(False)
+    params = [p for _, p in backend.adapter_parameters(member)]
+    for p in params:
+        p.requires_grad_(True)
+    torch.manual_seed(derive_seed(seed, tag, member))  # LoRA dropout
+    return model, params
+
+
+def _schedule(optimizer, total_steps: int, warmup_ratio: float):
+    """Linear warmup then cosine decay to zero (the paper's schedule)."""
+    warmup = max(1, math.ceil(total_steps * warmup_ratio)) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _batches(n: int, batch_size: int, epochs: int, rng: random.Random) -> list[list[int]]:
+    out = []
+    for _ in range(epochs):
+        order = list(range(n))
+        rng.shuffle(order)
+        out += [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return out
+
+
+def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress) -> list[dict]:
+    """The optimisation loop shared by DPO and SFT: grad accumulation over micro-batches, clipping,
+    AdamW, warmup + cosine. `micro_loss(indices, weight)` backpropagates and returns step stats."""
+    optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
+    scheduler = _schedule(optimizer, len(batches), s.warmup_ratio)
+    history = []
+    model.train()
+    try:
+        for batch in batches:
+            stats: dict[str, float] = {}
+            for start in range(0, len(batch), s.micro_batch_size):
+                micro = batch[start:start + s.micro_batch_size]
+                for key, value in micro_loss(micro, len(micro) / len(batch)).items():
+                    stats[key] = stats.get(key, 0.0) + value * len(micro) / len(batch)
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm))
+            stats["lr"] = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append(stats)
+            if progress:
+                progress(1)
+    finally:
+        model.eval()
+    return history
+
+
+def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: float, epochs: int, seed: int,
+              progress=None) -> dict:
+    """DPO-train `member`'s adapter on `pairs` (trl conversational format). Returns metrics."""
+    if not pairs:
+        return {"member": member, "pairs": 0, "steps": 0}
+    model, params = _prepare(backend, member, seed, "dpo")
+    tok = backend.tokenizer(member)
+    device = backend.device
+
+    def text(messages):
+        return messages[0]["content"]
+
+    examples = [(encode_example(tok, text(p["prompt"]), text(p["chosen"]), s.max_length),
+                 encode_example(tok, text(p["prompt"]), text(p["rejected"]), s.max_length)) for p in pairs]
+
+    def logps(indices):
+        seqs = [examples[i][0] for i in indices] + [examples[i][1] for i in indices]
+        total, _ = sequence_logprobs(model, seqs, tok.pad_token_id, device)
+        return total[:len(indices)], total[len(indices):]
+
+    with torch.inference_mode():  # reference = this adapter before any update: computed once per pair
+        reference = [logps(list(range(i, min(i + s.micro_batch_size, len(pairs)))))
+                     for i in range(0, len(pairs), s.micro_batch_size)]
+    ref_chosen = torch.cat([c for c, _ in reference])
+    ref_rejected = torch.cat([r for _, r in reference])
+
+    def micro_loss(indices, weight):
+        chosen, rejected = logps(indices)
+        idx = torch.tensor(indices)
+        loss, rc, rr = dpo_loss(chosen, rejected, ref_chosen[idx], ref_rejected[idx], beta)
+        (loss * weight).backward()
+        return {"loss": loss.item(), "reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
+                "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
+
+    batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
+    history = _run_steps(model, params, batches, s, micro_loss, progress)
+    return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
+            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
+            "reward_margin_last": history[-1]["reward_margin"]}
+
+
+def dpo_steps(n_pairs: int, batch_size: int, epochs: int) -> int:
+    return epochs * math.ceil(n_pairs / batch_size) if n_pairs else 0
+
+
+def train_sft(backend, member: str, examples: list[tuple[str, str]], s: OptimSettings, steps: int, seed: int,
+              progress=None) -> dict:
+    """Supervised fine-tuning of `member`'s adapter on (prompt, response) examples: mean token NLL."""
+    model, params = _prepare(backend, member, seed, "sft")
+    tok = backend.tokenizer(member)
+    encoded = [encode_example(tok, p, r, s.max_length) for p, r in examples]
+    rng = random.Random(derive_seed(seed, "sft-order", member))
+    batches = _batches(len(encoded), s.batch_size, math.ceil(steps * s.batch_size / len(encoded)), rng)[:steps]
+    tokens_per_batch = {}
+
+    def micro_loss(indices, weight):
+        logp, counts = sequence_logprobs(model, [encoded[i] for i in indices], tok.pad_token_id, backend.device)
+        key = tuple(indices)
+        tokens_per_batch[key] = counts.sum().item()
+        loss = -logp.sum() / counts.sum()
+        (loss * weight).backward()
+        return {"loss": loss.item()}
+
+    history = _run_steps(model, params, batches, s, micro_loss, progress)
+    return {"member": member, "examples": len(examples), "steps": len(history),
+            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], "history": history}
