@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,9 +199,12 @@ class HFBackend:
         state = get_peft_model_state_dict(model, adapter_name=member)
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
         model.peft_config[member].save_pretrained(str(tmp))
-        if directory.exists():
-            shutil.rmtree(directory)
+        old = directory.with_name(f".{directory.name}.old")
+        if directory.exists():  # swap in two renames so a crash never leaves no adapter at all
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
         os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
 
     def load_adapter_weights(self, member: str, directory: Path) -> None:
         """Replace the member's adapter weights with those saved in `directory`."""
@@ -209,10 +213,18 @@ class HFBackend:
 
         state = load_file(str(Path(directory) / "adapter_model.safetensors"), device=self.device)
         result = set_peft_model_state_dict(self.model(member), state, adapter_name=member)
-        missing = [k for k in result.missing_keys if f".{member}." in k and "lora_" in k]
+        missing = [k for k in result.missing_keys if _adapter_key(k) == member]
         if missing:
             raise RuntimeError(f"adapter in {directory} lacks weights for member {member!r}: {missing[:3]}")
 
     def adapter_parameters(self, member: str) -> list[tuple[str, torch.nn.Parameter]]:
-        tag = f".{member}."
-        return [(n, p) for n, p in self.model(member).named_parameters() if "lora_" in n and tag in n]
+        return [(n, p) for n, p in self.model(member).named_parameters() if _adapter_key(n) == member]
+
+
+_ADAPTER_KEY = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\.([^.]+)(?:\.|$)")
+
+
+def _adapter_key(parameter_name: str) -> str | None:
+    """The adapter a LoRA parameter belongs to (the name segment right after lora_A/lora_B), else None."""
+    match = _ADAPTER_KEY.search(parameter_name)
+    return match.group(1) if match else None

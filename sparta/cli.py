@@ -85,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _validate(config, dump_yaml) -> int:
     """Checks that need the disk but no model load: the prompt pool, the model specs, adapter paths."""
+    from .experts import check_recipes
     from .models import default_cache_dir, resolve_model
     from .prompts import load_prompts
 
     try:
         n = len(load_prompts(config.data.prompts))
+        check_recipes([m.expert for m in config.pool.members if m.expert])
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         for m in config.pool.members:
             resolve_model(m.model or config.pool.base, cache, build=False)

@@ -11,11 +11,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from .backend import HFBackend, LoraShape, MemberModel
+from typing import TYPE_CHECKING
+
 from .models import ResolvedModel
 from .prompts import DATA, _with_input
 from .seeding import rng
-from .training import OptimSettings, train_sft
+
+if TYPE_CHECKING:  # torch is imported only when an expert is actually built
+    from .backend import LoraShape
+    from .training import OptimSettings
 
 
 def _self_instruct() -> list[tuple[str, str]]:
@@ -45,9 +49,14 @@ RECIPES = {
 }
 
 
+def check_recipes(recipes: list[str]) -> None:
+    unknown = sorted({r for r in recipes if r not in RECIPES})
+    if unknown:
+        raise ValueError(f"unknown expert recipe {unknown[0]!r} (known: {', '.join(RECIPES)})")
+
+
 def expert_examples(recipe: str, n: int, seed: int) -> list[tuple[str, str]]:
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown expert recipe {recipe!r} (known: {', '.join(RECIPES)})")
+    check_recipes([recipe])
     examples = RECIPES[recipe]()
     rng(seed, "expert", recipe).shuffle(examples)
     return examples[:n]
@@ -68,6 +77,9 @@ def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora
     results = {r: {"dir": dirs[r], "cached": r not in missing} for r in recipes}
     if not missing:
         return results
+    from .backend import HFBackend, MemberModel
+    from .training import train_sft
+
     backend = HFBackend([MemberModel(r, base, None) for r in missing], lora, seed)
     for recipe in missing:
         examples = expert_examples(recipe, steps * optim.batch_size, seed)

@@ -17,7 +17,7 @@ from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
 from .arena.reputation import EloParams, ReputationState, apply_duel, initial_state
 from .backend import HFBackend, LoraShape, MemberModel
 from .config import RunConfig
-from .experts import build_experts
+from .experts import build_experts, check_recipes
 from .models import default_cache_dir, resolve_model
 from .pairs import pairs_for, preference_pairs
 from .prompts import load_prompts, sample_prompts
@@ -51,6 +51,7 @@ class Pipeline:
     def prepare(self) -> None:
         c = self.c
         self.prompt_pool = load_prompts(c.data.prompts)
+        check_recipes([m.expert for m in c.pool.members if m.expert])
         self.resolved = {m.name: resolve_model(m.model or c.pool.base, self.cache) for m in c.pool.members}
         for m in c.pool.members:
             if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
@@ -139,7 +140,7 @@ class Pipeline:
     def _combat(self, t: int, prompts: list[Prompt], timings: dict) -> tuple[ReputationState, list[Duel]]:
         run, c = self.run, self.c
         journal = run.iteration(t) / "combat.jsonl"
-        duels = [Duel.from_dict(row) for row in read_jsonl(journal, journal=True)]
+        duels = self._read_journal(journal, len(prompts))
         state = self._start_state(t)
         for d in duels:  # replay the journal: the same updates give the same state, bit for bit
             if d.update is not None:
@@ -152,6 +153,19 @@ class Pipeline:
             write_json_atomic(run.iteration(t) / "reputations.json", state.to_dict())
             run.mark_done(t, "combat")
         return state, duels
+
+    def _read_journal(self, journal: Path, n_prompts: int) -> list[Duel]:
+        """The journaled duels of complete rounds; a round cut short by a kill is dropped from the file."""
+        duels = [Duel.from_dict(row) for row in read_jsonl(journal, journal=True)]
+        size = self.c.arena.round_size
+        expected = {r: min(size, n_prompts - r * size) for r in range(-(-n_prompts // size))}
+        counts: dict[int, int] = {}
+        for d in duels:
+            counts[d.round] = counts.get(d.round, 0) + 1
+        complete = [d for d in duels if counts[d.round] == expected.get(d.round)]
+        if len(complete) != len(duels):
+            write_jsonl_atomic(journal, [to_json(d) for d in complete])
+        return complete
 
     def _fight(self, t, prompts, state, duels, journal, timings) -> None:
         c = self.c
@@ -182,6 +196,8 @@ class Pipeline:
         tr = c.training
         optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
                               warmup_ratio=tr.warmup_ratio, max_length=tr.max_length)
+        if any(not run.is_done(t, f"train-{m}") for m in self.members):
+            self._load_backend(t)
         for m in self.members:
             target = run.adapter_dir(t, m)
             if run.is_done(t, f"train-{m}"):

@@ -76,7 +76,10 @@ def _row_text(row: object, path: Path, i: int) -> str:
     if isinstance(row, dict):
         for field in _TEXT_FIELDS:
             if isinstance(row.get(field), str):
-                return _with_input(row[field], row.get("input") or "") if field == "instruction" else row[field]
+                extra = row.get("input") or ""
+                if not isinstance(extra, str):
+                    raise ValueError(f"data.prompts: {path} row {i}: field 'input' must be text, got {extra!r}")
+                return _with_input(row[field], extra) if field == "instruction" else row[field]
     raise ValueError(f"data.prompts: {path} row {i} has none of the fields {_TEXT_FIELDS}")
 
 

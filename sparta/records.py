@@ -100,14 +100,14 @@ def read_jsonl(path: Path, journal: bool = False) -> list[dict]:
     """Read JSONL. A journal may end in one partial line (a kill mid-write): it is dropped and truncated."""
     if not path.exists():
         return []
-    text = path.read_text()
-    lines = text.split("\n")
-    complete, tail = lines[:-1], lines[-1]
-    if tail.strip():
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1  # everything after the last newline is a torn line
+    if data[end:].strip():
         if not journal:
             raise ValueError(f"{path}: last line is incomplete; the file is corrupt")
-        with open(path, "r+") as f:  # drop the torn line so the next append starts clean
-            f.truncate(len(text) - len(tail))
+        with open(path, "r+b") as f:  # drop the torn line so the next append starts clean
+            f.truncate(end)
+    complete = data[:end].decode().split("\n")
     rows = []
     for number, line in enumerate(complete, 1):
         if line.strip():

@@ -96,13 +96,14 @@ def _batches(n: int, batch_size: int, epochs: int, rng: random.Random) -> list[l
     return out
 
 
-def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress) -> list[dict]:
+def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress, dropout: bool) -> list[dict]:
     """The optimisation loop shared by DPO and SFT: grad accumulation over micro-batches, clipping,
-    AdamW, warmup + cosine. `micro_loss(indices, weight)` backpropagates and returns step stats."""
+    AdamW, warmup + cosine. `micro_loss(indices, weight)` backpropagates and returns step stats.
+    DPO runs without dropout (as trl does by default) so that the policy equals the reference at step one."""
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     scheduler = _schedule(optimizer, len(batches), s.warmup_ratio)
     history = []
-    model.train()
+    model.train(dropout)
     try:
         for batch in batches:
             stats: dict[str, float] = {}
@@ -158,7 +159,7 @@ def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: f
                 "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
     batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
-    history = _run_steps(model, params, batches, s, micro_loss, progress)
+    history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
     return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
             "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
             "reward_margin_last": history[-1]["reward_margin"]}
@@ -176,16 +177,13 @@ def train_sft(backend, member: str, examples: list[tuple[str, str]], s: OptimSet
     encoded = [encode_example(tok, p, r, s.max_length) for p, r in examples]
     rng = random.Random(derive_seed(seed, "sft-order", member))
     batches = _batches(len(encoded), s.batch_size, math.ceil(steps * s.batch_size / len(encoded)), rng)[:steps]
-    tokens_per_batch = {}
 
     def micro_loss(indices, weight):
         logp, counts = sequence_logprobs(model, [encoded[i] for i in indices], tok.pad_token_id, backend.device)
-        key = tuple(indices)
-        tokens_per_batch[key] = counts.sum().item()
         loss = -logp.sum() / counts.sum()
         (loss * weight).backward()
         return {"loss": loss.item()}
 
-    history = _run_steps(model, params, batches, s, micro_loss, progress)
+    history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=True)
     return {"member": member, "examples": len(examples), "steps": len(history),
             "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], "history": history}

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny random-init model pool, built in code, so tests exercise the real paths fast."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparta.config import load_config
+
+# Tiny models run fastest single-threaded, and CI machines are shared: one thread keeps tests quick and steady.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def tiny_config(tmp_path, model_cache):
+    """A factory: a small, fast run config on the tiny model, with dotted overrides."""
+
+    def make(*overrides: str, run_dir: Path | None = None):
+        base = [
+            f"run_dir={run_dir or tmp_path / 'run'}", f"cache_dir={model_cache}", "iterations=2",
+            "pool.base=tiny", "pool.members=[a, b, c, d]",
+            "data.prompts=self_instruct", "data.prompts_per_iteration=6",
+            "generation.max_new_tokens=12", "generation.batch_size=8", "arena.round_size=4",
+            "judge.batch_size=8", "training.max_length=256", "training.lr=0.01",
+        ]
+        return load_config(None, base + list(overrides))
+
+    return make

@@ -1,0 +1,141 @@
+"""End to end on the tiny pool: a complete run, the run directory's contents, and kill/resume parity."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sparta.pipeline import Pipeline
+from sparta.records import read_jsonl
+
+ARTIFACTS = ["prompts.jsonl", "combat.jsonl", "pairs.jsonl", "reputations.json"]
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(stage_prefix: str, nth: int = 1):
+    """A progress hook that raises (like a kill) the nth time a stage starts."""
+    seen = []
+
+    def progress(stage, total):
+        if stage.startswith(stage_prefix):
+            seen.append(stage)
+            if len(seen) == nth:
+                raise Killed(stage)
+        return None
+
+    return progress
+
+
+def run_to_end(config, progress=None):
+    return Pipeline(config, progress=progress).run_all()
+
+
+def snapshot(root, iterations=2, members="abcd"):
+    out = {}
+    for t in range(1, iterations + 1):
+        it = root / f"iter_{t:02d}"
+        for name in ARTIFACTS:
+            out[f"{t}/{name}"] = (it / name).read_text()
+        for m in members:
+            out[f"{t}/adapter/{m}"] = load_file(str(it / "adapters" / m / "adapter_model.safetensors"))
+    return out
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert a[key].keys() == b[key].keys(), key
+            for name in a[key]:
+                assert torch.equal(a[key][name], b[key][name]), f"{key}: {name} differs"
+        else:
+            assert a[key] == b[key], f"{key} differs after resume"
+
+
+@pytest.fixture
+def reference_run(tiny_config, tmp_path):
+    config = tiny_config(run_dir=tmp_path / "reference")
+    run = run_to_end(config)
+    return config, run.root
+
+
+def test_complete_run_writes_every_artifact(reference_run):
+    config, root = reference_run
+    assert json.loads((root / "run.json").read_text())["seed"] == 0
+    for t in (1, 2):
+        it = root / f"iter_{t:02d}"
+        assert (it / "done" / "iteration").exists()
+        duels = read_jsonl(it / "combat.jsonl")
+        assert len(duels) == 6
+        for d in duels:
+            assert d["a"] != d["b"]
+            judges = {j["judge"] for j in d["judgments"]}
+            assert judges == {"a", "b", "c", "d"} - {d["a"], d["b"]}  # every non-contestant judged
+            assert len(d["judgments"]) == 4  # 2 judges x 2 responses
+        pairs = read_jsonl(it / "pairs.jsonl")
+        decided = [d for d in duels if d["outcome"] in ("a", "b")]
+        assert len(pairs) == len(decided) > 0
+        for p in pairs:
+            assert p["score_chosen"] > p["score_rejected"]
+            assert p["prompt"][0]["role"] == "user" and p["chosen"][0]["role"] == "assistant"
+        metrics = json.loads((it / "metrics.json").read_text())
+        assert metrics["judgments"]["total"] == 24 and metrics["judgments"]["unparsed"] == 0
+        assert set(metrics["timings_s"]) >= {"generate", "judge", "dpo"}
+        for m in "abcd":
+            assert (it / "adapters" / m / "adapter_config.json").exists()
+    # fresh prompts each iteration
+    p1 = {r["id"] for r in read_jsonl(root / "iter_01" / "prompts.jsonl")}
+    p2 = {r["id"] for r in read_jsonl(root / "iter_02" / "prompts.jsonl")}
+    assert p1.isdisjoint(p2)
+    # reputations move and carry over
+    rep1 = json.loads((root / "iter_01" / "reputations.json").read_text())
+    assert rep1["n_updates"] == sum(d["update"] is not None for d in read_jsonl(root / "iter_01" / "combat.jsonl"))
+    rep2 = json.loads((root / "iter_02" / "reputations.json").read_text())
+    assert rep2["n_updates"] > rep1["n_updates"]
+
+
+def test_pairs_load_with_datasets(reference_run):
+    datasets = pytest.importorskip("datasets")
+    _, root = reference_run
+    ds = datasets.load_dataset("json", data_files=str(root / "iter_01" / "pairs.jsonl"), split="train")
+    assert {"prompt", "chosen", "rejected", "prompt_id", "chosen_model"} <= set(ds.column_names)
+
+
+def test_rerun_is_a_no_op(reference_run):
+    config, root = reference_run
+    before = snapshot(root)
+    stages = []
+    run_to_end(config, progress=lambda stage, total: stages.append(stage))
+    assert stages == []  # nothing was redone
+    assert_same(before, snapshot(root))
+
+
+@pytest.mark.parametrize("stage,nth", [("judge", 2), ("dpo c", 1), ("generate", 4), ("dpo a", 2)])
+def test_killed_and_resumed_run_matches(reference_run, tiny_config, tmp_path, stage, nth):
+    """Killed mid-combat (after a journaled round) or mid-training, then resumed: identical results."""
+    _, reference_root = reference_run
+    config = tiny_config(run_dir=tmp_path / "killed")
+    with pytest.raises(Killed):
+        run_to_end(config, progress=kill_at(stage, nth))
+    run_to_end(config)
+    assert_same(snapshot(reference_root), snapshot(config_root := tmp_path / "killed"))
+    assert config_root.exists()
+
+
+def test_torn_journal_round_is_redone(reference_run, tiny_config, tmp_path):
+    """A kill during the journal write leaves a partial round and a torn line: both are dropped."""
+    _, reference_root = reference_run
+    config = tiny_config(run_dir=tmp_path / "torn")
+    with pytest.raises(Killed):
+        run_to_end(config, progress=kill_at("dpo a"))
+    journal = tmp_path / "torn" / "iter_01" / "combat.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    (tmp_path / "torn" / "iter_01" / "done" / "combat").unlink()
+    (tmp_path / "torn" / "iter_01" / "done" / "pairs").unlink()
+    journal.write_text("".join(lines[:5]) + lines[5][:40])  # round 1 has only 1 of its 2 duels + a torn line
+    run_to_end(config)
+    assert_same(snapshot(reference_root), snapshot(tmp_path / "torn"))

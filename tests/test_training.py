@@ -1,0 +1,379 @@
+"""Tests for sparta.training: our DPO loss against trl's, and DPO/SFT on the HF backend's LoRA adapters.
+
+Everything runs on the random tiny Llama (char-level ChatML tokenizer) on CPU. Torch is held to one thread
+for this module: on a small shared machine, intra-op threads contending with other processes make a
+32-wide model hundreds of times slower.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparta.backend import HFBackend, LoraShape, MemberModel
+from sparta.models import ResolvedModel, resolve_model
+from sparta.training import OptimSettings, dpo_loss, dpo_steps, encode_example, sequence_logprobs, train_dpo, train_sft
+
+LN2 = math.log(2)
+BETA = 0.1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> ResolvedModel:
+    return resolve_model("tiny", tmp_path_factory.mktemp("training-cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_tok(tiny):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny.source)
+
+
+def conversation(prompt: str, chosen: str, rejected: str) -> dict:
+    """One preference pair in trl's conversational format."""
+    return {"prompt": [{"role": "user", "content": prompt}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+PAIRS = [
+    conversation("What is 2+2?", "4", "five, I think"),
+    conversation("Name a colour.", "Blue.", "No."),
+    conversation("Say hi.", "hi", "bye bye"),
+    conversation("Capital of France?", "Paris", "Rome"),
+]
+
+
+def backend(tiny, names=("a", "b", "c"), seed: int = 7, **lora) -> HFBackend:
+    return HFBackend([MemberModel(n, tiny, None) for n in names], LoraShape(**lora), seed=seed, device="cpu")
+
+
+def snapshot(be: HFBackend, member: str) -> dict[str, torch.Tensor]:
+    """Every parameter of the shared PEFT model (base and all adapters), cloned."""
+    return {n: p.detach().clone() for n, p in be.model(member).named_parameters()}
+
+
+def changed(be: HFBackend, member: str, before: dict[str, torch.Tensor]) -> set[str]:
+    return {n for n, p in be.model(member).named_parameters() if not torch.equal(p, before[n])}
+
+
+def lora_names(be: HFBackend, member: str) -> set[str]:
+    return {n for n, _ in be.adapter_parameters(member)}
+
+
+def perturb_adapter(be: HFBackend, member: str, seed: int, scale: float = 0.5) -> None:
+    """Give the member's (zero-initialised) LoRA B matrices random values, so the adapter is not a no-op."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in be.adapter_parameters(member):
+            if "lora_B" in n:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def hand_logprob(model, ids: list[int], start: int) -> float:
+    """sum_{t=start}^{n-1} log softmax(logits[t-1])[ids[t]] on the unpadded sequence (full logits)."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logp = torch.log_softmax(logits, dim=-1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+
+
+def mean_nll(be: HFBackend, member: str, examples: list[tuple[list[int], int]]) -> float:
+    model = be.model(member)
+    model.set_adapter(member)
+    model.eval()
+    with torch.no_grad():
+        logp, counts = sequence_logprobs(model, examples, be.tokenizer(member).pad_token_id, "cpu")
+    return (-logp.sum() / counts.sum()).item()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 1. the loss against trl's
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_dpo_loss_matches_trl(tiny, tiny_tok, tmp_path):
+    """Our `sequence_logprobs` + `dpo_loss` reproduce trl 1.16's DPOTrainer sigmoid loss on the same tokens.
+
+    How trl scores a completion (dpo_trainer.py `_compute_loss` and trainer/utils.py `add_fused_lm_head`):
+    the collator lays the batch out as [chosen..., rejected...], each row prompt_ids + completion_ids,
+    right-padded; `completion_mask` is 0 on the prompt, 1 on the completion, 0 on the padding.
+    `labels = input_ids.masked_fill(completion_mask == 0, -100)`, and the fused LM head shifts:
+    hidden_states[:, :-1] score labels[:, 1:], i.e. token t is scored by the logits at t-1 and counted iff
+    completion_mask[t] == 1. The per-sequence log-prob is the plain sum (no length normalisation) and the
+    loss is mean_i -logsigmoid(beta * ((pc - rc) - (pr - rr))). Ours: `sequence_logprobs` scores targets
+    ids[1:] with logits[:-1] and counts position t iff start <= t < len(ids) -- the same set, once `start`
+    is the first index where completion_mask == 1 and len(ids) the row's attention_mask sum. For a
+    conversational pair trl's completion is everything after the generation prompt
+    "<|im_start|>assistant\\n": the response text plus the template's "<|im_end|>\\n", which is also what
+    `encode_example` counts as the response (checked at the end).
+    """
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny.source, dtype=torch.float32)
+    reference = copy.deepcopy(policy)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # policy != reference
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+
+    pairs = PAIRS[:2]
+    args = trl.DPOConfig(output_dir=str(tmp_path / "trl"), bf16=False, use_cpu=True, report_to=[], beta=BETA,
+                         per_device_train_batch_size=2, max_length=1024, precompute_ref_log_probs=False,
+                         gradient_checkpointing=False, loss_type=["sigmoid"], seed=0)
+    trainer = trl.DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(pairs),
+                             processing_class=tiny_tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))])
+    model, ref_model = trainer.model, trainer.ref_model
+    model.eval()
+    ref_model.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(model, batch).item()
+
+    # trl's own per-sequence log-probs (what `_compute_loss` sums), from its fused head
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    with torch.no_grad():
+        trl_policy = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                           fused_lm_head=True).log_probs.sum(1)
+        trl_ref = ref_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels,
+                            fused_lm_head=True).log_probs.sum(1)
+
+    # the same token ids, as ours takes them: each row's real tokens and where its completion starts
+    examples = []
+    for ids, attention, completion in zip(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                                          strict=True):
+        n = int(attention.sum())
+        assert attention[:n].all() and not attention[n:].any()  # right padding
+        start = int(completion.nonzero()[0])
+        assert completion[start:n].all() and not completion[:start].any() and not completion[n:].any()
+        examples.append((ids[:n].tolist(), start))
+
+    pad = tiny_tok.pad_token_id
+    with torch.no_grad():
+        ours_policy, counts = sequence_logprobs(model, examples, pad, "cpu")
+        ours_ref, ref_counts = sequence_logprobs(ref_model, examples, pad, "cpu")
+    assert counts.tolist() == batch["completion_mask"].sum(1).tolist() == ref_counts.tolist()
+    torch.testing.assert_close(ours_policy, trl_policy, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours_ref, trl_ref, rtol=0, atol=1e-4)
+
+    k = len(pairs)  # layout [chosen..., rejected...]
+    ours_loss, chosen_reward, rejected_reward = dpo_loss(ours_policy[:k], ours_policy[k:], ours_ref[:k],
+                                                         ours_ref[k:], BETA)
+    assert abs(ours_loss.item() - trl_loss) < 1e-5
+    assert abs(ours_loss.item() - LN2) > 1e-3  # the perturbation made the comparison non-trivial
+    metrics = trainer._metrics["eval"]
+    assert metrics["rewards/chosen"][-1] == pytest.approx(chosen_reward.mean().item(), abs=1e-5)
+    assert metrics["rewards/rejected"][-1] == pytest.approx(rejected_reward.mean().item(), abs=1e-5)
+
+    # each chosen/rejected log-prob by hand: log_softmax over the full logits of the unpadded sequence
+    for row, (ids, start) in enumerate(examples):
+        assert ours_policy[row].item() == pytest.approx(hand_logprob(model, ids, start), abs=1e-4)
+        assert ours_ref[row].item() == pytest.approx(hand_logprob(ref_model, ids, start), abs=1e-4)
+
+    # and `encode_example` (what train_dpo uses) tokenises a pair exactly as trl does
+    for i, p in enumerate(pairs):
+        prompt = p["prompt"][0]["content"]
+        assert encode_example(tiny_tok, prompt, p["chosen"][0]["content"], 1024) == examples[i]
+        assert encode_example(tiny_tok, prompt, p["rejected"][0]["content"], 1024) == examples[k + i]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 2. the loss by hand
+
+
+def test_dpo_loss_by_hand():
+    """policy_chosen=-10, policy_rejected=-12, ref_chosen=-11, ref_rejected=-11, beta=0.1:
+    chosen reward = 0.1*(-10+11) = 0.1, rejected reward = 0.1*(-12+11) = -0.1, margin = 0.2,
+    loss = -log sigmoid(0.2) = log(1 + e^-0.2) = log(1.8187307531) = 0.5981388693."""
+    loss, rc, rr = dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]),
+                            torch.tensor([-11.0]), 0.1)
+    assert loss.item() == pytest.approx(0.5981388693, abs=1e-7)
+    assert rc.item() == pytest.approx(0.1) and rr.item() == pytest.approx(-0.1)
+    # a batch is the mean of its rows; a zero margin gives ln 2 = 0.6931471806
+    loss2, _, _ = dpo_loss(torch.tensor([-10.0, -5.0]), torch.tensor([-12.0, -5.0]), torch.tensor([-11.0, -5.0]),
+                           torch.tensor([-11.0, -5.0]), 0.1)
+    assert loss2.item() == pytest.approx((0.5981388693 + LN2) / 2, abs=1e-7)
+    assert not rc.requires_grad and not rr.requires_grad
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 3. train_dpo on the backend
+
+
+def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
+    import sparta.training as training
+
+    be = backend(tiny)
+    before = snapshot(be, "a")
+    calls: list[tuple[bool, list[tuple[int, ...]]]] = []
+
+    def counting(model, examples, pad_id, device):
+        calls.append((torch.is_inference_mode_enabled(), [tuple(ids) for ids, _ in examples]))
+        return sequence_logprobs(model, examples, pad_id, device)
+
+    monkeypatch.setattr(training, "sequence_logprobs", counting)
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
+    metrics = train_dpo(be, "a", PAIRS, s, beta=BETA, epochs=2, seed=3)
+
+    assert metrics["pairs"] == 4 and metrics["steps"] == dpo_steps(4, 2, 2) == 4
+    assert len(metrics["history"]) == 4
+    assert {"loss", "reward_margin", "reward_accuracy", "grad_norm", "lr"} <= set(metrics["history"][0])
+    # policy == reference at step one (fresh adapter = base), so the first loss is -log sigmoid(0) = ln 2
+    assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
+    assert metrics["history"][0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert metrics["loss_last"] < metrics["loss_first"] or metrics["reward_margin_last"] > 0
+
+    # the reference: one inference-mode pass over every (pair, side) sequence, exactly once, before any update
+    tok = be.tokenizer("a")
+    every = sorted(tuple(encode_example(tok, p["prompt"][0]["content"], p[side][0]["content"], s.max_length)[0])
+                   for p in PAIRS for side in ("chosen", "rejected"))
+    reference = [c for c in calls if c[0]]
+    assert all(c[0] for c in calls[:len(reference)])  # all reference passes come first
+    assert sorted(seq for _, seqs in reference for seq in seqs) == every
+    trained = [c for c in calls if not c[0]]
+    assert len(trained) == 4 * 2  # 4 steps x 2 micro-batches of one pair (chosen + rejected)
+    assert all(len(seqs) == 2 for _, seqs in trained)
+
+    # only the trained member's LoRA tensors moved; the base and the other members are bit-identical
+    moved = changed(be, "a", before)
+    assert moved and moved <= lora_names(be, "a")
+    assert any("lora_B" in n for n in moved)
+    assert not (moved & (lora_names(be, "b") | lora_names(be, "c")))
+    assert be.model("a").training is False  # back in eval mode
+
+
+def test_train_dpo_first_step_is_ln2_for_a_trained_adapter(tiny):
+    """DPO runs without LoRA dropout (as trl does), so policy == reference at step one even for a trained adapter."""
+    be = backend(tiny)  # default LoraShape: dropout 0.05
+    perturb_adapter(be, "a", seed=0)
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0)
+    metrics = train_dpo(be, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
+    assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
+
+
+def test_train_dpo_first_step_is_ln2_for_a_trained_adapter_without_dropout(tiny):
+    """The same rule holds once LoRA dropout is off: the reference is the adapter as it was at the start."""
+    be = backend(tiny, dropout=0.0)
+    perturb_adapter(be, "a", seed=0)
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0)
+    metrics = train_dpo(be, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
+    assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
+
+
+# Member names may look like module-path segments ("mlp", "0", "layers"): adapter lookup must be exact.
+
+
+def test_adapter_parameters_is_exact_for_a_member_named_like_a_module(tiny):
+    be = backend(tiny, names=("mlp", "b", "c"))
+    assert len(be.adapter_parameters("mlp")) == len(be.adapter_parameters("b"))
+
+
+def test_load_adapter_weights_for_a_member_named_like_a_module(tiny, tmp_path):
+    be = backend(tiny, names=("mlp", "b", "c"))
+    be.save_adapter("mlp", tmp_path / "mlp")
+    be.load_adapter_weights("mlp", tmp_path / "mlp")  # raised "lacks weights" when lookup matched by substring
+
+
+def test_train_dpo_without_pairs_does_nothing(tiny):
+    be = backend(tiny)
+    before = snapshot(be, "a")
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2)
+    assert train_dpo(be, "a", [], s, beta=BETA, epochs=2, seed=3) == {"member": "a", "pairs": 0, "steps": 0}
+    assert not changed(be, "a", before)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 4. train_sft
+
+
+def test_train_sft_lowers_nll_and_trains_only_its_adapter(tiny):
+    be = backend(tiny)
+    examples = [("Say hi.", "hi there"), ("What is 2+2?", "4"), ("Name a colour.", "Blue."),
+                ("Capital of France?", "Paris")]
+    tok = be.tokenizer("b")
+    encoded = [encode_example(tok, p, r, 512) for p, r in examples]
+    nll_before = mean_nll(be, "b", encoded)
+    before = snapshot(be, "b")
+
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.1)
+    metrics = train_sft(be, "b", examples, s, steps=10, seed=5)
+
+    assert metrics["steps"] == 10 and len(metrics["history"]) == 10
+    nll_after = mean_nll(be, "b", encoded)
+    assert nll_after < nll_before - 0.05, (nll_before, nll_after)
+    moved = changed(be, "b", before)
+    assert moved and moved <= lora_names(be, "b")
+    assert not (moved & (lora_names(be, "a") | lora_names(be, "c")))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 5. determinism
+
+
+def test_train_dpo_is_deterministic(tiny):
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1)
+    runs = []
+    for _ in range(2):
+        be = backend(tiny, seed=11)
+        metrics = train_dpo(be, "c", PAIRS, s, beta=BETA, epochs=2, seed=9)
+        runs.append((metrics["history"], {n: p.detach().clone() for n, p in be.adapter_parameters("c")}))
+    (history1, weights1), (history2, weights2) = runs
+    assert history1 == history2
+    assert weights1.keys() == weights2.keys() and weights1
+    assert all(torch.equal(weights1[n], weights2[n]) for n in weights1)
+    assert any(torch.count_nonzero(w) for n, w in weights1.items() if "lora_B" in n)  # it did train
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 6. save / load
+
+
+def logits(be: HFBackend, member: str, ids: torch.Tensor) -> torch.Tensor:
+    model = be.model(member)
+    model.set_adapter(member)
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_save_then_load_adapter_restores_outputs(tiny, tmp_path):
+    be = backend(tiny)
+    perturb_adapter(be, "a", seed=1)
+    ids = torch.tensor([encode_example(be.tokenizer("a"), "What is 2+2?", "4", 512)[0]])
+    out_a = logits(be, "a", ids)
+    assert not torch.allclose(out_a, logits(be, "b", ids))  # the perturbation shows in the outputs
+
+    target = tmp_path / "adapters" / "a"
+    be.save_adapter("a", target)
+    be.save_adapter("a", target)  # overwriting an existing adapter goes through the same temp dir
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a"]  # no `.a.tmp` left behind
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in target.iterdir()}
+
+    c_before = {n: p.detach().clone() for n, p in be.adapter_parameters("c")}
+    be.load_adapter_weights("b", target)
+    assert torch.equal(logits(be, "b", ids), out_a)
+    weights_a = {n.replace(".a.", "."): p for n, p in be.adapter_parameters("a")}
+    weights_b = {n.replace(".b.", "."): p for n, p in be.adapter_parameters("b")}
+    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[n], weights_b[n]) for n in weights_a)
+    assert all(torch.equal(p, c_before[n]) for n, p in be.adapter_parameters("c"))
+
+    # the directory is PEFT's on-disk format: a fresh backend can start a member from it
+    fresh = HFBackend([MemberModel("x", tiny, Path(target)), MemberModel("y", tiny, None)], LoraShape(), seed=0,
+                      device="cpu")
+    torch.testing.assert_close(logits(fresh, "x", ids), out_a, rtol=0, atol=1e-6)
