@@ -69,7 +69,7 @@ def encode_chat(tokenizer, messages: list[tuple[str, str]], slots: list[str], *,
 def _fill(content: str, n_slots: int) -> str:
     # str.format would choke on braces inside trusted text (the judge prompt has a JSON example)
     for i in range(n_slots):
-        content = content.replace("{%d}" % i, _SENTINEL.format(i))
+        content = content.replace(f"{{{i}}}", _SENTINEL.format(i))
     return content
 
 

@@ -49,7 +49,7 @@ def print_summary(summary: dict) -> None:
     for row in summary["leaderboard"]:
         t = m["training"].get(row["member"], {})
         loss = f"{t['loss_first']:.3f}→{t['loss_last']:.3f}" if t.get("steps") else "-"
-        print(f"{row['member']:<16}{row['reputation']:>11.2f}{row['sigma']:>7.2f}{row['wins']:>4}{row['losses']:>4}"
+        print(f"{row['member']:<16}{row['reputation']:>11.3f}{row['sigma']:>7.3f}{row['wins']:>4}{row['losses']:>4}"
               f"{row['ties']:>4}{row['void']:>5}{row['chosen']:>8}{row['rejected']:>9}{loss:>16}")
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in m["timings_s"].items())
     print(f"stage times: {timings}", flush=True)

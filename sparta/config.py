@@ -40,10 +40,10 @@ class LoraConfig:
 class ExpertsConfig:
     """Short supervised fine-tuning that turns one base into diverse experts (the paper's pool idea)."""
 
-    steps: int = 40
-    batch_size: int = 4
-    lr: float = 3e-4
-    max_length: int = 384
+    steps: int = 20
+    batch_size: int = 2
+    lr: float = 5e-4
+    max_length: int = 256
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,12 @@ class PoolConfig:
 @dataclass(frozen=True)
 class DataConfig:
     prompts: str = "gsm8k"  # a built-in prompt pool name, or a .json/.jsonl file of prompts
-    prompts_per_iteration: int = 16  # paper: 1000
+    prompts_per_iteration: int = 12  # paper: 1000
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 128  # paper: 512
+    max_new_tokens: int = 96  # paper: 512
     temperature: float = 0.7
     top_p: float = 0.95
     batch_size: int = 16
@@ -113,11 +113,11 @@ class ReputationConfig:
 class TrainingConfig:
     """DPO for every member each iteration. Paper: beta 0.1, lr 1e-6, 1 epoch, cosine, warmup 0.1.
 
-    lr 1e-6 does not move a rank-8 LoRA in the few steps a CPU demo affords; 5e-5 does (see README)."""
+    lr 1e-6 does not move a rank-8 LoRA in the few steps a CPU demo affords; 2e-4 does (see README)."""
 
     pairs: str = "all"  # "all" (paper) or "own" (only the duels the member fought)
     beta: float = 0.1
-    lr: float = 5e-5
+    lr: float = 2e-4
     epochs: int = 1
     batch_size: int = 4
     micro_batch_size: int = 2

@@ -21,8 +21,7 @@ from .experts import build_experts, check_recipes
 from .models import default_cache_dir, resolve_model
 from .pairs import pairs_for, preference_pairs
 from .prompts import load_prompts, sample_prompts
-from .records import (Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic,
-                      write_jsonl_atomic)
+from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed, rng
 from .training import OptimSettings, dpo_steps, train_dpo
@@ -138,7 +137,7 @@ class Pipeline:
         return ReputationState.from_dict(read_json(self.run.iteration(t - 1) / "reputations.json"))
 
     def _combat(self, t: int, prompts: list[Prompt], timings: dict) -> tuple[ReputationState, list[Duel]]:
-        run, c = self.run, self.c
+        run = self.run
         journal = run.iteration(t) / "combat.jsonl"
         duels = self._read_journal(journal, len(prompts))
         state = self._start_state(t)

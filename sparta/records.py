@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Duel:
     update: dict | None = None  # the reputation update (ratings and sigmas before/after, K, gap)
 
     @staticmethod
-    def from_dict(d: dict) -> "Duel":
+    def from_dict(d: dict) -> Duel:
         d = dict(d)
         d["response_a"] = Response(**d["response_a"])
         d["response_b"] = Response(**d["response_b"])

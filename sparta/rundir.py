@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig, diff_keys, dump_yaml, fingerprint, to_dict, RESUMABLE_KEYS
-from .records import read_json, write_json_atomic, _write_atomic
+from .config import RESUMABLE_KEYS, RunConfig, diff_keys, dump_yaml, fingerprint, to_dict
+from .records import _write_atomic, read_json, write_json_atomic
 
 PACKAGES = ("sparta-align", "torch", "transformers", "peft", "trl", "tokenizers", "safetensors")
 
@@ -36,7 +36,7 @@ class RunDir:
         self.root = Path(root)
 
     @classmethod
-    def open(cls, config: RunConfig) -> "RunDir":
+    def open(cls, config: RunConfig) -> RunDir:
         """Create the run directory, or reopen it after checking it was made with the same config."""
         run = cls(Path(config.run_dir))
         meta_path = run.root / "run.json"

@@ -42,9 +42,11 @@ def sequence_logprobs(model, examples: list[tuple[list[int], int]], pad_id: int,
     width = max(len(ids) for ids, _ in examples)
     ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in examples], device=device)
     mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in examples], device=device)
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-    targets = ids[:, 1:]
-    positions = torch.arange(1, width, device=device)
+    # Only positions that predict a response token need the (vocabulary-sized) output layer.
+    first = max(1, min(s for _, s in examples))
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first + 1).logits[:, :-1]
+    targets = ids[:, first:]
+    positions = torch.arange(first, width, device=device)
     starts = torch.tensor([s for _, s in examples], device=device)
     lengths = mask.sum(-1)
     counted = (positions[None] >= starts[:, None]) & (positions[None] < lengths[:, None])
