@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .config import LoraConfig as LoraShape
 from .models import ResolvedModel
 from .seeding import derive_seed
 
@@ -27,13 +28,6 @@ class MemberModel:
     name: str
     base: ResolvedModel
     adapter_dir: Path | None  # None: a fresh LoRA adapter (identical to the base until trained)
-
-
-@dataclass(frozen=True)
-class LoraShape:
-    rank: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
 
 
 @dataclass(frozen=True)

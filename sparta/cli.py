@@ -32,11 +32,15 @@ class Bars:
     def __call__(self, stage: str, total: int):
         from tqdm import tqdm
 
-        if self.open is not None:
-            self.open.close()
+        self.close()
         self.open = tqdm(total=total, desc=f"{stage:>16}", unit="", leave=True, file=sys.stderr,
                          dynamic_ncols=True)
         return self.open.update
+
+    def close(self) -> None:
+        if self.open is not None:
+            self.open.close()
+            self.open = None
 
 
 def print_summary(summary: dict) -> None:
@@ -52,7 +56,7 @@ def print_summary(summary: dict) -> None:
         print(f"{row['member']:<16}{row['reputation']:>11.3f}{row['sigma']:>7.3f}{row['wins']:>4}{row['losses']:>4}"
               f"{row['ties']:>4}{row['void']:>5}{row['chosen']:>8}{row['rejected']:>9}{loss:>16}")
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in m["timings_s"].items())
-    print(f"stage times: {timings}", flush=True)
+    print(f"stage times: {timings}; peak memory {m['peak_rss_mb']:.0f} MB", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(config, dump_yaml)
     from .pipeline import Pipeline
 
-    pipeline = Pipeline(config, progress=Bars(), on_iteration=print_summary)
+    bars = Bars()
+    pipeline = Pipeline(config, progress=bars, on_iteration=lambda summary: (bars.close(), print_summary(summary)))
     try:
         if args.command == "experts":
-            pipeline.prepare()
-            print("experts ready:", {m: str(p) for m, p in pipeline.initial_adapters.items()})
+            pipeline.check()
+            for member, path in pipeline.build_initial_adapters().items():
+                print(f"{member:<16} {path or 'fresh adapter'}")
         else:
             run = pipeline.run_all()
             print(f"\nrun complete: {run.root}")

@@ -108,6 +108,12 @@ class ReputationConfig:
     initial_rating: float = 100.0
     initial_sigma: float = 0.5
 
+    def __post_init__(self) -> None:
+        # sigma_min > 0 keeps z = (R_a - R_b) / sqrt(sigma_a^2 + sigma_b^2) finite whatever the history.
+        for name in ("steps", "scaling", "window", "sigma_min", "initial_sigma"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"reputation.{name} must be > 0, got {getattr(self, name)!r}")
+
 
 @dataclass(frozen=True)
 class TrainingConfig:

@@ -8,14 +8,15 @@ the same results as one that was never interrupted (same seed, CPU).
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .arena.combat import ArenaSettings, Match, run_round
 from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
-from .arena.reputation import EloParams, ReputationState, apply_duel, initial_state
-from .backend import HFBackend, LoraShape, MemberModel
+from .arena.reputation import ReputationState, apply_duel, initial_state
+from .backend import HFBackend, MemberModel
 from .config import RunConfig
 from .experts import build_experts, check_recipes
 from .models import default_cache_dir, resolve_model
@@ -41,27 +42,34 @@ class Pipeline:
         self.on_iteration = on_iteration or (lambda summary: None)
         self.cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         self.members = [m.name for m in config.pool.members]
-        self.elo = EloParams(**asdict(config.reputation))
-        self.lora = LoraShape(**asdict(config.pool.lora))
+        self.elo = config.reputation
+        self.lora = config.pool.lora
         self.backend: HFBackend | None = None
 
     # ---- set-up: everything cheap is checked before anything expensive ---------------------------
 
-    def prepare(self) -> None:
+    def check(self) -> None:
+        """Every check that needs no model: data, recipes, adapter and model paths."""
         c = self.c
         self.prompt_pool = load_prompts(c.data.prompts)
         check_recipes([m.expert for m in c.pool.members if m.expert])
-        self.resolved = {m.name: resolve_model(m.model or c.pool.base, self.cache) for m in c.pool.members}
         for m in c.pool.members:
+            resolve_model(m.model or c.pool.base, self.cache, build=False)
             if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
                 raise FileNotFoundError(f"pool.members[{m.name}].adapter: {m.adapter} has no adapter_config.json")
         warning = uniform_warning(len(self.members), c.arena.k)
         if warning:
             log.warning(warning)
-        self.run = RunDir.open(c)
-        self.initial_adapters = self._initial_adapters()
 
-    def _initial_adapters(self) -> dict[str, Path | None]:
+    def prepare(self) -> None:
+        """Check, open the run directory (refusing a different config), then resolve models and experts."""
+        self.check()
+        self.run = RunDir.open(self.c)
+        self.resolved = {m.name: resolve_model(m.model or self.c.pool.base, self.cache) for m in self.c.pool.members}
+        self.initial_adapters = self.build_initial_adapters()
+
+    def build_initial_adapters(self) -> dict[str, Path | None]:
+        """Each member's starting adapter: its own, a (cached) expert, or None for a fresh one."""
         c, adapters = self.c, {}
         by_base: dict[str, list[str]] = {}
         for m in c.pool.members:
@@ -268,4 +276,5 @@ def iteration_metrics(duels: list[Duel], pairs: list[dict], training: dict[str, 
                       "prompt_shortened": sum(j.prompt_shortened for j in judgments)},
         "training": {m: {k: v for k, v in t.items() if k != "history"} for m, t in training.items()},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process, so far
     }

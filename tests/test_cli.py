@@ -160,3 +160,27 @@ def test_unknown_command_is_a_usage_error(capsys):
         main(["fight"])
     assert e.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_experts_builds_once_then_reuses_the_cache(tmp_path, cache, capsys):
+    members = [{"name": "m", "expert": "math"}, {"name": "n", "expert": "normad"}, "plain"]
+    path = write_config(tmp_path, cache, pool={"base": "tiny", "members": members, "experts": {"steps": 2}})
+    assert main(["experts", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "fresh adapter" in out and out.count("experts/") == 2
+    built = sorted((cache / "experts").iterdir())
+    assert [p.name.split("-")[0] for p in built] == ["math", "normad"]
+    assert all((p / "adapter_config.json").exists() and (p / "sft_metrics.json").exists() for p in built)
+    stamps = [(p / "adapter_model.safetensors").stat().st_mtime_ns for p in built]
+    assert main(["experts", str(path)]) == 0  # second call: cached, nothing rebuilt
+    assert [(p / "adapter_model.safetensors").stat().st_mtime_ns for p in built] == stamps
+    assert not (tmp_path / "run").exists()  # building experts makes no run directory
+
+
+def test_run_prints_leaderboard_and_resumes_as_a_no_op(tmp_path, cache, capsys):
+    path = write_config(tmp_path, cache, iterations=1, generation={"max_new_tokens": 8}, arena={"k": 1})
+    assert main(["run", str(path)]) == 0
+    first = capsys.readouterr().out
+    assert "== iteration 1" in first and "reputation" in first and "run complete" in first
+    assert main(["run", str(path)]) == 0
+    assert "== iteration 1" in capsys.readouterr().out  # the summary is shown again, nothing is recomputed

@@ -139,3 +139,13 @@ def test_torn_journal_round_is_redone(reference_run, tiny_config, tmp_path):
     journal.write_text("".join(lines[:5]) + lines[5][:40])  # round 1 has only 1 of its 2 duels + a torn line
     run_to_end(config)
     assert_same(snapshot(reference_root), snapshot(tmp_path / "torn"))
+
+
+def test_heterogeneous_pool_loads_each_base_once(tiny_config, tmp_path):
+    config = tiny_config("pool.members=[{name: a, model: tiny}, {name: b, model: tiny}, {name: c, model: 'tiny:1'}]",
+                         "iterations=1", "data.prompts_per_iteration=3", "arena.k=1")
+    pipeline = Pipeline(config)
+    root = pipeline.run_all().root
+    assert pipeline.backend.loads == 2  # two distinct bases, three members
+    duels = read_jsonl(root / "iter_01" / "combat.jsonl")
+    assert len(duels) == 3 and all(len(d["judgments"]) == 2 for d in duels)

@@ -26,28 +26,12 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from ..config import ReputationConfig
+
 ACCURACY_STD = 20.0  # spread of accuracy-based initial ratings (SPARTA.md)
 
 
-@dataclass(frozen=True)
-class EloParams:
-    k0: float = 10.0
-    k_min: float = 5.0
-    decay: float = 0.9
-    steps: int = 10
-    scaling: float = 20.0
-    eps: float = 0.01
-    floor: float = 10.0
-    window: int = 10
-    sigma_min: float = 0.1
-    initial_rating: float = 100.0
-    initial_sigma: float = 0.5
-
-    def __post_init__(self) -> None:
-        # sigma_min > 0 keeps z = (R_a - R_b) / sqrt(sigma_a^2 + sigma_b^2) finite whatever the history.
-        for name in ("steps", "scaling", "window", "sigma_min", "initial_sigma"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"EloParams.{name} must be > 0, got {getattr(self, name)!r}")
+EloParams = ReputationConfig  # the parameters are defined once, with the rest of the configuration
 
 
 @dataclass
