@@ -149,3 +149,34 @@ def test_heterogeneous_pool_loads_each_base_once(tiny_config, tmp_path):
     assert pipeline.backend.loads == 2  # two distinct bases, three members
     duels = read_jsonl(root / "iter_01" / "combat.jsonl")
     assert len(duels) == 3 and all(len(d["judgments"]) == 2 for d in duels)
+
+
+@pytest.mark.parametrize("wait_for", ["iter_01/combat.jsonl", "iter_01/done/train-b", "iter_02/done/prompts"])
+def test_kill_9_then_resume_matches(reference_run, tiny_config, tmp_path, wait_for):
+    """A real SIGKILL of `sparta run` (wherever it lands after `wait_for` appears), then a resume: same results."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from sparta.config import dump_yaml
+
+    _, reference_root = reference_run
+    config = tiny_config("threads=1", run_dir=tmp_path / "kill9")
+    path = tmp_path / "kill9.yaml"
+    path.write_text(dump_yaml(config))
+    assert yaml.safe_load(path.read_text())["run_dir"] == str(tmp_path / "kill9")
+    proc = subprocess.Popen([sys.executable, "-m", "sparta.cli", "run", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "kill9" / wait_for).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "kill9" / wait_for).exists()
+    assert not (tmp_path / "kill9" / "iter_02" / "done" / "iteration").exists()  # it really died mid-run
+    run_to_end(config)
+    assert_same(snapshot(reference_root), snapshot(tmp_path / "kill9"))
