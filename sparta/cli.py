@@ -49,12 +49,13 @@ def print_summary(summary: dict) -> None:
           f"tie rate {m['tie_rate']:.2f}, judge parse failures {m['judgments']['parse_failure_rate']:.1%}, "
           f"failed generations {m['responses']['failed']}")
     print(f"{'member':<16}{'reputation':>11}{'sigma':>7}{'W':>4}{'L':>4}{'T':>4}{'void':>5}{'chosen':>8}"
-          f"{'rejected':>9}{'DPO loss':>16}")
+          f"{'rejected':>9}  DPO loss on its pairs (before→after, reward acc.)")
     for row in summary["leaderboard"]:
         t = m["training"].get(row["member"], {})
-        loss = f"{t['loss_first']:.3f}→{t['loss_last']:.3f}" if t.get("steps") else "-"
+        after = t.get("after")
+        loss = f"{t['loss_first']:.3f}→{after['loss']:.3f}, acc {after['reward_accuracy']:.2f}" if after else "-"
         print(f"{row['member']:<16}{row['reputation']:>11.3f}{row['sigma']:>7.3f}{row['wins']:>4}{row['losses']:>4}"
-              f"{row['ties']:>4}{row['void']:>5}{row['chosen']:>8}{row['rejected']:>9}{loss:>16}")
+              f"{row['ties']:>4}{row['void']:>5}{row['chosen']:>8}{row['rejected']:>9}  {loss}")
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in m["timings_s"].items())
     print(f"stage times: {timings}; peak memory {m['peak_rss_mb']:.0f} MB", flush=True)
 

@@ -146,11 +146,13 @@ def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: f
         total, _ = sequence_logprobs(model, seqs, tok.pad_token_id, device)
         return total[:len(indices)], total[len(indices):]
 
-    with torch.inference_mode():  # reference = this adapter before any update: computed once per pair
-        reference = [logps(list(range(i, min(i + s.micro_batch_size, len(pairs)))))
+    def all_logps():
+        with torch.inference_mode():
+            parts = [logps(list(range(i, min(i + s.micro_batch_size, len(pairs)))))
                      for i in range(0, len(pairs), s.micro_batch_size)]
-    ref_chosen = torch.cat([c for c, _ in reference])
-    ref_rejected = torch.cat([r for _, r in reference])
+        return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+
+    ref_chosen, ref_rejected = all_logps()  # reference = this adapter before any update: once per pair
 
     def micro_loss(indices, weight):
         chosen, rejected = logps(indices)
@@ -162,9 +164,12 @@ def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: f
 
     batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
     history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
+    # One more pass over the pairs after training: did the member learn to prefer the chosen responses?
+    loss, rc, rr = dpo_loss(*all_logps(), ref_chosen, ref_rejected, beta)
     return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
             "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
-            "reward_margin_last": history[-1]["reward_margin"]}
+            "after": {"loss": loss.item(), "reward_margin": (rc - rr).mean().item(),
+                      "reward_accuracy": (rc > rr).float().mean().item()}}
 
 
 def dpo_steps(n_pairs: int, batch_size: int, epochs: int) -> int:

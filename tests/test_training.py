@@ -237,15 +237,19 @@ def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
     # policy == reference at step one (fresh adapter = base), so the first loss is -log sigmoid(0) = ln 2
     assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
     assert metrics["history"][0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
-    assert metrics["loss_last"] < metrics["loss_first"] or metrics["reward_margin_last"] > 0
+    # measured on all pairs after training: the member now prefers the chosen responses
+    assert metrics["after"]["loss"] < metrics["loss_first"] and metrics["after"]["reward_margin"] > 0
 
     # the reference: one inference-mode pass over every (pair, side) sequence, exactly once, before any update
     tok = be.tokenizer("a")
     every = sorted(tuple(encode_example(tok, p["prompt"][0]["content"], p[side][0]["content"], s.max_length)[0])
                    for p in PAIRS for side in ("chosen", "rejected"))
-    reference = [c for c in calls if c[0]]
-    assert all(c[0] for c in calls[:len(reference)])  # all reference passes come first
-    assert sorted(seq for _, seqs in reference for seq in seqs) == every
+    first_step = next(i for i, c in enumerate(calls) if not c[0])
+    last_step = max(i for i, c in enumerate(calls) if not c[0])
+    reference, after = calls[:first_step], calls[last_step + 1:]
+    assert all(c[0] for c in reference + after)  # no-grad passes: the reference before, the evaluation after
+    assert sorted(seq for _, seqs in reference for seq in seqs) == every  # the reference: each sequence once
+    assert sorted(seq for _, seqs in after for seq in seqs) == every
     trained = [c for c in calls if not c[0]]
     assert len(trained) == 4 * 2  # 4 steps x 2 micro-batches of one pair (chosen + rejected)
     assert all(len(seqs) == 2 for _, seqs in trained)
