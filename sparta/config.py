@@ -188,6 +188,11 @@ def _coerce(tp: object, value: object, where: str) -> object:
         return _build(tp, value, where)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, float, str, bool) and (type(value) is not tp):
         raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value

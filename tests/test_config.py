@@ -234,3 +234,10 @@ def test_config_is_frozen():
     c = load_config(None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.seed = 3  # type: ignore[misc]
+
+
+def test_exponent_without_dot_is_a_float():
+    """YAML 1.1 reads `5e-5` as a string; a float field still takes it (users write lr=5e-5)."""
+    assert load_config(None, ["training.lr=5e-5"]).training.lr == 5e-5
+    with pytest.raises(ConfigError, match="training.lr"):
+        load_config(None, ["training.lr=fast"])

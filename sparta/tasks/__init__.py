@@ -1,0 +1,1 @@
+"""The paper's evaluation tasks: data, prompt formats and graders."""
