@@ -97,7 +97,7 @@ def _validate(config, dump_yaml) -> int:
     from .prompts import load_prompts
 
     try:
-        n = len(load_prompts(config.data.prompts))
+        n = len(load_prompts(config.data.prompts, config.data.user_data or None))
         check_recipes([m.expert for m in config.pool.members if m.expert])
         cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
         for m in config.pool.members:

@@ -61,7 +61,8 @@ class PoolConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    prompts: str = "gsm8k"  # a built-in prompt pool name, or a .json/.jsonl file of prompts
+    prompts: str = "gsm8k"  # a task name (its combat pool), "self_instruct", or a .json/.jsonl file of prompts
+    user_data: str = ""  # folder with user-supplied task files (knowledge_crosswords, normad_rot, ...)
     prompts_per_iteration: int = 12  # paper: 1000
 
 

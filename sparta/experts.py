@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .models import ResolvedModel
-from .prompts import DATA, _with_input
+from .tasks.catalog import DATA, with_input
 from .seeding import rng
 
 if TYPE_CHECKING:  # torch is imported only when an expert is actually built
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # torch is imported only when an expert is actually built
 
 def _self_instruct() -> list[tuple[str, str]]:
     rows = [json.loads(line) for line in (DATA / "instructions/self_instruct_seed_tasks.jsonl").open()]
-    return [(_with_input(r["instruction"], i["input"]), i["output"]) for r in rows for i in r["instances"]]
+    return [(with_input(r["instruction"], i["input"]), i["output"]) for r in rows for i in r["instances"]]
 
 
 def _math() -> list[tuple[str, str]]:

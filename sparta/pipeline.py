@@ -51,7 +51,7 @@ class Pipeline:
     def check(self) -> None:
         """Every check that needs no model: data, recipes, adapter and model paths."""
         c = self.c
-        self.prompt_pool = load_prompts(c.data.prompts)
+        self.prompt_pool = load_prompts(c.data.prompts, c.data.user_data or None)
         check_recipes([m.expert for m in c.pool.members if m.expert])
         for m in c.pool.members:
             resolve_model(m.model or c.pool.base, self.cache, build=False)

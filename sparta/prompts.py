@@ -7,51 +7,31 @@ from pathlib import Path
 
 from .records import Prompt
 from .seeding import rng
-
-DATA = Path(__file__).parent / "_data"
-
-
-def _gsm8k() -> list[str]:
-    rows = json.loads((DATA / "gsm8k/train_questions.json").read_text())
-    return [f"{r['instruction']}\n\n{r['input']}" for r in rows]
+from .tasks.catalog import DATA, TASKS, get_task, with_input
 
 
-def _self_instruct() -> list[str]:
+def _self_instruct() -> list[Prompt]:
     rows = [json.loads(line) for line in (DATA / "instructions/self_instruct_seed_tasks.jsonl").open()]
-    return [_with_input(r["instruction"], r["instances"][0]["input"]) for r in rows]
+    return [Prompt(f"self_instruct:{i}", with_input(r["instruction"], r["instances"][0]["input"]), "self_instruct")
+            for i, r in enumerate(rows)]
 
 
-def _math(level: str) -> list[str]:
-    return [json.loads(line)["problem"] for line in (DATA / f"math/train_{level}.jsonl").open()]
-
-
-def _com2() -> list[str]:
-    return [r["prompt"].strip() for r in json.loads((DATA / "com2/train.json").read_text())]
-
-
-BUILTIN = {
-    "gsm8k": _gsm8k,  # the paper's GSM8K combat pool (train questions, no answers)
-    "self_instruct": _self_instruct,  # license-clean stand-in for Alpaca instructions
-    "math_easy": lambda: _math("easy"),
-    "math_medium": lambda: _math("medium"),
-    "com2": _com2,
-}
-
+# Every task's combat pool (sparta.tasks.catalog), plus all 175 Self-Instruct seeds as a general pool.
+BUILTIN = [*TASKS, "self_instruct"]
 _TEXT_FIELDS = ("text", "prompt", "instruction", "question")
 
 
-def _with_input(instruction: str, extra: str) -> str:
-    return f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
-
-
-def load_prompts(source: str) -> list[Prompt]:
-    """A built-in pool by name, or a .json (list) / .jsonl file whose rows hold one of `_TEXT_FIELDS`
-    (an `input` field is appended to `instruction`). Ids are `<source>:<row>`."""
-    if source in BUILTIN:
-        texts, name = BUILTIN[source](), source
+def load_prompts(source: str, user_data: str | Path | None = None) -> list[Prompt]:
+    """A task's combat pool or "self_instruct" by name, or a .json (list) / .jsonl file whose rows hold one of
+    `_TEXT_FIELDS` (an `input` field is appended to `instruction`; ids are `<file stem>:<row>`).
+    `user_data` is the folder of user-supplied task files (see docs/tasks.md)."""
+    if source == "self_instruct":
+        prompts = _self_instruct()
+    elif source in TASKS:
+        prompts = get_task(source).combat_prompts(Path(user_data) if user_data else None)
     else:
-        texts, name = _read_file(Path(source)), Path(source).stem
-    prompts = [Prompt(f"{name}:{i}", t, source) for i, t in enumerate(texts) if t.strip()]
+        name = Path(source).stem
+        prompts = [Prompt(f"{name}:{i}", t, source) for i, t in enumerate(_read_file(Path(source))) if t.strip()]
     if not prompts:
         raise ValueError(f"prompt pool {source!r} is empty")
     return prompts
@@ -79,7 +59,7 @@ def _row_text(row: object, path: Path, i: int) -> str:
                 extra = row.get("input") or ""
                 if not isinstance(extra, str):
                     raise ValueError(f"data.prompts: {path} row {i}: field 'input' must be text, got {extra!r}")
-                return _with_input(row[field], extra) if field == "instruction" else row[field]
+                return with_input(row[field], extra) if field == "instruction" else row[field]
     raise ValueError(f"data.prompts: {path} row {i} has none of the fields {_TEXT_FIELDS}")
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
-ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "prompts", "backend", "arena", "pairs",
+ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "backend", "arena", "pairs",
          "training", "experts", "pipeline", "cli"]
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 
 import pytest
 
 from sparta.prompts import BUILTIN, load_prompts, sample_prompts
 from sparta.records import Prompt
+from sparta.tasks.catalog import TASKS, MissingUserData
 
 
 @pytest.fixture(scope="module")
@@ -20,21 +20,24 @@ def gsm8k() -> list[Prompt]:
 # ---- built-in pools --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN))
+SHIPPED = sorted(name for name in BUILTIN if name not in TASKS or not TASKS[name].requires_user_data)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_builtin_pool_loads(name):
     prompts = load_prompts(name)
     assert prompts
     ids = [p.id for p in prompts]
     assert len(set(ids)) == len(ids)
-    pattern = re.compile(rf"^{re.escape(name)}:(\d+)$")
-    indices = []
     for p in prompts:
-        m = pattern.match(p.id)
-        assert m, p.id
-        indices.append(int(m.group(1)))
+        assert p.id.startswith(f"{name}:") and len(p.id) > len(name) + 1, p.id
         assert p.text.strip()
-        assert p.source == name
-    assert indices == sorted(indices)
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTIN) - set(SHIPPED)))
+def test_user_data_pool_names_the_missing_file(name):
+    with pytest.raises(MissingUserData, match="user_data"):
+        load_prompts(name)
 
 
 def test_gsm8k_size_and_shape(gsm8k):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 TOLERANCE = Decimal("1e-6")  # numeric answers closer than this are equal
-MATH_VERIFY_TIMEOUT_S = 5  # math-verify's own per-parse / per-comparison timeout (signal based: main thread only)
+MATH_VERIFY_TIMEOUT_S = 3  # math-verify's own per-parse / per-comparison timeout (signal based: main thread only)
 MAX_MATH_ANSWER_CHARS = 1000  # longer "answers" are not sent to math-verify (sympy on huge input can hang)
 
 
@@ -52,7 +52,10 @@ def _to_decimal(text: str) -> Decimal | None:
 
 def _numbers_equal(a: str, b: str) -> bool:
     x, y = _to_decimal(a), _to_decimal(b)
-    return x is not None and y is not None and abs(x - y) <= TOLERANCE
+    try:
+        return x is not None and y is not None and abs(x - y) <= TOLERANCE
+    except ArithmeticError:  # exponents beyond Decimal's range
+        return False
 
 
 # ----------------------------------------------------------------------------------------------- GSM8K
@@ -125,6 +128,7 @@ def math_gold(solution: str) -> str:
 
 _FINAL_ANSWER = re.compile(r"(?:final\s+answer|\banswer)\s*(?:is|:)\s*:?\s*(?P<ans>[^\n]+)", re.IGNORECASE)
 _TRAILING_EQUALS = re.compile(r"=\s*(?P<ans>[^=\n]+?)\s*$")
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}\s+[A-Za-z]{2,}")  # two words in a row: a sentence, not a value
 _HOPE = re.compile(r"\s*I hope it is correct\.?\s*$", re.IGNORECASE)
 
 
@@ -134,7 +138,7 @@ def _tidy_stated_answer(text: str) -> str:
     if math_span:  # "The answer is $\frac12$ because ..." -> the math span
         text = next(g for g in math_span.groups() if g is not None)
     else:
-        text = re.split(r"\.\s", text, maxsplit=1)[0]  # first sentence
+        text = re.split(r"\.\s|\s(?:because|since|as|so|which)\s", text, maxsplit=1)[0]  # first sentence/clause
     return text.strip().strip("*").strip().rstrip(".").strip()
 
 
@@ -152,7 +156,7 @@ def extract_math_answer(output: str) -> tuple[str | None, str]:
             return answer, "final_answer"
     tail = output.rstrip().rstrip(".").rstrip("$").rstrip()
     equals = _TRAILING_EQUALS.search(tail)
-    if equals and equals.group("ans").strip():
+    if equals and equals.group("ans").strip() and not _PROSE.search(equals.group("ans")):
         return equals.group("ans").strip().strip("$").strip(), "equals"
     return None, "none"
 
@@ -166,8 +170,8 @@ def _normalise_latex(text: str) -> str:
 
 
 def _math_verify_equal(gold: str, answer: str) -> bool | None:
-    """math-verify's verdict; None when it could not read the answer. Signal-based timeouts only work in
-    the main thread, so elsewhere they are off (answers are length-capped instead)."""
+    """math-verify's verdict; None when it could not read the answer as an expression. Its signal-based
+    timeouts only work in the main thread, so elsewhere they are off (answers are length-capped instead)."""
     import logging
 
     from math_verify import parse, verify
@@ -176,9 +180,10 @@ def _math_verify_equal(gold: str, answer: str) -> bool | None:
     timeout = MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
     parsed_gold = parse(f"$\\boxed{{{gold}}}$", parsing_timeout=timeout)
     parsed_answer = parse(f"$\\boxed{{{answer}}}$", parsing_timeout=timeout)
-    if not parsed_answer:
-        return None
-    return bool(verify(parsed_gold, parsed_answer, timeout_seconds=timeout))
+    if bool(verify(parsed_gold, parsed_answer, timeout_seconds=timeout)):
+        return True
+    # parse() falls back to the raw string when no expression could be read; such an answer is unreadable
+    return False if any(not isinstance(p, str) for p in parsed_answer) else None
 
 
 def grade_math(output: str, gold: str) -> Grade:
@@ -194,7 +199,7 @@ def grade_math(output: str, gold: str) -> Grade:
     if len(answer) <= MAX_MATH_ANSWER_CHARS:
         try:
             verdict = _math_verify_equal(gold, answer)
-        except Exception:  # noqa: BLE001 - model output is arbitrary; any failure is "unreadable"
+        except Exception:  # model output is arbitrary: any failure in math-verify means "unreadable"
             verdict = None
     if verdict:
         return Grade(True, answer, method)
