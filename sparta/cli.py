@@ -20,6 +20,15 @@ def make_parser() -> argparse.ArgumentParser:
         p.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
                        help="YAML config (default: the packaged demo)")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. arena.alpha=0.3")
+    p = sub.add_parser("eval", help="score pool members on a task's dev or test split (with 95%% CIs)")
+    p.add_argument("config", help="a YAML config, or a run directory (its config.yaml is used)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("--task", required=True, help="one of the 12 task names (see docs/tasks.md)")
+    p.add_argument("--split", default="dev", choices=["dev", "test"])
+    p.add_argument("--members", nargs="+", help="members to score (default: all)")
+    p.add_argument("--iteration", type=int, help="the pool after this iteration (0 = initial; default: the last)")
+    p.add_argument("--limit", type=int, help="only the first N examples of the split")
+    p.add_argument("--evaluator", help="judged tasks: the member that scores answers (default: top reputation)")
     return parser
 
 
@@ -60,13 +69,29 @@ def print_summary(summary: dict) -> None:
     print(f"stage times: {timings}; peak memory {m['peak_rss_mb']:.0f} MB", flush=True)
 
 
+def print_eval(task: str, split: str, results: dict, path: Path) -> None:
+    print(f"\n{task} ({split}):")
+    for member, r in results.items():
+        cells = []
+        for name, m in r["metrics"].items():
+            lo, hi = m["ci95"]
+            mark = "*" if name == r["primary"] else ""
+            cells.append(f"{name}{mark} {m['value']:.3f} [{lo:.3f}, {hi:.3f}] n={m['n']}"
+                         + (f" failed={m['failed']}" if m["failed"] else ""))
+        print(f"  {member:<16} " + "; ".join(cells) + f"  ({r['wall_s']:.0f}s)")
+    print(f"(* primary metric; 95% bootstrap intervals) written to {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .config import ConfigError, dump_yaml, load_config
 
+    config_path, overrides = args.config, list(args.overrides)
+    if Path(config_path).is_dir():  # a run directory: its own config, and it stays where it is
+        config_path, overrides = str(Path(config_path) / "config.yaml"), [*overrides, f"run_dir={args.config}"]
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(config_path, overrides)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -77,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     bars = Bars()
     pipeline = Pipeline(config, progress=bars, on_iteration=lambda summary: (bars.close(), print_summary(summary)))
     try:
-        if args.command == "experts":
+        if args.command == "eval":
+            results, path = pipeline.evaluate(args.task, args.split, args.iteration, args.members, args.limit,
+                                              args.evaluator)
+            bars.close()
+            print_eval(args.task, args.split, results, path)
+        elif args.command == "experts":
             pipeline.check()
             for member, path in pipeline.build_initial_adapters().items():
                 print(f"{member:<16} {path or 'fresh adapter'}")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .models import ResolvedModel
-from .tasks.catalog import DATA, with_input
 from .seeding import rng
+from .tasks.catalog import DATA, with_input
 
 if TYPE_CHECKING:  # torch is imported only when an expert is actually built
     from .backend import LoraShape

@@ -18,6 +18,7 @@ from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
 from .arena.reputation import ReputationState, apply_duel, initial_state
 from .backend import HFBackend, MemberModel
 from .config import RunConfig
+from .evaluation import EvalSettings, evaluate
 from .experts import build_experts, check_recipes
 from .models import default_cache_dir, resolve_model
 from .pairs import pairs_for, preference_pairs
@@ -25,6 +26,7 @@ from .prompts import load_prompts, sample_prompts
 from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed, rng
+from .tasks.catalog import get_task
 from .training import OptimSettings, dpo_steps, train_dpo
 
 log = logging.getLogger(__name__)
@@ -221,6 +223,38 @@ class Pipeline:
 
     def _training(self, t: int) -> dict[str, dict]:
         return {m: read_json(self.run.iteration(t) / "training" / f"{m}.json") for m in self.members}
+
+    # ---- evaluation --------------------------------------------------------------------------------
+
+    def evaluate(self, task_name: str, split: str, iteration: int | None = None, members: list[str] | None = None,
+                 limit: int | None = None, evaluator: str | None = None, settings: EvalSettings | None = None
+                 ) -> tuple[dict, Path]:
+        """Score members as they stood after `iteration` (0 = the initial pool; None = the last finished one)
+        on a task split; writes RUN/eval/iter_NN/TASK-SPLIT.json and returns (results, path)."""
+        task = get_task(task_name)
+        examples = task.examples(split, self.c.data.user_data or None)[:limit]
+        self.check()
+        self.run = RunDir.open(self.c)
+        finished = [t for t in range(1, self.c.iterations + 1) if self.run.is_done(t, "iteration")]
+        iteration = (finished[-1] if finished else 0) if iteration is None else iteration
+        if iteration and iteration not in finished:
+            raise RunDirError(f"iteration {iteration} of {self.run.root} has not finished")
+        members = members or self.members
+        unknown = sorted(set(members + ([evaluator] if evaluator else [])) - set(self.members))
+        if unknown:
+            raise ValueError(f"not members of the pool: {unknown} (members: {self.members})")
+        self.resolved = {m.name: resolve_model(m.model or self.c.pool.base, self.cache) for m in self.c.pool.members}
+        self.initial_adapters = self.build_initial_adapters()
+        backend = self._load_backend(iteration + 1)
+        if task.kind == "judged" and evaluator is None:  # default: the member with the highest reputation
+            state = self._start_state(iteration + 1)
+            evaluator = max(self.members, key=lambda m: state.ratings[m])
+        settings = settings or EvalSettings(seed=self.c.seed)
+        results = evaluate(backend, members, task, examples, settings, evaluator, self.progress)
+        path = self.run.root / "eval" / f"iter_{iteration:02d}" / f"{task_name}-{split}.json"
+        write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": iteration,
+                                 "n_examples": len(examples), "results": results})
+        return results, path
 
     # ---- reporting ---------------------------------------------------------------------------------
 

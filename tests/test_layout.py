@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "backend", "arena", "pairs",
-         "training", "experts", "pipeline", "cli"]
+         "training", "experts", "evaluation", "pipeline", "cli"]
 
 
 def layer(module: str) -> int:

@@ -1,0 +1,106 @@
+"""Evaluation: bootstrap intervals by hand, every task kind through the real tiny backend, failures kept apart,
+and `sparta eval` on a finished run."""
+
+import json
+
+import pytest
+
+from sparta.backend import Generated, HFBackend, MemberModel
+from sparta.cli import main
+from sparta.config import LoraConfig
+from sparta.evaluation import EvalSettings, bootstrap_ci, evaluate, summarise
+from sparta.models import resolve_model
+from sparta.tasks.catalog import Example, get_task
+
+
+def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
+    """Values 0,0,1,1 (mean 0.5): resampled means are multiples of 1/4 in [0, 1]; the 95% interval of a
+    symmetric 4-point sample is [0, 1] or [0.25, 0.75] depending on draws — it must contain 0.5, be
+    ordered, and repeat for the same seed. A constant sample has a zero-width interval."""
+    lo, hi = bootstrap_ci([0, 0, 1, 1], 1000, seed=3)
+    assert 0 <= lo <= 0.5 <= hi <= 1 and lo < hi
+    assert bootstrap_ci([0, 0, 1, 1], 1000, seed=3) == (lo, hi)
+    assert bootstrap_ci([1.0] * 7, 200, seed=0) == (1.0, 1.0)
+
+
+def test_summarise_counts_failures_apart():
+    m = summarise([1.0, 0.0, None, 1.0], EvalSettings(bootstrap=100))
+    assert m["value"] == pytest.approx(2 / 3) and m["n"] == 3 and m["failed"] == 1
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory):
+    resolved = resolve_model("tiny", tmp_path_factory.mktemp("cache"))
+    return HFBackend([MemberModel(n, resolved, None) for n in ("a", "b")], LoraConfig(dropout=0.0), seed=0)
+
+
+SETTINGS = EvalSettings(max_new_tokens=8, mc_max_new_tokens=4, bootstrap=50)
+
+
+@pytest.mark.parametrize("task", ["gsm8k", "math_easy", "medqa", "normad_country", "alpaca"])
+def test_every_kind_runs_on_a_real_model(backend, task):
+    t = get_task(task)
+    examples = t.examples("dev")[:3]
+    results = evaluate(backend, ["a", "b"], t, examples, SETTINGS, evaluator="b")
+    for member in ("a", "b"):
+        r = results[member]
+        assert r["primary"] in r["metrics"] and len(r["examples"]) == 3
+        for m in r["metrics"].values():
+            assert m["n"] + m["failed"] == 3 and m["ci95"][0] <= m["value"] <= m["ci95"][1]
+    if t.kind == "mc":
+        row = results["a"]["examples"][0]
+        assert set(row["option_logliks"]) == set(examples[0].choices) and row["loglik_pick"] in examples[0].choices
+    if t.kind == "judged":
+        assert all(1 <= row["score"] <= 10 for row in results["a"]["examples"])
+
+
+class Scripted:
+    """A real backend with scripted generations, to check grading on known outputs."""
+
+    def __init__(self, inner, outputs):
+        self.inner, self.outputs, self.device = inner, outputs, inner.device
+
+    def tokenizer(self, m):
+        return self.inner.tokenizer(m)
+
+    def model(self, m):
+        return self.inner.model(m)
+
+    def generate(self, members, prompts, **kw):
+        return [self.outputs[i] for i in range(len(prompts))]
+
+
+def test_grading_and_failures_on_scripted_outputs(backend):
+    examples = [Example("x:0", "2+2?", "4"), Example("x:1", "3+3?", "6"), Example("x:2", "1+1?", "2")]
+    outputs = [Generated("So 2+2 = 4. The answer is 4."), Generated("It is 5, wait, 6"), Generated(None, error="boom")]
+    r = evaluate(Scripted(backend, outputs), ["a"], get_task("gsm8k"), examples, SETTINGS)["a"]
+    assert r["metrics"]["flexible"] == {**r["metrics"]["flexible"], "value": 1.0, "n": 2, "failed": 1}
+    assert r["metrics"]["strict"]["value"] == 0.5  # only the first states "The answer is"
+    assert r["examples"][2]["method"] == "failed" and r["examples"][2]["error"] == "boom"
+
+
+def test_mc_letter_grader_on_scripted_outputs(backend):
+    ex = Example("m:0", "Capital of France?", "B", {"A": "Rome", "B": "Paris", "C": "Oslo"})
+    outputs = [Generated("The answer is (B)."), Generated("I think Rome is right.")]
+    r = evaluate(Scripted(backend, outputs), ["a"], get_task("medqa"), [ex, ex], SETTINGS)["a"]
+    assert [row["letter_correct"] for row in r["examples"]] == [True, False]
+    assert r["examples"][1]["letter"] == "A" and r["examples"][1]["letter_method"] == "option_text"
+
+
+def test_sparta_eval_on_a_run_directory(tiny_config, tmp_path, capsys):
+    from sparta.pipeline import Pipeline
+
+    config = tiny_config("iterations=1", "data.prompts_per_iteration=3", "arena.k=1")
+    Pipeline(config).run_all()
+    assert main(["eval", config.run_dir, "--task", "medqa", "--limit", "3", "--iteration", "0"]) == 0
+    assert main(["eval", config.run_dir, "--task", "medqa", "--limit", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "loglik*" in out and "letter" in out
+    before = json.loads((tmp_path / "run" / "eval" / "iter_00" / "medqa-dev.json").read_text())
+    after = json.loads((tmp_path / "run" / "eval" / "iter_01" / "medqa-dev.json").read_text())
+    assert before["iteration"] == 0 and after["iteration"] == 1 and set(after["results"]) == set("abcd")
+    # DPO changed the adapters (lr 0.01 on the tiny model), so option log-likelihoods moved
+    assert before["results"]["a"]["examples"][0]["option_logliks"] != after["results"]["a"]["examples"][0][
+        "option_logliks"]
+    assert main(["eval", config.run_dir, "--task", "medqa", "--iteration", "5"]) == 1  # not finished: clear error
+    assert "has not finished" in capsys.readouterr().err
