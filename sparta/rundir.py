@@ -61,9 +61,12 @@ class RunDir:
             raise RunDirError(f"{self.root} is corrupt: {e}") from None
         if not isinstance(meta, dict) or not isinstance(saved, dict) or "fingerprint" not in meta:
             raise RunDirError(f"{self.root} is corrupt: run.json or config.yaml lacks its fields")
-        if meta["fingerprint"] != fingerprint(config):
-            keys = [k for k in diff_keys(saved, json.loads(json.dumps(to_dict(config))))
-                    if k.split(".")[0] not in RESUMABLE_KEYS]
+        current = json.loads(json.dumps(to_dict(config)))
+        defaults = json.loads(json.dumps(to_dict(RunConfig())))
+        # A key the saved config lacks was added to sparta after the run was made: fine while it keeps its default.
+        keys = [k for k in diff_keys(saved, current) if k.split(".")[0] not in RESUMABLE_KEYS
+                and not (_lookup(saved, k) is _MISSING and _lookup(current, k) == _lookup(defaults, k))]
+        if keys:
             raise RunDirError(f"{self.root} was made with a different config (differs in: {', '.join(keys) or '?'}); "
                               "use another run_dir or the original config")
 
@@ -78,6 +81,17 @@ class RunDir:
 
     def adapter_dir(self, t: int, member: str) -> Path:
         return self.iteration(t) / "adapters" / member
+
+
+_MISSING = object()
+
+
+def _lookup(data: dict, dotted: str) -> object:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
 
 
 def package_versions() -> dict[str, str]:

@@ -243,3 +243,16 @@ def test_saved_config_yaml_is_plain_yaml(tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["pool"]["members"] == [{"name": n, "model": None, "adapter": None, "expert": None}
                                         for n in ("x", "y", "z")]
+
+
+def test_run_made_before_a_config_key_existed_still_resumes(tmp_path):
+    """A newer sparta adds `data.user_data` (default ""): a run whose saved config lacks it reopens, unless the
+    new key is set to something else."""
+    config = load_config(None, [f"run_dir={tmp_path / 'old'}"])
+    run = RunDir.open(config)
+    saved = yaml.safe_load((run.root / "config.yaml").read_text())
+    del saved["data"]["user_data"]
+    (run.root / "config.yaml").write_text(yaml.safe_dump(saved))
+    RunDir.open(config)
+    with pytest.raises(RunDirError, match="data.user_data"):
+        RunDir.open(load_config(None, [f"run_dir={tmp_path / 'old'}", "data.user_data=/x"]))
