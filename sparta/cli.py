@@ -15,7 +15,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "run (or resume) the SPARTA loop"),
                             ("validate", "check a configuration without running anything"),
-                            ("experts", "build (or reuse) the pool's LoRA experts")):
+                            ("experts", "build (or reuse) the pool's LoRA experts"),
+                            ("report", "rewrite RUN/report.md and its plots from the run directory")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG),
                        help="YAML config (default: the packaged demo)")
@@ -97,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "validate":
         return _validate(config, dump_yaml)
+    if args.command == "report":
+        from .report import write_report
+
+        print(f"wrote {write_report(Path(config.run_dir), [m.name for m in config.pool.members])}")
+        return 0
     from .pipeline import Pipeline
 
     bars = Bars()

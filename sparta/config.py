@@ -133,6 +133,17 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation inside a run: the pool before iteration 1 and after every `every` iterations."""
+
+    tasks: tuple[str, ...] = ()  # task names (docs/tasks.md); empty = no evaluation during the run
+    splits: tuple[str, ...] = ("dev", "test")  # dev picks the best initial member, test reports it
+    every: int = 1
+    limit: int = 0  # the first N examples of each split; 0 = all
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run_dir: str = "runs/demo"
     seed: int = 0
@@ -146,10 +157,11 @@ class RunConfig:
     arena: ArenaConfig = ArenaConfig()
     reputation: ReputationConfig = ReputationConfig()
     training: TrainingConfig = TrainingConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 # Keys that may change between invocations on the same run directory without invalidating it.
-RESUMABLE_KEYS = ("run_dir", "iterations", "threads", "cache_dir")
+RESUMABLE_KEYS = ("run_dir", "iterations", "threads", "cache_dir", "eval")
 
 
 def _build(cls: type, data: object, where: str) -> object:
@@ -263,6 +275,9 @@ def validate(c: RunConfig) -> None:
         (c.training.beta > 0 and c.training.lr > 0 and c.training.epochs >= 1,
          "training.beta and training.lr must be > 0 and training.epochs >= 1"),
         (c.threads >= 0, f"threads must be >= 0, got {c.threads}"),
+        (c.eval.every >= 1 and c.eval.limit >= 0, "eval.every must be >= 1 and eval.limit >= 0"),
+        (set(c.eval.splits) <= {"dev", "test"} and len(c.eval.splits) > 0,
+         f"eval.splits must be a non-empty list of 'dev' and 'test', got {list(c.eval.splits)}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -24,6 +24,7 @@ from .models import default_cache_dir, resolve_model
 from .pairs import pairs_for, preference_pairs
 from .prompts import load_prompts, sample_prompts
 from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
+from .report import write_report
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed, rng
 from .tasks.catalog import get_task
@@ -55,6 +56,8 @@ class Pipeline:
         c = self.c
         self.prompt_pool = load_prompts(c.data.prompts, c.data.user_data or None)
         check_recipes([m.expert for m in c.pool.members if m.expert])
+        for name in c.eval.tasks:
+            get_task(name).examples(c.eval.splits[0], c.data.user_data or None)  # unknown task / missing data
         for m in c.pool.members:
             resolve_model(m.model or c.pool.base, self.cache, build=False)
             if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
@@ -108,10 +111,13 @@ class Pipeline:
 
             torch.set_num_threads(self.c.threads)
         self.prepare()
+        self._evaluate_due(0)
         for t in range(1, self.c.iterations + 1):
             if not self.run.is_done(t, "iteration"):
                 self.iteration(t)
+            self._evaluate_due(t)
             self.on_iteration(self.summary(t))
+        write_report(self.run.root, self.members)
         return self.run
 
     def iteration(self, t: int) -> None:
@@ -227,34 +233,45 @@ class Pipeline:
     # ---- evaluation --------------------------------------------------------------------------------
 
     def evaluate(self, task_name: str, split: str, iteration: int | None = None, members: list[str] | None = None,
-                 limit: int | None = None, evaluator: str | None = None, settings: EvalSettings | None = None
-                 ) -> tuple[dict, Path]:
-        """Score members as they stood after `iteration` (0 = the initial pool; None = the last finished one)
-        on a task split; writes RUN/eval/iter_NN/TASK-SPLIT.json and returns (results, path)."""
-        task = get_task(task_name)
-        examples = task.examples(split, self.c.data.user_data or None)[:limit]
-        self.check()
-        self.run = RunDir.open(self.c)
+                 limit: int | None = None, evaluator: str | None = None) -> tuple[dict, Path]:
+        """`sparta eval`: score members as they stood after `iteration` (0 = the initial pool; None = the last
+        finished one) on a task split; writes RUN/eval/iter_NN/TASK-SPLIT.json and returns (results, path)."""
+        get_task(task_name).examples(split, self.c.data.user_data or None)  # a bad task or split fails first
+        self.prepare()
         finished = [t for t in range(1, self.c.iterations + 1) if self.run.is_done(t, "iteration")]
         iteration = (finished[-1] if finished else 0) if iteration is None else iteration
         if iteration and iteration not in finished:
             raise RunDirError(f"iteration {iteration} of {self.run.root} has not finished")
-        members = members or self.members
-        unknown = sorted(set(members + ([evaluator] if evaluator else [])) - set(self.members))
+        unknown = sorted(set((members or []) + ([evaluator] if evaluator else [])) - set(self.members))
         if unknown:
             raise ValueError(f"not members of the pool: {unknown} (members: {self.members})")
-        self.resolved = {m.name: resolve_model(m.model or self.c.pool.base, self.cache) for m in self.c.pool.members}
-        self.initial_adapters = self.build_initial_adapters()
-        backend = self._load_backend(iteration + 1)
+        return self._evaluate(iteration, task_name, split, members or self.members, limit, evaluator)
+
+    def _evaluate(self, t: int, task_name: str, split: str, members: list[str], limit: int | None,
+                  evaluator: str | None, max_new_tokens: int = 256) -> tuple[dict, Path]:
+        """Score the pool as it stands after iteration t (the backend, if loaded, is at that point)."""
+        task = get_task(task_name)
+        examples = task.examples(split, self.c.data.user_data or None)[:limit or None]
+        backend = self._load_backend(t + 1)
         if task.kind == "judged" and evaluator is None:  # default: the member with the highest reputation
-            state = self._start_state(iteration + 1)
+            state = self._start_state(t + 1)
             evaluator = max(self.members, key=lambda m: state.ratings[m])
-        settings = settings or EvalSettings(seed=self.c.seed)
+        settings = EvalSettings(max_new_tokens=max_new_tokens, seed=self.c.seed)
         results = evaluate(backend, members, task, examples, settings, evaluator, self.progress)
-        path = self.run.root / "eval" / f"iter_{iteration:02d}" / f"{task_name}-{split}.json"
-        write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": iteration,
+        path = self.run.root / "eval" / f"iter_{t:02d}" / f"{task_name}-{split}.json"
+        write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": t,
                                  "n_examples": len(examples), "results": results})
         return results, path
+
+    def _evaluate_due(self, t: int) -> None:
+        """The run's own evaluation (eval.tasks) after iteration t; each task-split file is done once."""
+        e = self.c.eval
+        if not e.tasks or not (t == 0 or t % e.every == 0 or t == self.c.iterations):
+            return
+        for task_name in e.tasks:
+            for split in e.splits:
+                if not (self.run.root / "eval" / f"iter_{t:02d}" / f"{task_name}-{split}.json").exists():
+                    self._evaluate(t, task_name, split, self.members, e.limit, None, e.max_new_tokens)
 
     # ---- reporting ---------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 and `sparta eval` on a finished run."""
 
 import json
+import math
 
 import pytest
 
@@ -104,3 +105,33 @@ def test_sparta_eval_on_a_run_directory(tiny_config, tmp_path, capsys):
         "option_logliks"]
     assert main(["eval", config.run_dir, "--task", "medqa", "--iteration", "5"]) == 1  # not finished: clear error
     assert "has not finished" in capsys.readouterr().err
+
+
+def test_run_with_evaluation_writes_report_and_plots(tiny_config, tmp_path):
+    from sparta.pipeline import Pipeline
+
+    config = tiny_config("eval.tasks=[medqa, gsm8k]", "eval.limit=4", "eval.max_new_tokens=8", "arena.k=1")
+    root = Pipeline(config).run_all().root
+    for t in (0, 1, 2):
+        for task in ("medqa", "gsm8k"):
+            for split in ("dev", "test"):
+                data = json.loads((root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json").read_text())
+                assert data["n_examples"] == 4 and set(data["results"]) == set("abcd")
+    report = (root / "report.md").read_text()
+    assert "### medqa (test, n=4, metric: loglik)" in report and "after iter 2" in report
+    assert "Best initial member (chosen on dev)" in report
+    assert (root / "reputations.png").stat().st_size > 1000
+    assert (root / "reputation_vs_medqa.png").exists() and (root / "reputation_vs_gsm8k.png").exists()
+    # rerunning redoes nothing: evaluation files are done once
+    stamps = {p: p.stat().st_mtime_ns for p in (root / "eval").rglob("*.json")}
+    Pipeline(config).run_all()
+    assert {p: p.stat().st_mtime_ns for p in (root / "eval").rglob("*.json")} == stamps
+
+
+def test_pearson_by_hand():
+    """xs = 1,2,3 ; ys = 2,4,7: means 2 and 13/3; Σdxdy = (-1)(-7/3) + 0 + (1)(8/3) = 5;
+    Σdx² = 2; Σdy² = 49/9 + 1/9 + 64/9 = 114/9; r = 5 / sqrt(2 · 114/9) = 5 / 5.0332 = 0.99340."""
+    from sparta.report import pearson
+
+    assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(0.99340, abs=1e-5)
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))

@@ -1,0 +1,180 @@
+"""report.md and plots for a run, built only from the files in its run directory (so it can be redone anytime)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .records import read_json, read_jsonl
+
+
+def write_report(root: Path, members: list[str]) -> Path:
+    root = Path(root)
+    iterations = sorted(int(p.name[5:]) for p in root.glob("iter_*") if (p / "done" / "iteration").exists())
+    trajectory = _trajectories(root, iterations, members)
+    evals = _evals(root)
+    lines = [f"# SPARTA run `{root}`", "", f"Members: {', '.join(members)}. Iterations finished: {len(iterations)}.",
+             ""]
+    lines += _iteration_table(root, iterations)
+    lines += _reputation_table(root, iterations, members)
+    lines += _eval_tables(evals, members)
+    plots = [_plot_trajectories(root, trajectory)]
+    plots += _plot_reputation_vs_accuracy(root, iterations, evals, members)
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p] + [""]
+    path = root / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _iteration_table(root: Path, iterations: list[int]) -> list[str]:
+    out = ["## Iterations", "", "| iter | duels | pairs | tie rate | judge parse failures | failed generations | "
+           "generate s | judge s | DPO s |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in iterations:
+        m = read_json(root / f"iter_{t:02d}" / "metrics.json")
+        s = m["timings_s"]
+        out.append(f"| {t} | {m['duels']} | {m['pairs']} | {m['tie_rate']:.2f} | "
+                   f"{m['judgments']['parse_failure_rate']:.1%} | {m['responses']['failed']} | "
+                   f"{s.get('generate', 0):.0f} | {s.get('judge', 0):.0f} | {s.get('dpo', 0):.0f} |")
+    return out + [""]
+
+
+def _reputation_table(root: Path, iterations: list[int], members: list[str]) -> list[str]:
+    out = ["## Reputations after each iteration", "", "| member | " + " | ".join(f"iter {t}" for t in iterations)
+           + " | DPO loss before→after (last iter) |", "|---" * (len(iterations) + 2) + "|"]
+    for m in members:
+        cells = [f"{read_json(root / f'iter_{t:02d}' / 'reputations.json')['ratings'][m]:.3f}" for t in iterations]
+        last = read_json(root / f"iter_{iterations[-1]:02d}" / "training" / f"{m}.json") if iterations else {}
+        dpo = f"{last['loss_first']:.3f}→{last['after']['loss']:.3f}" if last.get("after") else "-"
+        out.append(f"| {m} | " + " | ".join(cells) + f" | {dpo} |")
+    return out + [""]
+
+
+def _evals(root: Path) -> dict[tuple[str, str], dict[int, dict]]:
+    """{(task, split): {iteration: file contents}}"""
+    out: dict[tuple[str, str], dict[int, dict]] = {}
+    for path in sorted(root.glob("eval/iter_*/*.json")):
+        data = json.loads(path.read_text())
+        out.setdefault((data["task"], data["split"]), {})[data["iteration"]] = data
+    return out
+
+
+def _cell(result: dict) -> str:
+    m = result["metrics"][result["primary"]]
+    failed = f" ({m['failed']} failed)" if m.get("failed") else ""
+    if not m["n"]:
+        return f"n/a{failed}"
+    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]{failed}"
+
+
+def _primary(result: dict) -> float:
+    return result["metrics"][result["primary"]]["value"]
+
+
+def _eval_tables(evals: dict, members: list[str]) -> list[str]:
+    if not evals:
+        return []
+    out = ["## Evaluation", "", "Primary metric with its 95% bootstrap interval (GSM8K: flexible match; MC: option "
+           "log-likelihood; judged: mean 1-10 score). Per-example outputs are in `eval/`.", ""]
+    for (task, split), by_iter in sorted(evals.items()):
+        its = sorted(by_iter)
+        any_file = by_iter[its[0]]
+        out += [f"### {task} ({split}, n={any_file['n_examples']}, metric: "
+                f"{any_file['results'][members[0]]['primary']})", "",
+                "| member | " + " | ".join("initial" if t == 0 else f"after iter {t}" for t in its) + " |",
+                "|---" * (len(its) + 1) + "|"]
+        for m in members:
+            out.append(f"| {m} | " + " | ".join(_cell(by_iter[t]["results"][m]) for t in its) + " |")
+        out.append("")
+        dev = evals.get((task, "dev"), {})
+        if split == "test" and 0 in by_iter and its[-1] != 0:
+            chosen_on = dev if 0 in dev else by_iter
+            best = max(members, key=lambda m: _primary(chosen_on[0]["results"][m]))
+            note = "dev" if chosen_on is dev else "test (no dev evaluation: optimistic)"
+            out += [f"Best initial member (chosen on {note}): **{best}** {_cell(by_iter[0]['results'][best])} → "
+                    f"after iteration {its[-1]}: {_cell(by_iter[its[-1]]['results'][best])}.", ""]
+    return out
+
+
+def _trajectories(root: Path, iterations: list[int], members: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Each member's rating after every duel it fought, indexed by the global duel count."""
+    traj = {m: [(0, None)] for m in members}
+    n = 0
+    for t in iterations:
+        for d in read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl"):
+            u = d.get("update")
+            if not u:
+                continue
+            n += 1
+            if traj[d["a"]][0][1] is None:
+                traj[d["a"]][0] = (0, u["rating_a_before"])
+            if traj[d["b"]][0][1] is None:
+                traj[d["b"]][0] = (0, u["rating_b_before"])
+            traj[d["a"]].append((n, u["rating_a_after"]))
+            traj[d["b"]].append((n, u["rating_b_after"]))
+    return {m: [p for p in pts if p[1] is not None] for m, pts in traj.items()}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_trajectories(root: Path, trajectory: dict) -> Path | None:
+    if not any(len(p) > 1 for p in trajectory.values()):
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for member, points in trajectory.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], label=member, marker=".", linewidth=1)
+    ax.set_xlabel("duel (across iterations)")
+    ax.set_ylabel("reputation")
+    ax.set_title("Reputation trajectories")
+    ax.legend(fontsize=8)
+    path = root / "reputations.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def pearson(xs: list[float], ys: list[float]) -> float:
+    """Pearson correlation; nan when either side has no variance."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sx = math.sqrt(sum((x - mx) ** 2 for x in xs))
+    sy = math.sqrt(sum((y - my) ** 2 for y in ys))
+    if sx == 0 or sy == 0:
+        return float("nan")
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sx * sy)
+
+
+def _plot_reputation_vs_accuracy(root: Path, iterations: list[int], evals: dict, members: list[str]) -> list[Path]:
+    """The paper's Figure 5: final reputation against task score per member, with Pearson r."""
+    if not iterations:
+        return []
+    ratings = read_json(root / f"iter_{iterations[-1]:02d}" / "reputations.json")["ratings"]
+    plt, paths = None, []
+    for (task, split), by_iter in sorted(evals.items()):
+        if iterations[-1] not in by_iter or split != "test" and (task, "test") in evals:
+            continue
+        plt = plt or _pyplot()
+        scores = [_primary(by_iter[iterations[-1]]["results"][m]) for m in members]
+        reps = [ratings[m] for m in members]
+        fig, ax = plt.subplots(figsize=(4.5, 3.5))
+        ax.scatter(reps, scores)
+        for m, x, y in zip(members, reps, scores):
+            ax.annotate(m, (x, y), fontsize=7)
+        ax.set_xlabel("reputation")
+        ax.set_ylabel(by_iter[iterations[-1]]["results"][members[0]]["primary"])
+        ax.set_title(f"{task} ({split}): Pearson r = {pearson(reps, scores):.2f}")
+        path = root / f"reputation_vs_{task}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
