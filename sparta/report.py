@@ -6,7 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import yaml
+
 from .records import read_json, read_jsonl
+from .tasks.catalog import TASKS, MissingUserData
+from .tasks.graders import grade_gsm8k, grade_math
 
 
 def write_report(root: Path, members: list[str]) -> Path:
@@ -19,6 +23,7 @@ def write_report(root: Path, members: list[str]) -> Path:
     lines += _iteration_table(root, iterations)
     lines += _reputation_table(root, iterations, members)
     lines += _eval_tables(evals, members)
+    lines += _agreement_section(root, iterations)
     plots = [_plot_trajectories(root, trajectory)]
     plots += _plot_reputation_vs_accuracy(root, iterations, evals, members)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p] + [""]
@@ -94,6 +99,60 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
             out += [f"Best initial member (chosen on {note}): **{best}** {_cell(by_iter[0]['results'][best])} → "
                     f"after iteration {its[-1]}: {_cell(by_iter[its[-1]]['results'][best])}.", ""]
     return out
+
+
+def judge_agreement(duels: list[dict], references: dict[str, str], kind: str) -> dict:
+    """On duels where exactly one response is correct (graded against the prompt's reference answer): how often
+    the reputation-weighted verdict, and each judge on its own, scored the correct response higher."""
+    def correct(text: str, ref: str) -> bool:
+        return grade_gsm8k(text, ref)["flexible"].correct if kind == "gsm8k" else grade_math(text, ref).correct
+
+    agg, per_judge = [0, 0], {}
+    for d in duels:
+        ref = references.get(d["prompt_id"])
+        if ref is None or d["score_a"] is None:
+            continue
+        ok = {side: correct(d[f"response_{side}"]["text"], ref) for side in "ab"}
+        if ok["a"] == ok["b"]:
+            continue
+        right = "a" if ok["a"] else "b"
+        agg[0] += d["outcome"] == right
+        agg[1] += 1
+        scores: dict[str, dict[str, float]] = {}
+        for j in d["judgments"]:
+            if j["status"] == "ok":
+                scores.setdefault(j["judge"], {})[j["target"]] = j["score"]
+        for judge, s in scores.items():
+            if len(s) == 2:
+                wrong = "b" if right == "a" else "a"
+                tally = per_judge.setdefault(judge, [0, 0])
+                tally[0] += s[right] > s[wrong]
+                tally[1] += 1
+    return {"duels": agg[1], "aggregate": agg[0] / agg[1] if agg[1] else None,
+            "per_judge": {j: {"agree": a, "of": n, "rate": a / n} for j, (a, n) in sorted(per_judge.items())}}
+
+
+def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
+    config = yaml.safe_load((root / "config.yaml").read_text())
+    task = TASKS.get(config["data"]["prompts"])
+    if task is None or task.kind not in ("gsm8k", "math") or not iterations:
+        return []
+    try:
+        references = task.combat_references(config["data"].get("user_data") or None)
+    except MissingUserData:
+        return []
+    out = ["## Judge agreement with reference answers", "",
+           f"Duels on `{task.name}` prompts where exactly one response is correct: how often the verdict (and "
+           "each judge alone) scored the correct one higher. 0.5 is chance.", "",
+           "| iter | duels | aggregated verdict | per judge |", "|---|---|---|---|"]
+    if not references:
+        return out[:2] + [f"`{task.name}` combat prompts have no reference answers: agreement cannot be measured.", ""]
+    for t in iterations:
+        a = judge_agreement(read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl"), references, task.kind)
+        rate = f"{a['aggregate']:.2f}" if a["duels"] else "-"
+        judges = ", ".join(f"{j} {v['agree']}/{v['of']}" for j, v in a["per_judge"].items()) or "-"
+        out.append(f"| {t} | {a['duels']} | {rate} | {judges} |")
+    return out + [""]
 
 
 def _trajectories(root: Path, iterations: list[int], members: list[str]) -> dict[str, list[tuple[int, float]]]:

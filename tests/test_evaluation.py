@@ -135,3 +135,35 @@ def test_pearson_by_hand():
 
     assert pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(0.99340, abs=1e-5)
     assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+
+
+def _duel(pid, text_a, text_b, outcome, scores):
+    judgments = [{"judge": j, "target": side, "score": s, "status": "ok"}
+                 for j, pair in scores.items() for side, s in zip("ab", pair)]
+    return {"prompt_id": pid, "response_a": {"text": text_a}, "response_b": {"text": text_b}, "outcome": outcome,
+            "score_a": 1.0, "score_b": 0.0, "judgments": judgments}
+
+
+def test_judge_agreement_counts_only_duels_with_one_correct_answer():
+    """p1: a correct (72), verdict a, judge x agrees (7 > 3), judge y disagrees (2 < 6).
+    p2: both correct → skipped. p3: b correct (5), verdict a → aggregate wrong; x agrees (4 > 1), y agrees (9 > 8).
+    Aggregate 1/2; x 2/2; y 1/2."""
+    from sparta.report import judge_agreement
+
+    refs = {"p1": "72", "p2": "3", "p3": "5"}
+    duels = [_duel("p1", "The answer is 72.", "It is 70.", "a", {"x": (7, 3), "y": (2, 6)}),
+             _duel("p2", "3", "so 3", "b", {"x": (1, 2)}),
+             _duel("p3", "I get 6", "5", "a", {"x": (1, 4), "y": (8, 9)}),
+             _duel("p4", "1", "2", "a", {"x": (1, 2)})]  # no reference: skipped
+    a = judge_agreement(duels, refs, "gsm8k")
+    assert a["duels"] == 2 and a["aggregate"] == 0.5
+    assert a["per_judge"] == {"x": {"agree": 2, "of": 2, "rate": 1.0}, "y": {"agree": 1, "of": 2, "rate": 0.5}}
+
+
+def test_report_has_judge_agreement_for_math_prompts(tiny_config):
+    from sparta.pipeline import Pipeline
+
+    config = tiny_config("data.prompts=math_easy", "iterations=1", "arena.k=1")
+    root = Pipeline(config).run_all().root
+    report = (root / "report.md").read_text()
+    assert "## Judge agreement with reference answers" in report and "| 1 |" in report
