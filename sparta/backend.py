@@ -180,6 +180,39 @@ class HFBackend:
                 progress(len(rows))
         return out
 
+    @torch.inference_mode()
+    def continuation_logprobs(self, member: str, prefixes: list[list[int]], continuations: list[list[list[int]]], *,
+                              batch_size: int) -> list[list[float]]:
+        """Summed log p(continuation | prefix) for each prefix's continuations (e.g. the options of a question).
+
+        Each prefix is run once and its KV cache shared by its continuations, so scoring k options costs one
+        prefix plus k short continuations instead of k full sequences."""
+        base = self.bases[self.base_of[member]]
+        out: list[list[float]] = []
+        for start in range(0, len(prefixes), batch_size):
+            chunk, conts = prefixes[start:start + batch_size], continuations[start:start + batch_size]
+            ids, mask = self._left_pad(base, chunk)
+            first = base.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                               adapter_names=[member] * len(chunk), use_cache=True, logits_to_keep=1)
+            rows = torch.tensor([i for i, options in enumerate(conts) for _ in options], device=self.device)
+            cache = first.past_key_values
+            cache.reorder_cache(rows)  # one copy of a prefix's cache per continuation
+            flat = [c for options in conts for c in options]
+            width = max(len(c) for c in flat)
+            pad = base.tokenizer.pad_token_id
+            cont_ids = torch.tensor([c + [pad] * (width - len(c)) for c in flat], device=self.device)
+            cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in flat], device=self.device)
+            positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=self.device)[None]
+            logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
+                                position_ids=positions, past_key_values=cache, adapter_names=[member] * len(flat),
+                                use_cache=False).logits
+            # token k of a continuation is predicted by the prefix's last logits (k = 0) or by position k - 1
+            logits = torch.cat([first.logits[rows], logits[:, :-1]], 1).float()
+            token_lp = torch.log_softmax(logits, -1).gather(-1, cont_ids[..., None])[..., 0] * cont_mask
+            sums = iter(token_lp.sum(-1).tolist())
+            out += [[next(sums) for _ in options] for options in conts]
+        return out
+
     def save_adapter(self, member: str, directory: Path) -> None:
         """Write the member's adapter atomically (temp dir, then rename) in PEFT's on-disk format."""
         from peft import get_peft_model_state_dict

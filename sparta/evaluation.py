@@ -17,13 +17,11 @@ import random
 import time
 from dataclasses import dataclass
 
-import torch
-
 from .arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages
 from .chat import encode_chat
 from .tasks.catalog import Example, Task, format_mc
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, pick_by_loglik
-from .training import encode_example, sequence_logprobs
+from .training import encode_example
 
 PROMPTS = {
     "gsm8k": "{question}\n\nSolve it step by step, then finish with \"The answer is N.\"",
@@ -136,23 +134,17 @@ def _mc(backend, member, examples, s, progress) -> dict:
             "examples": rows}
 
 
-@torch.inference_mode()
 def _option_logliks(backend, member, examples, s) -> list[dict[str, float]]:
     """Summed log-probability of each option's text as the answer to the question (options not listed)."""
-    tok, model = backend.tokenizer(member), backend.model(member)
-    seqs, keys = [], []
-    for i, e in enumerate(examples):
-        for letter, text in e.choices.items():
-            seqs.append(encode_example(tok, e.question, text, s.max_prompt_tokens))
-            keys.append((i, letter))
-    out: list[dict[str, float]] = [{} for _ in examples]
-    for start in range(0, len(seqs), s.batch_size):
-        chunk = seqs[start:start + s.batch_size]
-        totals, _ = sequence_logprobs(model, chunk, tok.pad_token_id, backend.device,
-                                      adapter_names=[member] * len(chunk))
-        for (i, letter), value in zip(keys[start:start + s.batch_size], totals.tolist()):
-            out[i][letter] = value
-    return out
+    tok = backend.tokenizer(member)
+    # the question as a prompt (shortened in the middle if needed), and each option as the assistant's answer
+    # (its tokens and the template's end-of-turn, as in DPO), independent of the question's length
+    prefixes = [encode_chat(tok, [("user", "{0}")], [e.question], max_tokens=s.max_prompt_tokens).ids
+                for e in examples]
+    continuations = [[ids[start:] for ids, start in (encode_example(tok, "?", text, 10**6)
+                                                    for text in e.choices.values())] for e in examples]
+    scores = backend.continuation_logprobs(member, prefixes, continuations, batch_size=s.batch_size)
+    return [dict(zip(e.choices, row)) for e, row in zip(examples, scores)]
 
 
 def _judged(backend, member, evaluator, examples, s, progress) -> dict:

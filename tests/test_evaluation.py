@@ -64,8 +64,8 @@ class Scripted:
     def tokenizer(self, m):
         return self.inner.tokenizer(m)
 
-    def model(self, m):
-        return self.inner.model(m)
+    def continuation_logprobs(self, *args, **kwargs):
+        return self.inner.continuation_logprobs(*args, **kwargs)
 
     def generate(self, members, prompts, **kw):
         return [self.outputs[i] for i in range(len(prompts))]
@@ -167,3 +167,24 @@ def test_report_has_judge_agreement_for_math_prompts(tiny_config):
     root = Pipeline(config).run_all().root
     report = (root / "report.md").read_text()
     assert "## Judge agreement with reference answers" in report and "| 1 |" in report
+
+
+def test_shared_prefix_option_scores_equal_full_sequence_scores(backend):
+    """Scoring options on a cached prefix must give the same numbers as scoring each whole sequence."""
+    import torch
+
+    from sparta.training import encode_example, sequence_logprobs
+
+    tok = backend.tokenizer("a")
+    questions = {"Which is a fruit?": ["apple", "a red car", "stone"], "2+2?": ["4", "five hundred"]}
+    prefixes, conts, full = [], [], []
+    for q, options in questions.items():
+        enc = [encode_example(tok, q, o, 512) for o in options]
+        start = enc[0][1]
+        prefixes.append(enc[0][0][:start])
+        conts.append([ids[start:] for ids, _ in enc])
+        full += enc
+    shared = backend.continuation_logprobs("a", prefixes, conts, batch_size=2)
+    with torch.inference_mode():
+        whole, _ = sequence_logprobs(backend.model("a"), full, tok.pad_token_id, "cpu", adapter_names=["a"] * len(full))
+    assert [x for row in shared for x in row] == pytest.approx(whole.tolist(), abs=1e-4)
