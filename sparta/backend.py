@@ -195,7 +195,7 @@ class HFBackend:
             first = base.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                                adapter_names=[member] * len(chunk), use_cache=True, logits_to_keep=1)
             rows = torch.tensor([i for i, options in enumerate(conts) for _ in options], device=self.device)
-            cache = first.past_key_values
+            cache = first.cache  # transformers 5.24 names the KV cache `cache` (was past_key_values)
             cache.reorder_cache(rows)  # one copy of a prefix's cache per continuation
             flat = [c for options in conts for c in options]
             width = max(len(c) for c in flat)
@@ -204,7 +204,7 @@ class HFBackend:
             cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in flat], device=self.device)
             positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=self.device)[None]
             logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
-                                position_ids=positions, past_key_values=cache, adapter_names=[member] * len(flat),
+                                position_ids=positions, cache=cache, adapter_names=[member] * len(flat),
                                 use_cache=False).logits
             # token k of a continuation is predicted by the prefix's last logits (k = 0) or by position k - 1
             logits = torch.cat([first.logits[rows], logits[:, :-1]], 1).float()
