@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import yaml
 
 from .records import read_json, read_jsonl
 from .tasks.catalog import TASKS, MissingUserData
-from .tasks.graders import grade_gsm8k, grade_math
+from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter
+
+_OPTION_LINE = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
 
 
 def write_report(root: Path, members: list[str]) -> Path:
@@ -104,15 +107,22 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
 def judge_agreement(duels: list[dict], references: dict[str, str], kind: str) -> dict:
     """On duels where exactly one response is correct (graded against the prompt's reference answer): how often
     the reputation-weighted verdict, and each judge on its own, scored the correct response higher."""
-    def correct(text: str, ref: str) -> bool:
-        return grade_gsm8k(text, ref)["flexible"].correct if kind == "gsm8k" else grade_math(text, ref).correct
+    def correct(text: str, ref: str, prompt: str) -> bool | None:
+        if kind == "gsm8k":
+            return grade_gsm8k(text, ref)["flexible"].correct
+        if kind == "math":
+            return grade_math(text, ref).correct
+        choices = dict(_OPTION_LINE.findall(prompt))  # MC prompts list their options as "A. text" lines
+        return grade_mc_letter(text, choices, ref).correct if ref in choices else None
 
     agg, per_judge = [0, 0], {}
     for d in duels:
         ref = references.get(d["prompt_id"])
         if ref is None or d["score_a"] is None:
             continue
-        ok = {side: correct(d[f"response_{side}"]["text"], ref) for side in "ab"}
+        ok = {side: correct(d[f"response_{side}"]["text"], ref, d["prompt"]) for side in "ab"}
+        if None in ok.values():
+            continue
         if ok["a"] == ok["b"]:
             continue
         right = "a" if ok["a"] else "b"
@@ -135,7 +145,7 @@ def judge_agreement(duels: list[dict], references: dict[str, str], kind: str) ->
 def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
     config = yaml.safe_load((root / "config.yaml").read_text())
     task = TASKS.get(config["data"]["prompts"])
-    if task is None or task.kind not in ("gsm8k", "math") or not iterations:
+    if task is None or task.kind == "judged" or not iterations:
         return []
     try:
         references = task.combat_references(config["data"].get("user_data") or None)

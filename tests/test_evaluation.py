@@ -188,3 +188,16 @@ def test_shared_prefix_option_scores_equal_full_sequence_scores(backend):
     with torch.inference_mode():
         whole, _ = sequence_logprobs(backend.model("a"), full, tok.pad_token_id, "cpu", adapter_names=["a"] * len(full))
     assert [x for row in shared for x in row] == pytest.approx(whole.tolist(), abs=1e-4)
+
+
+def test_judge_agreement_on_multiple_choice_prompts():
+    """The options are read from the prompt's "A. text" lines; the reference is a letter. p1: a says (B) = gold,
+    b says Rome (A): a correct, verdict b → aggregate 0/1; judge x scored a higher → 1/1."""
+    from sparta.report import judge_agreement
+    from sparta.tasks.catalog import format_mc
+
+    prompt = format_mc("Capital of France?", {"A": "Rome", "B": "Paris"})
+    d = _duel("p1", "The answer is (B).", "It is Rome.", "b", {"x": (6, 2)})
+    d["prompt"] = prompt
+    a = judge_agreement([d], {"p1": "B"}, "mc")
+    assert a["duels"] == 1 and a["aggregate"] == 0.0 and a["per_judge"]["x"]["rate"] == 1.0
