@@ -120,7 +120,7 @@ def judge_agreement(duels: list[dict], references: dict[str, str], kind: str) ->
         ref = references.get(d["prompt_id"])
         if ref is None or d["score_a"] is None:
             continue
-        ok = {side: correct(d[f"response_{side}"]["text"], ref, d.get("prompt", "")) for side in "ab"}
+        ok = {side: correct(d[f"response_{side}"]["text"], ref, d["prompt"]) for side in "ab"}
         if None in ok.values():
             continue
         if ok["a"] == ok["b"]:
