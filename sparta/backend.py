@@ -122,14 +122,15 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(self, members: list[str], prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                 top_p: float, batch_size: int, seed: int, progress=None) -> list[Generated]:
-        """Generate one response per (member, prompt ids). A batch that raises fails its rows, loudly."""
+                 top_p: float, batch_size: int, seed: int, progress=None, min_new_tokens: int = 0) -> list[Generated]:
+        """Generate one response per (member, prompt ids). A batch that raises fails its rows, loudly.
+        `min_new_tokens` holds back end-of-sequence (benchmarks use it to compare equal lengths)."""
         out: list[Generated | None] = [None] * len(prompts)
         for number, (base, rows) in enumerate(self._batches(members, prompts, batch_size)):
             torch.manual_seed(derive_seed(seed, "generate", number))
             try:
                 results = self._generate_batch(base, [members[i] for i in rows], [prompts[i] for i in rows],
-                                               max_new_tokens, temperature, top_p)
+                                               max_new_tokens, temperature, top_p, min_new_tokens)
             except (RuntimeError, ValueError) as e:
                 log.error("generation failed for a batch of %d: %s", len(rows), e)
                 results = [Generated(None, error=f"{type(e).__name__}: {e}")] * len(rows)
@@ -140,12 +141,13 @@ class HFBackend:
         return out  # type: ignore[return-value]
 
     def _generate_batch(self, base: _Base, members: list[str], prompts: list[list[int]], max_new_tokens: int,
-                        temperature: float, top_p: float) -> list[Generated]:
+                        temperature: float, top_p: float, min_new_tokens: int = 0) -> list[Generated]:
         ids, mask = self._left_pad(base, prompts)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
             dict(do_sample=False)
         new = base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=members,
-                                  max_new_tokens=max_new_tokens, pad_token_id=base.tokenizer.pad_token_id,
+                                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                                  pad_token_id=base.tokenizer.pad_token_id,
                                   eos_token_id=sorted(base.eos_ids), **sampling)[:, ids.shape[1]:]
         results = []
         for row in new.tolist():

@@ -1,0 +1,197 @@
+"""Speed and memory benchmark (issue 4), measured side by side in one process on the default offline model.
+
+    .venv/bin/python -m bench.run [--model packaged:smollm2-135m-instruct] [--out bench/results/NAME.json]
+
+Sections (each a ratio measured in the same run, never a timed assertion):
+  ceilings      plain batched forward (prefill) tokens/s per batch size; plain `generate` tokens/s per batch size
+  combat        sparta's generation (mixed-adapter batches across members) vs the plain-generate ceiling
+  judging       logprob judge (judgments/s, tokens/s vs the prefill ceiling) and the authors' generative judging
+                (sampling T=0.7, top_k 50, top_p 0.95, static batches of 24, regex parsing), their agreement
+  memory        peak RSS of pools of 2, 4 and 8 members on one base (separate processes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
+from sparta.backend import HFBackend, MemberModel
+from sparta.chat import encode_chat
+from sparta.config import LoraConfig
+from sparta.models import resolve_model
+from sparta.prompts import load_prompts
+from sparta.rundir import package_versions
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def prompts_ids(tok, n: int, min_tokens: int) -> list[list[int]]:
+    """n GSM8K questions as chat prompts, each padded with more questions to at least `min_tokens` tokens."""
+    texts = [p.text for p in load_prompts("gsm8k")]
+    out, i = [], 0
+    while len(out) < n:
+        text = texts[i % len(texts)]
+        ids = encode_chat(tok, [("user", "{0}")], [text], max_tokens=4096).ids
+        while len(ids) < min_tokens:
+            i += 1
+            text += "\n" + texts[i % len(texts)]
+            ids = encode_chat(tok, [("user", "{0}")], [text], max_tokens=4096).ids
+        out.append(ids[:min_tokens])
+        i += 1
+    return out
+
+
+@torch.inference_mode()
+def prefill_ceiling(model, tok, batch_sizes, length: int) -> dict:
+    out = {}
+    for b in batch_sizes:
+        ids = torch.tensor(prompts_ids(tok, b, length))
+        model(input_ids=ids, logits_to_keep=1)  # warm-up
+        _, s = timed(lambda ids=ids: model(input_ids=ids, logits_to_keep=1))
+        out[b] = b * length / s
+    return out
+
+
+@torch.inference_mode()
+def generate_ceiling(model, tok, batch_sizes, prompt_len: int, new_tokens: int) -> dict:
+    out = {}
+    for b in batch_sizes:
+        ids = torch.tensor(prompts_ids(tok, b, prompt_len))
+        _, s = timed(lambda ids=ids: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                            max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                            pad_token_id=tok.pad_token_id))
+        out[b] = b * new_tokens / s
+    return out
+
+
+def combat_generation(backend, members, tok, batch: int, prompt_len: int, new_tokens: int) -> float:
+    prompts = prompts_ids(tok, batch, prompt_len)
+    rows = [members[i % len(members)] for i in range(batch)]  # a batch mixing every member's adapter
+    _, s = timed(lambda: backend.generate(rows, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                          temperature=0.7, top_p=0.95, batch_size=batch, seed=0))
+    return batch * new_tokens / s
+
+
+def judging(backend, members, tok, n: int) -> dict:
+    """The same (question, response) pairs judged both ways by the same judges."""
+    questions = [p.text for p in load_prompts("gsm8k")[:n]]
+    responses = [g.text or "" for g in backend.generate(
+        [members[i % len(members)] for i in range(n)],
+        [encode_chat(tok, [("user", "{0}")], [q], max_tokens=512).ids for q in questions],
+        max_new_tokens=96, temperature=0.7, top_p=0.95, batch_size=16, seed=1)]
+    judges = [members[(i + 1) % len(members)] for i in range(n)]
+    st = ScoreTokens(tok)
+    lp_prompts = [encode_chat(tok, judge_messages(), [q, r], max_tokens=1024, assistant_prefix=ANSWER_PREFIX).ids
+                  + st.appended for q, r in zip(questions, responses)]
+    lps, lp_s = timed(lambda: backend.next_token_logprobs(judges, lp_prompts, st.candidates, last=st.positions,
+                                                          batch_size=8))
+    lp_scores = [expected_score(st.distribution(x)) for x in lps]
+    gen_prompts = [encode_chat(tok, judge_messages(), [q, r], max_tokens=1024).ids
+                   for q, r in zip(questions, responses)]
+
+    def authors_generate():  # their settings: sampling, 256 new tokens, static batches of 24
+        out = []
+        for i in range(0, n, 24):
+            rows = slice(i, i + 24)
+            out += authors_sample(backend, judges[rows], gen_prompts[rows])
+        return out
+
+    texts, gen_s = timed(authors_generate)
+    parsed = [parse_judgment(t) for t in texts]
+    both = [(a, b) for a, b in zip(lp_scores, parsed) if b is not None]
+    tokens = sum(len(p) for p in lp_prompts)
+    return {"n": n, "logprob": {"judgments_per_s": n / lp_s, "prompt_tokens_per_s": tokens / lp_s},
+            "authors_generate": {"judgments_per_s": n / gen_s, "parsed": sum(p is not None for p in parsed) / n,
+                                 "max_new_tokens": 256},
+            "speedup_judgments": (n / lp_s) / (n / gen_s),
+            "agreement_pearson": _pearson(both) if len(both) > 2 else None, "parsed_pairs": len(both)}
+
+
+@torch.inference_mode()
+def authors_sample(backend, judges, prompts) -> list[str]:
+    base = backend.bases[backend.base_of[judges[0]]]
+    ids, mask = backend._left_pad(base, prompts)
+    torch.manual_seed(0)
+    new = base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=judges, do_sample=True,
+                              temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=256,
+                              pad_token_id=base.tokenizer.pad_token_id)[:, ids.shape[1]:]
+    return [base.tokenizer.decode(row, skip_special_tokens=True) for row in new]
+
+
+def _pearson(pairs):
+    from sparta.report import pearson
+
+    return pearson([a for a, _ in pairs], [b for _, b in pairs])
+
+
+def memory(model: str, sizes=(2, 4, 8)) -> dict:
+    """Peak RSS of a process that loads a pool of k members on one base and runs one judging forward pass."""
+    out = {}
+    for k in sizes:
+        code = (f"import resource, torch; from bench.run import _pool; be, m, tok = _pool({model!r}, {k}); "
+                "ids = [tok('hello world')['input_ids']] * len(m); "
+                "be.next_token_logprobs(m, ids, [1, 2], last=1, batch_size=8); "
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+        rss = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        out[k] = int(rss.strip().splitlines()[-1]) / 1024
+    per_member = (out[sizes[-1]] - out[sizes[0]]) / (sizes[-1] - sizes[0])
+    return {"peak_rss_mb": out, "mb_per_extra_member": per_member}
+
+
+def _pool(model: str, k: int):
+    resolved = resolve_model(model)
+    members = [f"m{i}" for i in range(k)]
+    backend = HFBackend([MemberModel(m, resolved, None) for m in members], LoraConfig(), seed=0)
+    return backend, members, backend.tokenizer(members[0])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="packaged:smollm2-135m-instruct")
+    parser.add_argument("--out", default=f"bench/results/{time.strftime('%Y-%m-%d')}.json")
+    parser.add_argument("--judgments", type=int, default=24)
+    parser.add_argument("--new-tokens", type=int, default=48)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(resolve_model(args.model).source, dtype=torch.float32).eval()
+    backend, members, tok = _pool(args.model, 4)
+    prefill = prefill_ceiling(plain, tok, (1, 4, 8, 16), 256)
+    gen = generate_ceiling(plain, tok, (8, 16), 128, args.new_tokens)
+    del plain
+    combat = {b: combat_generation(backend, members, tok, b, 128, args.new_tokens) for b in (8, 16)}
+    judge = judging(backend, members, tok, args.judgments)
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "python": sys.version.split()[0]},
+        "versions": package_versions(), "model": args.model, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "ceilings": {"prefill_tokens_per_s": prefill, "generate_tokens_per_s": gen},
+        "combat_generation": {"tokens_per_s": combat,
+                              "ratio_to_generate_ceiling": {b: combat[b] / gen[b] for b in combat}},
+        "judging": judge,
+        "logprob_judging_ratio_to_best_prefill": judge["logprob"]["prompt_tokens_per_s"] / max(prefill.values()),
+        "memory": memory(args.model),
+    }
+    result["wall_s"] = time.perf_counter() - start
+    result["peak_rss_mb_main"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
