@@ -4,9 +4,9 @@ Per task kind (sparta.tasks.catalog):
 - gsm8k: greedy generation, graded by the final number — `strict` ("The answer is N" / "#### N") and
   `flexible` (the last number); accuracy = flexible, both reported.
 - math: greedy generation, the last \\boxed{} (or a stated final answer) checked with math-verify.
-- mc: two graders, both reported and named — `letter` (generate, read the chosen letter or option text) and
+- mc: graders reported side by side and named — `letter` (generate, read the chosen letter or option text),
   `loglik` (no generation: the option whose text is most likely after the question, summed log-probability,
-  as evaluation harnesses do for MC1-style accuracy).
+  as evaluation harnesses do for MC1-style accuracy) and `loglik_norm` (the same per character, acc_norm).
 - judged: greedy generation, then the evaluator member scores the answer 1-10 with the logprob judge.
 Every example's output, extraction and verdict is kept, so a number can always be traced back.
 """
@@ -121,16 +121,21 @@ def _mc(backend, member, examples, s, progress) -> dict:
     rows: list[dict] = []
     letter: list[float | None] = []
     loglik: list[float | None] = []
+    loglik_norm: list[float | None] = []
     for e, out, scores in zip(examples, outputs, logliks):
         grade = grade_mc_letter(out.text, e.choices, e.answer) if out.text is not None else None
         picked = pick_by_loglik(scores)
+        # per-character normalisation (the harnesses' acc_norm): the plain sum favours short options
+        picked_norm = pick_by_loglik({k: v / max(1, len(e.choices[k])) for k, v in scores.items()})
         rows.append({"id": e.id, "gold": e.answer, "output": out.text, "error": out.error,
                      "letter": grade.extracted if grade else None, "letter_method": grade.method if grade else "failed",
                      "letter_correct": bool(grade and grade.correct), "loglik_pick": picked,
-                     "loglik_correct": picked == e.answer, "option_logliks": scores})
+                     "loglik_correct": picked == e.answer, "loglik_norm_pick": picked_norm, "option_logliks": scores})
         letter.append(float(grade.correct) if grade else None)
         loglik.append(float(picked == e.answer))
-    return {"metrics": {"loglik": summarise(loglik, s), "letter": summarise(letter, s)}, "primary": "loglik",
+        loglik_norm.append(float(picked_norm == e.answer))
+    metrics = {"loglik": summarise(loglik, s), "loglik_norm": summarise(loglik_norm, s), "letter": summarise(letter, s)}
+    return {"metrics": metrics, "primary": "loglik",
             "examples": rows}
 
 

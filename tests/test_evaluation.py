@@ -201,3 +201,17 @@ def test_judge_agreement_on_multiple_choice_prompts():
     d["prompt"] = prompt
     a = judge_agreement([d], {"p1": "B"}, "mc")
     assert a["duels"] == 1 and a["aggregate"] == 0.0 and a["per_judge"]["x"]["rate"] == 1.0
+
+
+def test_loglik_norm_divides_by_option_length(backend):
+    """A "Rome" (4 chars) sums -8 → -2.0 per char; B "Paris, the city of light" (24 chars) sums -12 → -0.5.
+    The plain sum picks A, the per-character rule picks B (the gold)."""
+    ex = Example("m:0", "Capital of France?", "B", {"A": "Rome", "B": "Paris, the city of light"})
+
+    class Fixed(Scripted):
+        def continuation_logprobs(self, member, prefixes, continuations, batch_size):
+            return [[-8.0, -12.0]]
+
+    r = evaluate(Fixed(backend, [Generated("B")]), ["a"], get_task("medqa"), [ex], SETTINGS)["a"]
+    assert r["examples"][0]["loglik_pick"] == "A" and r["examples"][0]["loglik_norm_pick"] == "B"
+    assert r["metrics"]["loglik"]["value"] == 0.0 and r["metrics"]["loglik_norm"]["value"] == 1.0
