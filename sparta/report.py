@@ -67,8 +67,8 @@ def _evals(root: Path) -> dict[tuple[str, str], dict[int, dict]]:
     return out
 
 
-def _cell(result: dict) -> str:
-    m = result["metrics"][result["primary"]]
+def _cell(result: dict, metric: str | None = None) -> str:
+    m = result["metrics"][metric or result["primary"]]
     failed = f" ({m['failed']} failed)" if m.get("failed") else ""
     if not m["n"]:
         return f"n/a{failed}"
@@ -86,14 +86,18 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
            "log-likelihood; judged: mean 1-10 score). Per-example outputs are in `eval/`.", ""]
     for (task, split), by_iter in sorted(evals.items()):
         its = sorted(by_iter)
-        any_file = by_iter[its[0]]
-        out += [f"### {task} ({split}, n={any_file['n_examples']}, metric: "
-                f"{any_file['results'][members[0]]['primary']})", "",
-                "| member | " + " | ".join("initial" if t == 0 else f"after iter {t}" for t in its) + " |",
-                "|---" * (len(its) + 1) + "|"]
-        for m in members:
-            out.append(f"| {m} | " + " | ".join(_cell(by_iter[t]["results"][m]) for t in its) + " |")
-        out.append("")
+        primary = by_iter[its[0]]["results"][members[0]]["primary"]
+        names = {k for t in its for k in by_iter[t]["results"][members[0]]["metrics"]}
+        for metric in [primary, *sorted(names - {primary})]:  # e.g. MC: loglik, then letter and loglik_norm
+            tag = " (primary)" if metric == primary else ""
+            out += [f"### {task} ({split}, n={by_iter[its[0]]['n_examples']}): {metric}{tag}", "",
+                    "| member | " + " | ".join("initial" if t == 0 else f"after iter {t}" for t in its) + " |",
+                    "|---" * (len(its) + 1) + "|"]
+            for m in members:
+                cells = [_cell(by_iter[t]["results"][m], metric) if metric in by_iter[t]["results"][m]["metrics"]
+                         else "-" for t in its]
+                out.append(f"| {m} | " + " | ".join(cells) + " |")
+            out.append("")
         dev = evals.get((task, "dev"), {})
         if split == "test" and 0 in by_iter and its[-1] != 0:
             chosen_on = dev if 0 in dev else by_iter

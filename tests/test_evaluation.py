@@ -118,7 +118,8 @@ def test_run_with_evaluation_writes_report_and_plots(tiny_config, tmp_path):
                 data = json.loads((root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json").read_text())
                 assert data["n_examples"] == 4 and set(data["results"]) == set("abcd")
     report = (root / "report.md").read_text()
-    assert "### medqa (test, n=4, metric: loglik)" in report and "after iter 2" in report
+    assert "### medqa (test, n=4): loglik (primary)" in report and "after iter 2" in report
+    assert "### medqa (test, n=4): letter" in report and "### gsm8k (dev, n=4): strict" in report
     assert "Best initial member (chosen on dev)" in report
     assert (root / "reputations.png").stat().st_size > 1000
     assert (root / "reputation_vs_medqa.png").exists() and (root / "reputation_vs_gsm8k.png").exists()
