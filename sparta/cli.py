@@ -127,24 +127,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(config, dump_yaml) -> int:
-    """Checks that need the disk but no model load: the prompt pool, the model specs, adapter paths."""
-    from .experts import check_recipes
-    from .models import default_cache_dir, resolve_model
-    from .prompts import load_prompts
+    """The run's own checks that need the disk but no model load (prompt pool, recipes, models, adapters, tasks)."""
+    from .pipeline import Pipeline
 
+    pipeline = Pipeline(config)
     try:
-        n = len(load_prompts(config.data.prompts, config.data.user_data or None))
-        check_recipes([m.expert for m in config.pool.members if m.expert])
-        cache = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-        for m in config.pool.members:
-            resolve_model(m.model or config.pool.base, cache, build=False)
-            if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
-                raise FileNotFoundError(f"pool.members[{m.name}].adapter: {m.adapter} has no adapter_config.json")
+        pipeline.check()
     except (ValueError, FileNotFoundError) as e:
         print(f"invalid: {e}", file=sys.stderr)
         return 2
     print(dump_yaml(config))
-    print(f"valid: {len(config.pool.members)} members, {n} prompts in pool {config.data.prompts!r}")
+    print(f"valid: {len(config.pool.members)} members, {len(pipeline.prompt_pool)} prompts in pool "
+          f"{config.data.prompts!r}")
     return 0
 
 
