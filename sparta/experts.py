@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .models import ResolvedModel
 from .seeding import rng
-from .tasks.catalog import DATA, with_input
+from .tasks.catalog import DATA, self_instruct_seeds
 
 if TYPE_CHECKING:  # torch is imported only when an expert is actually built
     from .backend import LoraShape
@@ -22,8 +22,7 @@ if TYPE_CHECKING:  # torch is imported only when an expert is actually built
 
 
 def _self_instruct() -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in (DATA / "instructions/self_instruct_seed_tasks.jsonl").open()]
-    return [(with_input(r["instruction"], i["input"]), i["output"]) for r in rows for i in r["instances"]]
+    return list(self_instruct_seeds().values())
 
 
 def _math() -> list[tuple[str, str]]:

@@ -7,13 +7,12 @@ from pathlib import Path
 
 from .records import Prompt
 from .seeding import rng
-from .tasks.catalog import DATA, TASKS, get_task, with_input
+from .tasks.catalog import TASKS, get_task, self_instruct_seeds, with_input
 
 
 def _self_instruct() -> list[Prompt]:
-    rows = [json.loads(line) for line in (DATA / "instructions/self_instruct_seed_tasks.jsonl").open()]
-    return [Prompt(f"self_instruct:{i}", with_input(r["instruction"], r["instances"][0]["input"]), "self_instruct")
-            for i, r in enumerate(rows)]
+    return [Prompt(f"self_instruct:{i}", text, "self_instruct")
+            for i, (text, _) in enumerate(self_instruct_seeds().values())]
 
 
 # Every task's combat pool (sparta.tasks.catalog), plus all 175 Self-Instruct seeds as a general pool.

@@ -660,8 +660,8 @@ ALPACA_EVAL_FILE = UserFile(
 )
 
 
-def _alpaca_seeds() -> dict[str, list[tuple[str, str, str]]]:
-    """The Self-Instruct seeds split into combat / dev / test: (seed id, prompt, reference output)."""
+def self_instruct_seeds() -> dict[str, tuple[str, str]]:
+    """All 175 Self-Instruct seed tasks in file order: seed id -> (instruction + input, reference output)."""
     path = DATA / "instructions/self_instruct_seed_tasks.jsonl"
     rows = {}
     for i, row in enumerate(_read_jsonl(path)):
@@ -673,6 +673,12 @@ def _alpaca_seeds() -> dict[str, list[tuple[str, str, str]]]:
         output = _text(instances[0], "output", f"{where} instance 0")
         rows[_text(row, "id", where)] = (with_input(_text(row, "instruction", where), extra), output)
     _check_ids(list(rows), str(path))
+    return rows
+
+
+def _alpaca_seeds() -> dict[str, list[tuple[str, str, str]]]:
+    """The Self-Instruct seeds split into combat / dev / test: (seed id, prompt, reference output)."""
+    rows = self_instruct_seeds()
     parts = _hash_split(list(rows), "alpaca", ALPACA_SEED_SPLIT[:2])
     return {name: [(k, *rows[k]) for k in keys] for name, keys in zip(("combat", "dev", "test"), parts)}
 
