@@ -199,7 +199,7 @@ class Pipeline:
             matches = [Match(i, prompts[i], leaders[i], pick_opponent(leaders[i], ratings, c.arena.alpha,
                                                                       c.arena.k, draw))
                        for i in range(start, min(start + size, len(prompts)))]
-            new = run_round(self.backend or self._load_backend(t), matches, self.members, state, self.elo,
+            new = run_round(self._load_backend(t), matches, self.members, state, self.elo,
                             settings, derive_seed(c.seed, t, "round", r), r, t, self.progress, timings)
             append_jsonl(journal, [to_json(d) for d in new])
             duels += new
