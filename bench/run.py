@@ -138,17 +138,19 @@ def _pearson(pairs):
 
 
 def memory(model: str, sizes=(2, 4, 8)) -> dict:
-    """Peak RSS of a process that loads a pool of k members on one base and runs one judging forward pass."""
-    out = {}
+    """RSS (VmRSS) of a fresh process holding a pool of k members on one base after one judging forward pass.
+    (Not ru_maxrss: a child started by fork+exec reports at least its parent's peak, which hid the differences.)"""
+    steady = {}
     for k in sizes:
-        code = (f"import resource, torch; from bench.run import _pool; be, m, tok = _pool({model!r}, {k}); "
+        code = (f"from bench.run import _pool; be, m, tok = _pool({model!r}, {k}); "
                 "ids = [tok('hello world')['input_ids']] * len(m); "
                 "be.next_token_logprobs(m, ids, [1, 2], last=1, batch_size=8); "
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-        rss = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        out[k] = int(rss.strip().splitlines()[-1]) / 1024
-    per_member = (out[sizes[-1]] - out[sizes[0]]) / (sizes[-1] - sizes[0])
-    return {"peak_rss_mb": out, "mb_per_extra_member": per_member}
+                "rss = [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]; "
+                "print(rss)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        steady[k] = int(out.strip().splitlines()[-1]) / 1024
+    per_member = (steady[sizes[-1]] - steady[sizes[0]]) / (sizes[-1] - sizes[0])
+    return {"rss_mb": steady, "mb_per_extra_member": per_member}
 
 
 def _pool(model: str, k: int):

@@ -24,7 +24,8 @@ from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, pick_by_log
 from .training import encode_example
 
 PROMPTS = {
-    "gsm8k": "{question}\n\nSolve it step by step, then finish with \"The answer is N.\"",
+    # a literal "The answer is N." in the instruction was copied verbatim by SmolLM2 (seen in the demo's eval)
+    "gsm8k": "{question}\n\nSolve it step by step. End with the sentence \"The answer is\" followed by the number.",
     "math": "{question}\n\nSolve it step by step and put the final answer in \\boxed{{}}.",
     "judged": "{question}",
 }
