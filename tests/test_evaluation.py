@@ -141,8 +141,8 @@ def test_pearson_by_hand():
 def _duel(pid, text_a, text_b, outcome, scores):
     judgments = [{"judge": j, "target": side, "score": s, "status": "ok"}
                  for j, pair in scores.items() for side, s in zip("ab", pair)]
-    return {"prompt_id": pid, "prompt": "", "response_a": {"text": text_a}, "response_b": {"text": text_b}, "outcome": outcome,
-            "score_a": 1.0, "score_b": 0.0, "judgments": judgments}
+    return {"prompt_id": pid, "prompt": "", "response_a": {"text": text_a}, "response_b": {"text": text_b},
+            "outcome": outcome, "score_a": 1.0, "score_b": 0.0, "judgments": judgments}
 
 
 def test_judge_agreement_counts_only_duels_with_one_correct_answer():
