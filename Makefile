@@ -21,10 +21,11 @@ demo: install
 	$(VENV)/bin/sparta run
 
 test: install
+	$(VENV)/bin/ruff check sparta tests bench
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check sparta tests
+	$(VENV)/bin/ruff check sparta tests bench
 
 clean:
 	rm -rf $(VENV) runs
