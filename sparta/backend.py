@@ -1,6 +1,6 @@
 """The Hugging Face backend: each distinct base model loaded once, every member a named LoRA adapter on it.
 
-PEFT runs a batch whose rows use different adapters (`adapter_names`), so generation and judging are
+A batch may mix adapters row by row (sparta.mixed_lora), so generation and judging are
 batched across members that share a base. Training switches the active adapter and touches only its
 parameters. Works on CPU and GPU; heterogeneous pools get one loaded base per distinct model.
 """
@@ -11,12 +11,14 @@ import logging
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .config import LoraConfig as LoraShape
+from .mixed_lora import row_lora
 from .models import ResolvedModel
 from .seeding import derive_seed
 
@@ -113,6 +115,13 @@ class HFBackend:
             for start in range(0, len(rows), batch_size):
                 yield self.bases[key], rows[start:start + batch_size]
 
+    @contextmanager
+    def _adapters(self, base: _Base, members: list[str]):
+        """Row i of the batches run inside uses members[i]'s adapter: our stacked path (mixed_lora), or PEFT's
+        `adapter_names` for adapters it does not cover. Yields the keyword arguments to pass to the model."""
+        with row_lora(base.model, members) as stacked:
+            yield {} if stacked else {"adapter_names": members}
+
     def _left_pad(self, base: _Base, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         pad = base.tokenizer.pad_token_id
@@ -142,13 +151,16 @@ class HFBackend:
 
     def _generate_batch(self, base: _Base, members: list[str], prompts: list[list[int]], max_new_tokens: int,
                         temperature: float, top_p: float, min_new_tokens: int = 0) -> list[Generated]:
+        from transformers import LogitsProcessorList
+
         ids, mask = self._left_pad(base, prompts)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0 else \
-            dict(do_sample=False)
-        new = base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=members,
-                                  max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
-                                  pad_token_id=base.tokenizer.pad_token_id,
-                                  eos_token_id=sorted(base.eos_ids), **sampling)[:, ids.shape[1]:]
+        # temperature and top-p by our processor (HF would sort the whole vocabulary at every step)
+        sampling = dict(do_sample=True, top_k=0, logits_processor=LogitsProcessorList([TopP(temperature, top_p)])) \
+            if temperature > 0 else dict(do_sample=False)
+        with self._adapters(base, members) as adapters:
+            new = base.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                                      min_new_tokens=min_new_tokens or None, pad_token_id=base.tokenizer.pad_token_id,
+                                      eos_token_id=sorted(base.eos_ids), **sampling, **adapters)[:, ids.shape[1]:]
         results = []
         for row in new.tolist():
             stop = next((j for j, t in enumerate(row) if t in base.eos_ids), None)
@@ -173,8 +185,9 @@ class HFBackend:
         for base, rows in self._batches(members, prompts, batch_size):
             ids, mask = self._left_pad(base, [prompts[i] for i in rows])
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
-            logits = base.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                                adapter_names=[members[i] for i in rows], logits_to_keep=last).logits
+            with self._adapters(base, [members[i] for i in rows]) as adapters:
+                logits = base.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=last,
+                                    **adapters).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :, candidates]
             for i, lp in zip(rows, logprobs.tolist()):
                 out[i] = lp
@@ -194,8 +207,10 @@ class HFBackend:
         for start in range(0, len(prefixes), batch_size):
             chunk, conts = prefixes[start:start + batch_size], continuations[start:start + batch_size]
             ids, mask = self._left_pad(base, chunk)
-            first = base.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                               adapter_names=[member] * len(chunk), use_cache=True, logits_to_keep=1)
+            with self._adapters(base, [member] * len(chunk)) as adapters:
+                first = base.model(input_ids=ids, attention_mask=mask,
+                                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1,
+                                   **adapters)
             rows = torch.tensor([i for i, options in enumerate(conts) for _ in options], device=self.device)
             cache = first.cache  # transformers 5.24 names the KV cache `cache` (was past_key_values)
             cache.reorder_cache(rows)  # one copy of a prefix's cache per continuation
@@ -205,9 +220,9 @@ class HFBackend:
             cont_ids = torch.tensor([c + [pad] * (width - len(c)) for c in flat], device=self.device)
             cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in flat], device=self.device)
             positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=self.device)[None]
-            logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
-                                position_ids=positions, cache=cache, adapter_names=[member] * len(flat),
-                                use_cache=False).logits
+            with self._adapters(base, [member] * len(flat)) as adapters:
+                logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
+                                    position_ids=positions, cache=cache, use_cache=False, **adapters).logits
             # token k of a continuation is predicted by the prefix's last logits (k = 0) or by position k - 1
             logits = torch.cat([first.logits[rows], logits[:, :-1]], 1).float()
             token_lp = torch.log_softmax(logits, -1).gather(-1, cont_ids[..., None])[..., 0] * cont_mask
@@ -248,6 +263,32 @@ class HFBackend:
 
     def adapter_parameters(self, member: str) -> list[tuple[str, torch.nn.Parameter]]:
         return [(n, p) for n, p in self.model(member).named_parameters() if _adapter_key(n) == member]
+
+
+class TopP:
+    """Temperature, then nucleus (top-p) filtering by Hugging Face's rule (keep a token while the mass of the
+    tokens ranked above it is below top_p), without sorting the whole vocabulary at every step: the nucleus
+    lies within the top `k` tokens whenever their mass reaches top_p, which is checked (else a full sort).
+    A logits processor for `generate`, which runs its own warpers after user processors, hence temperature here."""
+
+    def __init__(self, temperature: float, top_p: float, k: int = 256):
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise ValueError(f"TopP needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+        self.temperature, self.top_p, self.k = temperature, top_p, k
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores / self.temperature
+        if self.top_p >= 1:
+            return scores
+        top, index = scores.topk(min(self.k, scores.shape[-1]), dim=-1)
+        probs = (top - scores.logsumexp(-1, keepdim=True)).exp()
+        if (probs.sum(-1) < self.top_p).any():  # the nucleus may reach past the top k: sort everything
+            top, index = scores.sort(dim=-1, descending=True)
+            probs = top.softmax(-1)
+        above = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
+        keep = above < self.top_p
+        keep[:, 0] = True
+        return torch.full_like(scores, float("-inf")).scatter_(-1, index, top.masked_fill(~keep, float("-inf")))
 
 
 _ADAPTER_KEY = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\.([^.]+)(?:\.|$)")

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
-ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "backend", "arena", "pairs",
-         "training", "experts", "evaluation", "report", "pipeline", "cli"]
+ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "mixed_lora", "backend",
+         "arena", "pairs", "training", "experts", "evaluation", "report", "pipeline", "cli"]
 
 
 def layer(module: str) -> int:
