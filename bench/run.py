@@ -4,7 +4,9 @@
 
 Sections (each a ratio measured in the same run, never a timed assertion):
   ceilings      plain batched forward (prefill) tokens/s per batch size; plain `generate` tokens/s per batch size
-  combat        sparta's generation (mixed-adapter batches across members) vs the plain-generate ceiling
+  combat        sparta's generation (mixed-adapter batches across members) vs the plain-generate ceiling, and
+                vs PEFT's own mixed-batch path with Hugging Face's top-p (sparta before its mixed_lora/TopP)
+  authors       the same duels through the authors' pipeline shape and through sparta's arena (bench/authors.py)
   judging       logprob judge (judgments/s, tokens/s vs the prefill ceiling) and the authors' generative judging
                 (sampling T=0.7, top_k 50, top_p 0.95, static batches of 24, regex parsing), their agreement
   memory        peak RSS of pools of 2, 4 and 8 members on one base (separate processes)
@@ -18,11 +20,13 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.authors import side_by_side
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
 from sparta.backend import HFBackend, MemberModel
 from sparta.chat import encode_chat
@@ -77,12 +81,25 @@ def generate_ceiling(model, tok, batch_sizes, prompt_len: int, new_tokens: int) 
     return out
 
 
-def combat_generation(backend, members, tok, batch: int, prompt_len: int, new_tokens: int) -> float:
+def combat_generation(backend, members, tok, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """tokens/s of sparta's generate on a batch mixing every member's adapter, and of the path it replaced."""
     prompts = prompts_ids(tok, batch, prompt_len)
-    rows = [members[i % len(members)] for i in range(batch)]  # a batch mixing every member's adapter
+    rows = [members[i % len(members)] for i in range(batch)]
     _, s = timed(lambda: backend.generate(rows, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                           temperature=0.7, top_p=0.95, batch_size=batch, seed=0))
-    return batch * new_tokens / s
+    _, before = timed(lambda: peft_generate(backend, rows, prompts, new_tokens))
+    return {"sparta": batch * new_tokens / s, "peft_mixed_batch": batch * new_tokens / before}
+
+
+@torch.inference_mode()
+def peft_generate(backend, rows, prompts, new_tokens: int):
+    """Session 1's path: PEFT's `adapter_names` mixed batch and Hugging Face's own top-p warper."""
+    base = backend.bases[backend.base_of[rows[0]]]
+    ids, mask = backend._left_pad(base, prompts)
+    torch.manual_seed(0)
+    return base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=rows, do_sample=True,
+                               temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=new_tokens,
+                               min_new_tokens=new_tokens, pad_token_id=base.tokenizer.pad_token_id)
 
 
 def judging(backend, members, tok, n: int) -> dict:
@@ -166,25 +183,33 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=f"bench/results/{time.strftime('%Y-%m-%d')}.json")
     parser.add_argument("--judgments", type=int, default=24)
     parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--duels", type=int, default=8, help="authors' shape vs sparta: duels (4 members)")
+    parser.add_argument("--duel-tokens", type=int, default=96, help="max_new_tokens of those duels' responses")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     from transformers import AutoModelForCausalLM
 
-    plain = AutoModelForCausalLM.from_pretrained(resolve_model(args.model).source, dtype=torch.float32).eval()
+    resolved = resolve_model(args.model)
+    plain = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch.float32).eval()
     backend, members, tok = _pool(args.model, 4)
     prefill = prefill_ceiling(plain, tok, (1, 4, 8, 16), 256)
     gen = generate_ceiling(plain, tok, (8, 16), 128, args.new_tokens)
     del plain
     combat = {b: combat_generation(backend, members, tok, b, 128, args.new_tokens) for b in (8, 16)}
     judge = judging(backend, members, tok, args.judgments)
+    with tempfile.TemporaryDirectory() as adapters:
+        authors = side_by_side(backend, members, resolved.source, Path(adapters), args.duels, args.duel_tokens)
     result = {
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "python": sys.version.split()[0]},
         "versions": package_versions(), "model": args.model, "date": time.strftime("%Y-%m-%d %H:%M"),
         "ceilings": {"prefill_tokens_per_s": prefill, "generate_tokens_per_s": gen},
         "combat_generation": {"tokens_per_s": combat,
-                              "ratio_to_generate_ceiling": {b: combat[b] / gen[b] for b in combat}},
+                              "ratio_to_generate_ceiling": {b: combat[b]["sparta"] / gen[b] for b in combat},
+                              "speedup_over_peft_mixed_batch": {b: combat[b]["sparta"] / combat[b]["peft_mixed_batch"]
+                                                                for b in combat}},
         "judging": judge,
         "logprob_judging_ratio_to_best_prefill": judge["logprob"]["prompt_tokens_per_s"] / max(prefill.values()),
+        "authors_shape": authors,
         "memory": memory(args.model),
     }
     result["wall_s"] = time.perf_counter() - start

@@ -1,0 +1,25 @@
+"""The benchmark's side-by-side code runs end to end (on the tiny model; its timings mean nothing here)."""
+
+from bench.authors import matches_for, side_by_side
+from sparta.backend import HFBackend, LoraShape, MemberModel
+from sparta.models import resolve_model
+
+
+def test_matches_cycle_through_every_pair():
+    matches = matches_for(["w", "x", "y", "z"], 7)
+    assert [(m.a, m.b) for m in matches][:6] == [("w", "x"), ("w", "y"), ("w", "z"), ("x", "y"), ("x", "z"),
+                                                 ("y", "z")]
+    assert len({m.prompt.id for m in matches}) == 7
+
+
+def test_authors_shape_and_sparta_process_the_same_duels(tmp_path):
+    members = ["w", "x", "y", "z"]
+    tiny = resolve_model("tiny", tmp_path / "cache")
+    backend = HFBackend([MemberModel(m, tiny, None) for m in members], LoraShape(dropout=0.0), seed=0)
+    result = side_by_side(backend, members, tiny.source, tmp_path / "adapters", n_duels=3, new_tokens=6)
+    # each judged duel: two responses, judged by the two members that did not fight, once per response
+    assert result["judged_duels"] >= 1
+    assert result["sparta"]["judgments"] == result["authors"]["judgments"] == result["judged_duels"] * 2 * 2
+    assert result["authors"]["loads"] == 8  # every member loaded for generation and again for judging
+    assert 0 < result["authors"]["new_tokens"]["generate"] <= 3 * 2 * 6
+    assert all(v > 0 for v in result["speedup"].values())
