@@ -23,3 +23,15 @@ def test_authors_shape_and_sparta_process_the_same_duels(tmp_path):
     assert result["authors"]["loads"] == 8  # every member loaded for generation and again for judging
     assert 0 < result["authors"]["new_tokens"]["generate"] <= 3 * 2 * 6
     assert all(v > 0 for v in result["speedup"].values())
+
+
+def test_iteration_benchmark_reads_a_real_run(tmp_path):
+    from bench.iteration import one_iteration, pool
+
+    assert pool(6).count("expert: math") == 2 and "name: math1" in pool(6)
+    small = (f"cache_dir={tmp_path / 'cache'}", "pool.base=tiny", "pool.experts.steps=1", "threads=1",
+             "generation.max_new_tokens=6", "training.max_length=128", "judge.max_prompt_tokens=1024")
+    point = one_iteration(tmp_path, 4, 2, "medqa", 2, small)
+    assert point["judgments"] == 2 * 2 * 2  # 2 duels, 2 responses each, 2 judges
+    assert set(point["stages_s"]) >= {"generate", "judge", "reputation", "pairs", "dpo"}
+    assert point["eval"]["items"] == 2 and set(point["eval"]["seconds_per_pass"]) == {0, 1}

@@ -44,7 +44,7 @@ def run_round(backend, matches: list[Match], members: list[str], state: Reputati
               settings: ArenaSettings, seed: int, round_no: int, iteration: int, progress=None,
               timings: dict | None = None) -> list[Duel]:
     """Fight `matches`, mutating `state` in duel order. Returns one combat-log row per match.
-    Seconds spent generating and judging are added to `timings`."""
+    Seconds spent generating, judging and updating reputations are added to `timings`."""
     timings = {} if timings is None else timings
     clock = time.perf_counter()
     responses = _combat(backend, matches, settings, seed, progress)
@@ -52,6 +52,7 @@ def run_round(backend, matches: list[Match], members: list[str], state: Reputati
     clock = time.perf_counter()
     judgments = _judge(backend, matches, responses, members, settings, seed, progress)
     timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - clock
+    clock = time.perf_counter()
     duels = []
     for m in matches:
         ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
@@ -59,6 +60,7 @@ def run_round(backend, matches: list[Match], members: list[str], state: Reputati
                     judgments.get(m.index, []))
         _decide(duel, state, elo, settings.min_margin)
         duels.append(duel)
+    timings["reputation"] = timings.get("reputation", 0.0) + time.perf_counter() - clock
     return duels
 
 
