@@ -148,23 +148,32 @@ def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: f
         total, _ = sequence_logprobs(model, seqs, tok.pad_token_id, device)
         return total[:len(indices)], total[len(indices):]
 
+    def length(i):
+        return max(len(examples[i][0][0]), len(examples[i][1][0]))
+
     def all_logps():
+        """Every pair's log-probs without gradients, in batches of similar lengths (less padding)."""
+        order = sorted(range(len(pairs)), key=length)
+        chosen, rejected = torch.empty(len(pairs), device=device), torch.empty(len(pairs), device=device)
         with torch.inference_mode():
-            parts = [logps(list(range(i, min(i + s.micro_batch_size, len(pairs)))))
-                     for i in range(0, len(pairs), s.micro_batch_size)]
-        return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+            for i in range(0, len(order), 2 * s.micro_batch_size):
+                rows = order[i:i + 2 * s.micro_batch_size]
+                chosen[rows], rejected[rows] = logps(rows)
+        return chosen, rejected
 
     ref_chosen, ref_rejected = all_logps()  # reference = this adapter before any update: once per pair
 
     def micro_loss(indices, weight):
         chosen, rejected = logps(indices)
-        idx = torch.tensor(indices)
+        idx = torch.tensor(indices, device=device)
         loss, rc, rr = dpo_loss(chosen, rejected, ref_chosen[idx], ref_rejected[idx], beta)
         (loss * weight).backward()
         return {"loss": loss.item(), "reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
                 "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
     batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
+    # a step's gradient is the mean over its pairs whatever their grouping: micro-batch by length (less padding)
+    batches = [sorted(batch, key=length) for batch in batches]
     history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
     # One more pass over the pairs after training: did the member learn to prefer the chosen responses?
     loss, rc, rr = dpo_loss(*all_logps(), ref_chosen, ref_rejected, beta)
