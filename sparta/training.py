@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 
 import torch
@@ -161,7 +162,9 @@ def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: f
                 chosen[rows], rejected[rows] = logps(rows)
         return chosen, rejected
 
+    clock = time.perf_counter()
     ref_chosen, ref_rejected = all_logps()  # reference = this adapter before any update: once per pair
+    seconds = {"reference": time.perf_counter() - clock}
 
     def micro_loss(indices, weight):
         chosen, rejected = logps(indices)
@@ -174,10 +177,14 @@ def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: f
     batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
     # a step's gradient is the mean over its pairs whatever their grouping: micro-batch by length (less padding)
     batches = [sorted(batch, key=length) for batch in batches]
+    clock = time.perf_counter()
     history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
+    seconds["steps"] = time.perf_counter() - clock
     # One more pass over the pairs after training: did the member learn to prefer the chosen responses?
+    clock = time.perf_counter()
     loss, rc, rr = dpo_loss(*all_logps(), ref_chosen, ref_rejected, beta)
-    return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
+    seconds["after"] = time.perf_counter() - clock
+    return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history, "seconds": seconds,
             "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
             "after": {"loss": loss.item(), "reward_margin": (rc - rr).mean().item(),
                       "reward_accuracy": (rc > rr).float().mean().item()}}
