@@ -9,6 +9,8 @@ Sections (each a ratio measured in the same run, never a timed assertion):
   authors       the same duels through the authors' pipeline shape and through sparta's arena (bench/authors.py)
   judging       logprob judge (judgments/s, tokens/s vs the prefill ceiling) and the authors' generative judging
                 (sampling T=0.7, top_k 50, top_p 0.95, static batches of 24, regex parsing), their agreement
+  dpo           one DPO epoch of one member on real pairs: seconds per pair by phase; fp32 (what sparta runs)
+                vs bf16 autocast (this CPU has AVX512-BF16: would it pay off?)
   memory        peak RSS of pools of 2, 4 and 8 members on one base (separate processes)
 """
 
@@ -30,10 +32,11 @@ from bench.authors import side_by_side
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
 from sparta.backend import HFBackend, MemberModel
 from sparta.chat import encode_chat
-from sparta.config import LoraConfig
+from sparta.config import LoraConfig, TrainingConfig
 from sparta.models import resolve_model
 from sparta.prompts import load_prompts
 from sparta.rundir import package_versions
+from sparta.training import OptimSettings, train_dpo
 
 
 def timed(fn):
@@ -148,6 +151,30 @@ def authors_sample(backend, judges, prompts) -> list[str]:
     return [base.tokenizer.decode(row, skip_special_tokens=True) for row in new]
 
 
+def dpo(backend, members, tok, n_pairs: int, new_tokens: int) -> dict:
+    """Pairs from two members' answers to the same GSM8K questions; the demo's DPO settings."""
+    questions = [p.text for p in load_prompts("gsm8k")[100:100 + n_pairs]]
+    enc = [encode_chat(tok, [("user", "{0}")], [q], max_tokens=512).ids for q in questions]
+    answers = backend.generate([members[0]] * n_pairs + [members[1]] * n_pairs, enc + enc, max_new_tokens=new_tokens,
+                               temperature=0.7, top_p=0.95, batch_size=16, seed=2)
+
+    def turn(role, text):
+        return [{"role": role, "content": text}]
+
+    pairs = [{"prompt": turn("user", q), "chosen": turn("assistant", a.text), "rejected": turn("assistant", b.text)}
+             for q, a, b in zip(questions, answers[:n_pairs], answers[n_pairs:]) if a.text and b.text]
+    t = TrainingConfig()
+    settings = OptimSettings(lr=t.lr, batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
+                             warmup_ratio=t.warmup_ratio, max_length=t.max_length)
+    out = {"pairs": len(pairs)}
+    for label, member, bf16 in (("fp32", members[2], False), ("bf16_autocast", members[3], True)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            r, s = timed(lambda member=member: train_dpo(backend, member, pairs, settings, t.beta, t.epochs, seed=0))
+        out[label] = {"s_per_pair": s / len(pairs), "seconds": r["seconds"], "loss_after": r["after"]["loss"]}
+    out["bf16_speedup"] = out["fp32"]["s_per_pair"] / out["bf16_autocast"]["s_per_pair"]
+    return out
+
+
 def _pearson(pairs):
     from sparta.report import pearson
 
@@ -185,6 +212,7 @@ def main(argv=None) -> int:
     parser.add_argument("--new-tokens", type=int, default=48)
     parser.add_argument("--duels", type=int, default=8, help="authors' shape vs sparta: duels (4 members)")
     parser.add_argument("--duel-tokens", type=int, default=96, help="max_new_tokens of those duels' responses")
+    parser.add_argument("--dpo-pairs", type=int, default=8)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     from transformers import AutoModelForCausalLM
@@ -199,6 +227,7 @@ def main(argv=None) -> int:
     judge = judging(backend, members, tok, args.judgments)
     with tempfile.TemporaryDirectory() as adapters:
         authors = side_by_side(backend, members, resolved.source, Path(adapters), args.duels, args.duel_tokens)
+    training = dpo(backend, members, tok, args.dpo_pairs, args.duel_tokens)
     result = {
         "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "python": sys.version.split()[0]},
         "versions": package_versions(), "model": args.model, "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -210,6 +239,7 @@ def main(argv=None) -> int:
         "judging": judge,
         "logprob_judging_ratio_to_best_prefill": judge["logprob"]["prompt_tokens_per_s"] / max(prefill.values()),
         "authors_shape": authors,
+        "dpo": training,
         "memory": memory(args.model),
     }
     result["wall_s"] = time.perf_counter() - start

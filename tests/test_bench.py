@@ -35,3 +35,16 @@ def test_iteration_benchmark_reads_a_real_run(tmp_path):
     assert point["judgments"] == 2 * 2 * 2  # 2 duels, 2 responses each, 2 judges
     assert set(point["stages_s"]) >= {"generate", "judge", "reputation", "pairs", "dpo"}
     assert point["eval"]["items"] == 2 and set(point["eval"]["seconds_per_pass"]) == {0, 1}
+
+
+def test_dpo_section_trains_and_times_both_precisions(tmp_path):
+    from bench.run import dpo
+
+    members = ["w", "x", "y", "z"]
+    backend = HFBackend([MemberModel(m, resolve_model("tiny", tmp_path / "cache"), None) for m in members],
+                        LoraShape(dropout=0.0), seed=0)
+    result = dpo(backend, members, backend.tokenizer("w"), 3, 8)
+    assert result["pairs"] >= 1
+    for label in ("fp32", "bf16_autocast"):
+        assert set(result[label]["seconds"]) == {"reference", "steps", "after"}
+        assert result[label]["loss_after"] > 0
