@@ -26,10 +26,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.add_argument("--task", required=True, help="one of the 12 task names (see docs/tasks.md)")
     p.add_argument("--split", default="dev", choices=["dev", "test"])
-    p.add_argument("--members", nargs="+", help="members to score (default: all)")
+    p.add_argument("--members", nargs="+",
+                   help="members to score (default: all); a model spec scores that model from outside the pool")
     p.add_argument("--iteration", type=int, help="the pool after this iteration (0 = initial; default: the last)")
     p.add_argument("--limit", type=int, help="only the first N examples of the split")
-    p.add_argument("--evaluator", help="judged tasks: the member that scores answers (default: top reputation)")
+    p.add_argument("--evaluator", help="alpaca, com2: who scores free-text answers 1-10, a member or a model spec "
+                   "(packaged:NAME, a .gguf, an HF dir, tiny[:SEED], a hub id); default: eval.evaluator, else the "
+                   "member with the top reputation")
     return parser
 
 
@@ -78,8 +81,13 @@ def print_eval(task: str, split: str, results: dict, path: Path) -> None:
             lo, hi = m["ci95"]
             mark = "*" if name == r["primary"] else ""
             cells.append(f"{name}{mark} {m['value']:.3f} [{lo:.3f}, {hi:.3f}] n={m['n']}"
-                         + (f" failed={m['failed']}" if m["failed"] else ""))
+                         + (f" failed={m['failed']}" if m["failed"] else "")
+                         + (f" excluded={m['excluded']}" if m.get("excluded") else ""))
         print(f"  {member:<16} " + "; ".join(cells) + f"  ({r['wall_s']:.0f}s)")
+    judge = next((r["evaluator"] for r in results.values() if r.get("evaluator")), None)
+    if judge:
+        print(f"scored 1-10 by {judge['name']!r}" + (f" ({judge['spec']})" if judge.get("spec") != judge["name"]
+                                                      else ""))
     print(f"(* primary metric; 95% bootstrap intervals) written to {path}")
 
 

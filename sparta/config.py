@@ -141,6 +141,13 @@ class EvalConfig:
     every: int = 1
     limit: int = 0  # the first N examples of each split; 0 = all
     max_new_tokens: int = 256
+    # who scores free-text answers 1-10 (alpaca, COM2): a pool member's name or any model spec (pool.base's
+    # spec shares the loaded base, without an adapter); null = the member with the highest reputation
+    evaluator: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.evaluator is not None and not self.evaluator.strip():
+            raise ConfigError("eval.evaluator must be a pool member's name, a model spec, or null")
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,25 @@
 
 Per task kind (sparta.tasks.catalog):
 - gsm8k: greedy generation, graded by the final number — `strict` ("The answer is N" / "#### N") and
-  `flexible` (the last number); accuracy = flexible, both reported.
+  `flexible` (the last number); primary = flexible, both reported.
 - math: greedy generation, the last \\boxed{} (or a stated final answer) checked with math-verify.
-- mc: graders reported side by side and named — `letter` (generate, read the chosen letter or option text),
-  `loglik` (no generation: the option whose text is most likely after the question, summed log-probability,
-  as evaluation harnesses do for MC1-style accuracy) and `loglik_norm` (the same per character, acc_norm).
-- judged: greedy generation, then the evaluator member scores the answer 1-10 with the logprob judge.
+- mc: three graders reported side by side and named — `letter` (greedy generation of an answer to the MC
+  prompt, the chosen letter or option text read from it), `loglik` (no generation: the option whose text is
+  most likely after the bare question, summed log-probability, as evaluation harnesses do for MC1-style
+  accuracy) and `loglik_norm` (the same per character, the harnesses' acc_norm).
+  Primary = `letter`, for every MC task: the paper reports accuracies of generated answers, and generated
+  answers are what SPARTA trains (combat answers the task prompts in text; DPO moves those answers). The
+  log-likelihood rules score another question (the options are not shown) and carry length biases: the plain
+  sum favours short options (the demo's SmolLM2-135M experts: 0.13-0.20 on MedQA, chance 0.25), the
+  per-character one long ones ("neutral" for every NormAd item). They stay reported, as probes that need no
+  instruction following. `letter` has its own bias (a small model leans on one letter, and an echo of the
+  options is `ambiguous`, graded wrong); docs/tasks.md has the measurements.
+- judged: greedy generation, then an evaluator scores the answer 1-10 with the logprob judge (the authors'
+  judge prompt; the reference answer is recorded with each example, not shown to the judge).
+- COM2 (an mc task with a free-text form, `Task.free_text`): the MC metrics, plus, when an evaluator is given,
+  `judged_score` on the free-text question of every item that has a usable reference; primary = judged_score,
+  the paper's COM2 number (1-10).
+The evaluator is any backend model: a pool member, or a model from outside the pool (see Evaluator).
 Every example's output, extraction and verdict is kept, so a number can always be traced back.
 """
 
@@ -15,9 +28,9 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages
+from .arena.judging import ANSWER_PREFIX, JUDGE_PROMPT, ScoreTokens, expected_score, judge_messages
 from .chat import encode_chat
 from .tasks.catalog import Example, Task, format_mc
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, pick_by_loglik
@@ -41,6 +54,21 @@ class EvalSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Evaluator:
+    """The model that scores free-text answers: `name` in `backend`, and `record` (its name, spec, ...) to keep
+    with the results. It may sit in another backend than the members it scores."""
+
+    backend: object
+    name: str
+    record: dict = field(default_factory=dict)
+
+
+def needs_evaluator(task: Task) -> bool:
+    """Judged tasks, and MC tasks with a judged free-text form (COM2)."""
+    return task.kind == "judged" or task.free_text
+
+
 def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float, float]:
     """Percentile bootstrap 95% interval of the mean (seeded, so reports repeat)."""
     if not values:
@@ -60,16 +88,22 @@ def summarise(values: list[float | None], s: EvalSettings) -> dict:
 
 
 def evaluate(backend, members: list[str], task: Task, examples: list[Example], s: EvalSettings,
-             evaluator: str | None = None, progress=None) -> dict[str, dict]:
-    """{member: result} where result = {"metrics": {name: {value, n, ci95}}, "primary": name, "examples": [...]}."""
+             evaluator: Evaluator | str | None = None, progress=None) -> dict[str, dict]:
+    """{member: result} where result = {"metrics": {name: {value, n, failed, ci95}}, "primary": name,
+    "examples": [...]}. `evaluator`: an Evaluator, or the name of a model in `backend`; needed by judged
+    tasks, optional for COM2 (without one, COM2 has only its MC metrics)."""
+    if isinstance(evaluator, str):
+        evaluator = Evaluator(backend, evaluator, {"name": evaluator})
+    if task.kind == "judged" and evaluator is None:
+        raise ValueError(f"task {task.name!r} is judged: name an evaluator")
     results = {}
     for member in members:
         clock = time.perf_counter()
         if task.kind == "mc":
             result = _mc(backend, member, examples, s, progress)
+            if task.free_text and evaluator is not None:
+                _add_free_text(result, backend, member, evaluator, examples, s, progress)
         elif task.kind == "judged":
-            if evaluator is None:
-                raise ValueError(f"task {task.name!r} is judged: name an evaluator member")
             result = _judged(backend, member, evaluator, examples, s, progress)
         else:
             result = _generated(backend, member, task.kind, examples, s, progress)
@@ -135,9 +169,8 @@ def _mc(backend, member, examples, s, progress) -> dict:
         letter.append(float(grade.correct) if grade else None)
         loglik.append(float(picked == e.answer))
         loglik_norm.append(float(picked_norm == e.answer))
-    metrics = {"loglik": summarise(loglik, s), "loglik_norm": summarise(loglik_norm, s), "letter": summarise(letter, s)}
-    return {"metrics": metrics, "primary": "loglik",
-            "examples": rows}
+    metrics = {"letter": summarise(letter, s), "loglik": summarise(loglik, s), "loglik_norm": summarise(loglik_norm, s)}
+    return {"metrics": metrics, "primary": "letter", "examples": rows}
 
 
 def _option_logliks(backend, member, examples, s) -> list[dict[str, float]]:
@@ -153,10 +186,10 @@ def _option_logliks(backend, member, examples, s) -> list[dict[str, float]]:
     return [dict(zip(e.choices, row)) for e, row in zip(examples, scores)]
 
 
-def _judged(backend, member, evaluator, examples, s, progress) -> dict:
+def _judged(backend, member, evaluator: Evaluator, examples, s, progress) -> dict:
     outputs = _generate(backend, member, [PROMPTS["judged"].format(question=e.question) for e in examples], s,
                         progress)
-    tok = backend.tokenizer(evaluator)
+    tok = evaluator.backend.tokenizer(evaluator.name)
     tokens = ScoreTokens(tok)
     rows: list[dict] = []
     requests = []
@@ -166,10 +199,31 @@ def _judged(backend, member, evaluator, examples, s, progress) -> dict:
             enc = encode_chat(tok, judge_messages(), [e.question, out.text], assistant_prefix=ANSWER_PREFIX,
                               max_tokens=s.max_prompt_tokens - len(tokens.appended))
             requests.append((len(rows) - 1, enc.ids + tokens.appended))
-    logprobs = backend.next_token_logprobs([evaluator] * len(requests), [r[1] for r in requests], tokens.candidates,
-                                           last=tokens.positions, batch_size=s.batch_size)
+    logprobs = evaluator.backend.next_token_logprobs(
+        [evaluator.name] * len(requests), [r[1] for r in requests], tokens.candidates, last=tokens.positions,
+        batch_size=s.batch_size, progress=progress and progress(f"judge {member}", len(requests)))
     for (row, _), lp in zip(requests, logprobs):
         rows[row]["score"] = expected_score(tokens.distribution(lp))
     scores = [r["score"] for r in rows]  # failed generations stay None: counted as failed, not scored
-    return {"metrics": {"judged_score": summarise(scores, s)}, "primary": "judged_score", "evaluator": evaluator,
-            "judge_prompt": judge_messages()[0][1], "examples": rows}
+    return {"metrics": {"judged_score": summarise(scores, s)}, "primary": "judged_score",
+            "evaluator": evaluator.record, "judge_prompt": JUDGE_PROMPT, "examples": rows}
+
+
+def _add_free_text(result: dict, backend, member, evaluator: Evaluator, examples, s, progress) -> None:
+    """COM2's judged score: the member answers each item's free-text question, the evaluator scores it 1-10.
+    Items whose right option is "None of the answers are correct" have no usable reference: left out, counted
+    as `excluded`. The judged rows go into the MC rows (`free_text`) of the same examples."""
+    usable = []
+    for e in examples:
+        if "free_text_question" not in e.meta or "reference" not in e.meta:
+            raise ValueError(f"example {e.id}: a free-text task needs meta['free_text_question'] and "
+                             "meta['reference']")
+        if not e.meta.get("none_of_the_above"):
+            usable.append(Example(e.id, e.meta["free_text_question"], e.meta["reference"]))
+    judged = _judged(backend, member, evaluator, usable, s, progress)
+    by_id = {row["id"]: row for row in judged["examples"]}
+    for row in result["examples"]:
+        row["free_text"] = by_id.get(row["id"])  # None: no usable reference
+    result["metrics"] = {"judged_score": {**judged["metrics"]["judged_score"],
+                                         "excluded": len(examples) - len(usable)}, **result["metrics"]}
+    result.update(primary="judged_score", evaluator=judged["evaluator"], judge_prompt=judged["judge_prompt"])

@@ -14,13 +14,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .arena.combat import ArenaSettings, Match, run_round
+from .arena.judging import JUDGE_PROMPT
 from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
 from .arena.reputation import ReputationState, apply_duel, initial_state
 from .backend import HFBackend, MemberModel
 from .config import RunConfig
-from .evaluation import EvalSettings, evaluate
+from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
-from .models import default_cache_dir, resolve_model
+from .models import ModelSpecError, default_cache_dir, resolve_model
 from .pairs import pairs_for, preference_pairs
 from .prompts import load_prompts, sample_prompts
 from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
@@ -48,6 +49,7 @@ class Pipeline:
         self.elo = config.reputation
         self.lora = config.pool.lora
         self.backend: HFBackend | None = None
+        self.outside: dict[str, MemberModel] = {}  # model spec -> a model from outside the pool (evaluation)
 
     # ---- set-up: everything cheap is checked before anything expensive ---------------------------
 
@@ -58,6 +60,8 @@ class Pipeline:
         check_recipes([m.expert for m in c.pool.members if m.expert])
         for name in c.eval.tasks:
             get_task(name).examples(c.eval.splits[0], c.data.user_data or None)  # unknown task / missing data
+        if c.eval.evaluator:
+            self._check_model(c.eval.evaluator, "eval.evaluator")
         for m in c.pool.members:
             resolve_model(m.model or c.pool.base, self.cache, build=False)
             if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
@@ -99,8 +103,8 @@ class Pipeline:
         """Load the pool as it stands at the start of iteration t (no model is loaded twice per process)."""
         if self.backend is None:
             start = {m: (self.run.adapter_dir(t - 1, m) if t > 1 else self.initial_adapters[m]) for m in self.members}
-            self.backend = HFBackend([MemberModel(m, self.resolved[m], start[m]) for m in self.members], self.lora,
-                                     self.c.seed)
+            pool = [MemberModel(m, self.resolved[m], start[m]) for m in self.members]
+            self.backend = HFBackend(pool + list(self.outside.values()), self.lora, self.c.seed)
         return self.backend
 
     # ---- the loop ----------------------------------------------------------------------------------
@@ -111,6 +115,8 @@ class Pipeline:
 
             torch.set_num_threads(self.c.threads)
         self.prepare()
+        if any(needs_evaluator(get_task(name)) for name in self.c.eval.tasks):
+            self._evaluator_name(self.c.eval.evaluator)  # an outside evaluator must be loaded with the pool
         self._evaluate_due(0)
         for t in range(1, self.c.iterations + 1):
             if not self.run.is_done(t, "iteration"):
@@ -235,33 +241,80 @@ class Pipeline:
     def evaluate(self, task_name: str, split: str, iteration: int | None = None, members: list[str] | None = None,
                  limit: int | None = None, evaluator: str | None = None) -> tuple[dict, Path]:
         """`sparta eval`: score members as they stood after `iteration` (0 = the initial pool; None = the last
-        finished one) on a task split; writes RUN/eval/iter_NN/TASK-SPLIT.json and returns (results, path)."""
+        finished one) on a task split; writes RUN/eval/iter_NN/TASK-SPLIT.json and returns (results, path).
+        `members` and `evaluator` name pool members or model specs (models from outside the pool, scored or
+        scoring as they are, without an adapter); the evaluator defaults to eval.evaluator, then to the member
+        with the highest reputation."""
         get_task(task_name).examples(split, self.c.data.user_data or None)  # a bad task or split fails first
+        for name in (members or []) + ([evaluator] if evaluator else []):
+            self._check_model(name, "--members / --evaluator")
         self.prepare()
         finished = [t for t in range(1, self.c.iterations + 1) if self.run.is_done(t, "iteration")]
         iteration = (finished[-1] if finished else 0) if iteration is None else iteration
         if iteration and iteration not in finished:
             raise RunDirError(f"iteration {iteration} of {self.run.root} has not finished")
-        unknown = sorted(set((members or []) + ([evaluator] if evaluator else [])) - set(self.members))
-        if unknown:
-            raise ValueError(f"not members of the pool: {unknown} (members: {self.members})")
         return self._evaluate(iteration, task_name, split, members or self.members, limit, evaluator)
+
+    def _check_model(self, name: str, where: str) -> None:
+        """A pool member's name, or a model spec that resolves (nothing is built or loaded)."""
+        if name in self.members:
+            return
+        try:
+            resolve_model(name, self.cache, build=False)
+        except ModelSpecError as e:
+            raise ValueError(f"{where}: {name!r} is neither a pool member ({', '.join(self.members)}) nor a "
+                             f"model spec: {e}") from None
+
+    def _outside_name(self, spec: str) -> str:
+        """The backend name of a model from outside the pool. It joins the backend when the pool is loaded, so a
+        spec whose weights are already loaded (pool.base) shares them: its fresh LoRA adapter adds exactly zero,
+        so it computes the base model's own function, and no second copy is loaded."""
+        if spec not in self.outside:
+            if self.backend is not None:  # HFBackend takes its models when it is built
+                raise RuntimeError(f"model {spec!r} must be named before the pool is loaded: use a new Pipeline")
+            self.outside[spec] = MemberModel(f"@{len(self.outside)}", resolve_model(spec, self.cache), None)
+        return self.outside[spec].name
+
+    def _evaluator_name(self, requested: str | None) -> str | None:
+        """The backend name of an outside evaluator (registered before the pool loads); None for a member."""
+        return None if requested is None or requested in self.members else self._outside_name(requested)
 
     def _evaluate(self, t: int, task_name: str, split: str, members: list[str], limit: int | None,
                   evaluator: str | None, max_new_tokens: int = 256) -> tuple[dict, Path]:
         """Score the pool as it stands after iteration t (the backend, if loaded, is at that point)."""
         task = get_task(task_name)
         examples = task.examples(split, self.c.data.user_data or None)[:limit or None]
+        requested = (evaluator or self.c.eval.evaluator) if needs_evaluator(task) else None
+        outside_judge = self._evaluator_name(requested)
+        names = {m: m if m in self.members else self._outside_name(m) for m in members}
         backend = self._load_backend(t + 1)
-        if task.kind == "judged" and evaluator is None:  # default: the member with the highest reputation
-            state = self._start_state(t + 1)
-            evaluator = max(self.members, key=lambda m: state.ratings[m])
+        judge = None
+        if needs_evaluator(task):
+            if requested is None:  # default: the member with the highest reputation
+                state = self._start_state(t + 1)
+                requested = max(self.members, key=lambda m: state.ratings[m])
+            judge = Evaluator(backend, outside_judge or requested, self._model_record(requested, t))
         settings = EvalSettings(max_new_tokens=max_new_tokens, seed=self.c.seed)
-        results = evaluate(backend, members, task, examples, settings, evaluator, self.progress)
+        scored = evaluate(backend, list(names.values()), task, examples, settings, judge, self.progress)
+        results = {m: scored[names[m]] for m in members}
         path = self.run.root / "eval" / f"iter_{t:02d}" / f"{task_name}-{split}.json"
         write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": t,
-                                 "n_examples": len(examples), "results": results})
+                                 "n_examples": len(examples),
+                                 "models": {m: self._model_record(m, t) for m in members},
+                                 "evaluator": judge.record if judge else None,
+                                 "judge_prompt": JUDGE_PROMPT if judge else None, "results": results})
         return results, path
+
+    def _model_record(self, name: str, t: int) -> dict:
+        """What a scored or scoring model is: a member (its base spec and adapter after iteration t) or a spec."""
+        if name in self.members:
+            m = next(m for m in self.c.pool.members if m.name == name)
+            adapter = self.run.adapter_dir(t, name) if t else self.initial_adapters[name]
+            return {"name": name, "member": True, "spec": m.model or self.c.pool.base, "iteration": t,
+                    "adapter": str(adapter) if adapter else None}
+        resolved = self.outside[name].base
+        return {"name": name, "member": False, "spec": name, "kind": resolved.kind,
+                "fingerprint": resolved.fingerprint, "adapter": None}
 
     def _evaluate_due(self, t: int) -> None:
         """The run's own evaluation (eval.tasks) after iteration t; each task-split file is done once."""

@@ -11,7 +11,7 @@ import yaml
 
 from .records import read_json, read_jsonl
 from .tasks.catalog import TASKS, MissingUserData
-from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter
+from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, normad_verdict
 
 _OPTION_LINE = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
 
@@ -82,26 +82,34 @@ def _primary(result: dict) -> float:
 def _eval_tables(evals: dict, members: list[str]) -> list[str]:
     if not evals:
         return []
-    out = ["## Evaluation", "", "Primary metric with its 95% bootstrap interval (GSM8K: flexible match; MC: option "
-           "log-likelihood; judged: mean 1-10 score). Per-example outputs are in `eval/`.", ""]
+    out = ["## Evaluation", "", "Primary metric with its 95% bootstrap interval (GSM8K: flexible match; MC: the "
+           "generated letter; COM2 and Alpaca: mean 1-10 judged score), then the other metrics. Per-example outputs "
+           "are in `eval/`.", ""]
     for (task, split), by_iter in sorted(evals.items()):
         its = sorted(by_iter)
-        primary = by_iter[its[0]]["results"][members[0]]["primary"]
-        names = {k for t in its for k in by_iter[t]["results"][members[0]]["metrics"]}
-        for metric in [primary, *sorted(names - {primary})]:  # e.g. MC: loglik, then letter and loglik_norm
+        # a file may hold some members only (`sparta eval --members`), or models from outside the pool
+        labels = list(members) + sorted({m for t in its for m in by_iter[t]["results"]} - set(members))
+        results = [r for t in its for r in by_iter[t]["results"].values()]
+        primary = results[-1]["primary"]  # the latest file's choice
+        names = {k for r in results for k in r["metrics"]}
+        for metric in [primary, *sorted(names - {primary})]:  # e.g. MC: letter, then loglik and loglik_norm
             tag = " (primary)" if metric == primary else ""
-            out += [f"### {task} ({split}, n={by_iter[its[0]]['n_examples']}): {metric}{tag}", "",
+            out += [f"### {task} ({split}, n={by_iter[its[-1]]['n_examples']}): {metric}{tag}", "",
                     "| member | " + " | ".join("initial" if t == 0 else f"after iter {t}" for t in its) + " |",
                     "|---" * (len(its) + 1) + "|"]
-            for m in members:
-                cells = [_cell(by_iter[t]["results"][m], metric) if metric in by_iter[t]["results"][m]["metrics"]
-                         else "-" for t in its]
+            for m in labels:
+                cells = [_cell(by_iter[t]["results"][m], metric)
+                         if metric in by_iter[t]["results"].get(m, {}).get("metrics", {}) else "-" for t in its]
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
             out.append("")
         dev = evals.get((task, "dev"), {})
         if split == "test" and 0 in by_iter and its[-1] != 0:
             chosen_on = dev if 0 in dev else by_iter
-            best = max(members, key=lambda m: _primary(chosen_on[0]["results"][m]))
+            scored = [m for m in members if m in chosen_on[0]["results"] and m in by_iter[0]["results"]
+                      and m in by_iter[its[-1]]["results"]]
+            if not scored:
+                continue
+            best = max(scored, key=lambda m: _primary(chosen_on[0]["results"][m]))
             note = "dev" if chosen_on is dev else "test (no dev evaluation: optimistic)"
             out += [f"Best initial member (chosen on {note}): **{best}** {_cell(by_iter[0]['results'][best])} → "
                     f"after iteration {its[-1]}: {_cell(by_iter[its[-1]]['results'][best])}.", ""]
@@ -110,13 +118,21 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
 
 def judge_agreement(duels: list[dict], references: dict[str, str], kind: str) -> dict:
     """On duels where exactly one response is correct (graded against the prompt's reference answer): how often
-    the reputation-weighted verdict, and each judge on its own, scored the correct response higher."""
+    the reputation-weighted verdict, and each judge on its own, scored the correct response higher.
+
+    `kind` picks the grader: "gsm8k", "math", "mc" (the letter), or "normad": the yes / no / neutral verdict a
+    response states (normad_verdict) against the reference, a label (normad_country's prompts, the authors'
+    "Choose from:'Yes', 'No', 'Neutral'") or an option letter (normad_value's MC prompts). A response whose
+    verdict cannot be read is neither correct nor wrong: its duel is left out."""
     def correct(text: str, ref: str, prompt: str) -> bool | None:
         if kind == "gsm8k":
             return grade_gsm8k(text, ref)["flexible"].correct
         if kind == "math":
             return grade_math(text, ref).correct
         choices = dict(_OPTION_LINE.findall(prompt))  # MC prompts list their options as "A. text" lines
+        if kind == "normad":
+            said = normad_verdict(text, choices)
+            return None if said is None else said == choices.get(ref, ref).strip().lower()
         return grade_mc_letter(text, choices, ref).correct if ref in choices else None
 
     agg, per_judge = [0, 0], {}
@@ -155,6 +171,7 @@ def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
         references = task.combat_references(config["data"].get("user_data") or None)
     except MissingUserData:
         return []
+    grader = "normad" if task.name.startswith("normad") else task.kind
     out = ["## Judge agreement with reference answers", "",
            f"Duels on `{task.name}` prompts where exactly one response is correct: how often the verdict (and "
            "each judge alone) scored the correct one higher. 0.5 is chance.", "",
@@ -162,7 +179,7 @@ def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
     if not references:
         return out[:2] + [f"`{task.name}` combat prompts have no reference answers: agreement cannot be measured.", ""]
     for t in iterations:
-        a = judge_agreement(read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl"), references, task.kind)
+        a = judge_agreement(read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl"), references, grader)
         rate = f"{a['aggregate']:.2f}" if a["duels"] else "-"
         judges = ", ".join(f"{j} {v['agree']}/{v['of']}" for j, v in a["per_judge"].items()) or "-"
         out.append(f"| {t} | {a['duels']} | {rate} | {judges} |")
@@ -235,15 +252,19 @@ def _plot_reputation_vs_accuracy(root: Path, iterations: list[int], evals: dict,
     for (task, split), by_iter in sorted(evals.items()):
         if iterations[-1] not in by_iter or split != "test" and (task, "test") in evals:
             continue
+        results = by_iter[iterations[-1]]["results"]
+        scored = [m for m in members if m in results]
+        if len(scored) < 2:
+            continue
         plt = plt or _pyplot()
-        scores = [_primary(by_iter[iterations[-1]]["results"][m]) for m in members]
-        reps = [ratings[m] for m in members]
+        scores = [_primary(results[m]) for m in scored]
+        reps = [ratings[m] for m in scored]
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
         ax.scatter(reps, scores)
-        for m, x, y in zip(members, reps, scores):
+        for m, x, y in zip(scored, reps, scores):
             ax.annotate(m, (x, y), fontsize=7)
         ax.set_xlabel("reputation")
-        ax.set_ylabel(by_iter[iterations[-1]]["results"][members[0]]["primary"])
+        ax.set_ylabel(results[scored[0]]["primary"])
         ax.set_title(f"{task} ({split}): Pearson r = {pearson(reps, scores):.2f}")
         path = root / f"reputation_vs_{task}.png"
         fig.tight_layout()

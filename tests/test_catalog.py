@@ -37,9 +37,10 @@ def test_the_twelve_tasks():
     for name, task in TASKS.items():
         assert task.name == name and get_task(name) is task
         assert task.kind in {"gsm8k", "math", "mc", "judged"}
-        assert task.metric in {"accuracy", "judged score 1-10"}
+        assert task.metric in {"accuracy", "judged score 1-10", "judged score 1-10 (free text) + accuracy (MC)"}
         assert task.combat_source.strip() and "\n" not in task.combat_source and task.notes.strip()
     assert TASKS["alpaca"].kind == "judged" and TASKS["com2"].kind == "mc"
+    assert [n for n in NAMES if TASKS[n].free_text] == ["com2"]  # the one MC task also judged as free text
 
 
 def test_get_task_unknown_lists_all_names():

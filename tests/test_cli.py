@@ -133,6 +133,20 @@ def test_validate_adapter_with_adapter_config(tmp_path, cache, capsys):
     assert "valid: 3 members" in capsys.readouterr().out
 
 
+def test_validate_eval_evaluator(tmp_path, cache, capsys):
+    """eval.evaluator: a member's name or a model spec (checked without building it); else an error naming it."""
+    path = write_config(tmp_path, cache)
+    for ok in ("eval.evaluator=b", "eval.evaluator=null", "eval.evaluator=tiny:3"):
+        assert main(["validate", str(path), ok]) == 0
+    assert "evaluator: tiny:3" in capsys.readouterr().out  # the last one, in the printed config
+    assert not (cache / "models").exists()  # nothing built
+    assert main(["validate", str(path), "eval.evaluator=nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.evaluator: 'nosuch' is neither a pool member (a, b, c) nor a model spec" in err
+    assert main(["validate", str(path), "eval.evaluator=' '"]) == 2
+    assert "eval.evaluator must be" in capsys.readouterr().err
+
+
 def test_validate_unknown_expert_recipe(tmp_path, cache, capsys):
     path = write_config(tmp_path, cache)
     assert main(["validate", str(path), "pool.members=[a, b, {name: c, expert: no_such_recipe}]"]) == 2

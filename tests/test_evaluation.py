@@ -6,10 +6,11 @@ import math
 
 import pytest
 
+from sparta.arena.judging import JUDGE_PROMPT
 from sparta.backend import Generated, HFBackend, MemberModel
 from sparta.cli import main
 from sparta.config import LoraConfig
-from sparta.evaluation import EvalSettings, bootstrap_ci, evaluate, summarise
+from sparta.evaluation import EvalSettings, Evaluator, bootstrap_ci, evaluate, summarise
 from sparta.models import resolve_model
 from sparta.tasks.catalog import Example, get_task
 
@@ -96,7 +97,7 @@ def test_sparta_eval_on_a_run_directory(tiny_config, tmp_path, capsys):
     assert main(["eval", config.run_dir, "--task", "medqa", "--limit", "3", "--iteration", "0"]) == 0
     assert main(["eval", config.run_dir, "--task", "medqa", "--limit", "3"]) == 0
     out = capsys.readouterr().out
-    assert "loglik*" in out and "letter" in out
+    assert "letter*" in out and "loglik " in out and "loglik_norm " in out  # letter is MC's primary
     before = json.loads((tmp_path / "run" / "eval" / "iter_00" / "medqa-dev.json").read_text())
     after = json.loads((tmp_path / "run" / "eval" / "iter_01" / "medqa-dev.json").read_text())
     assert before["iteration"] == 0 and after["iteration"] == 1 and set(after["results"]) == set("abcd")
@@ -118,8 +119,8 @@ def test_run_with_evaluation_writes_report_and_plots(tiny_config, tmp_path):
                 data = json.loads((root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json").read_text())
                 assert data["n_examples"] == 4 and set(data["results"]) == set("abcd")
     report = (root / "report.md").read_text()
-    assert "### medqa (test, n=4): loglik (primary)" in report and "after iter 2" in report
-    assert "### medqa (test, n=4): letter" in report and "### gsm8k (dev, n=4): strict" in report
+    assert "### medqa (test, n=4): letter (primary)" in report and "after iter 2" in report
+    assert "### medqa (test, n=4): loglik_norm" in report and "### gsm8k (dev, n=4): strict" in report
     assert "Best initial member (chosen on dev)" in report
     assert (root / "reputations.png").stat().st_size > 1000
     assert (root / "reputation_vs_medqa.png").exists() and (root / "reputation_vs_gsm8k.png").exists()
@@ -216,3 +217,133 @@ def test_loglik_norm_divides_by_option_length(backend):
     r = evaluate(Fixed(backend, [Generated("B")]), ["a"], get_task("medqa"), [ex], SETTINGS)["a"]
     assert r["examples"][0]["loglik_pick"] == "A" and r["examples"][0]["loglik_norm_pick"] == "B"
     assert r["metrics"]["loglik"]["value"] == 0.0 and r["metrics"]["loglik_norm"]["value"] == 1.0
+
+
+class Sequenced(Scripted):
+    """Scripted generations, one list per generate call, and the prompts each call was given."""
+
+    def __init__(self, inner, *calls):
+        super().__init__(inner, None)
+        self.calls, self.prompts = list(calls), []
+
+    def generate(self, members, prompts, **kw):
+        self.prompts.append(prompts)
+        return self.calls.pop(0)
+
+
+class Watched:
+    """A real backend as an evaluator, keeping the prompts its judge reads."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, []
+
+    def tokenizer(self, m):
+        return self.inner.tokenizer(m)
+
+    def next_token_logprobs(self, members, prompts, *args, **kw):
+        self.seen += prompts
+        return self.inner.next_token_logprobs(members, prompts, *args, **kw)
+
+
+def test_com2_judged_free_text_beside_the_mc_metrics(backend):
+    """Two COM2 items with a reference and one whose right option is "None of the answers are correct". The MC
+    pass covers all three; the free-text pass asks the two usable ones: one answer is scored, one generation
+    failed (counted failed, never scored), the third item is excluded. judged_score is primary."""
+    dev = get_task("com2").examples("dev")
+    usable = [e for e in dev if not e.meta["none_of_the_above"]][:2]
+    nota = next(e for e in dev if e.meta["none_of_the_above"])
+    free = [Generated("Gianna feels relieved."), Generated(None, error="boom")]
+    member = Sequenced(backend, [Generated("A")] * 3, free)
+    judge = Watched(backend)
+    evaluator = Evaluator(judge, "b", {"name": "b", "spec": "tiny"})
+    r = evaluate(member, ["a"], get_task("com2"), usable + [nota], SETTINGS, evaluator)["a"]
+    assert r["primary"] == "judged_score" and list(r["metrics"]) == ["judged_score", "letter", "loglik", "loglik_norm"]
+    judged = r["metrics"]["judged_score"]
+    assert (judged["n"], judged["failed"], judged["excluded"]) == (1, 1, 1) and 1 <= judged["value"] <= 10
+    assert r["metrics"]["letter"]["n"] == 3 and r["evaluator"] == {"name": "b", "spec": "tiny"}
+    assert r["judge_prompt"] == JUDGE_PROMPT
+    rows = {row["id"]: row["free_text"] for row in r["examples"]}
+    scored, failed = rows[usable[0].id], rows[usable[1].id]
+    assert scored["output"] == "Gianna feels relieved." and scored["reference"] == "Gianna plan the solution"
+    assert judged["value"] == scored["score"]
+    assert failed["score"] is None and failed["error"] == "boom" and rows[nota.id] is None
+    tok = backend.tokenizer("a")
+    assert [usable[0].meta["free_text_question"] in tok.decode(ids) for ids in member.prompts[1]] == [True, False]
+    # the judge read the free-text question and the answer (authors' prompt), not the reference
+    (seen,) = [tok.decode(ids) for ids in judge.seen]
+    assert usable[0].meta["free_text_question"] in seen and "Gianna feels relieved." in seen
+    assert "Gianna plan the solution" not in seen
+
+    alone = evaluate(Sequenced(backend, [Generated("A")] * 3), ["a"], get_task("com2"), usable + [nota], SETTINGS)["a"]
+    assert alone["primary"] == "letter" and "judged_score" not in alone["metrics"]  # no evaluator: MC only
+
+
+def test_free_text_task_needs_its_meta(backend):
+    ex = Example("com2:dev:x", "Context: c\nQuestion: q?", "A", {"A": "x", "B": "y"})
+    with pytest.raises(ValueError, match="com2:dev:x.*free_text_question"):
+        evaluate(Sequenced(backend, [Generated("A")], []), ["a"], get_task("com2"), [ex], SETTINGS, "b")
+
+
+def test_outside_evaluator_in_a_run_shares_the_loaded_base(tiny_config):
+    """eval.evaluator = the pool's own base spec: it joins the pool's backend (one load), it is the base model
+    itself (its next-token distribution equals the plain transformers model's), and the eval files record
+    it and the judge prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sparta.pipeline import Pipeline
+
+    config = tiny_config("iterations=1", "data.prompts_per_iteration=3", "arena.k=1", "eval.tasks=[com2]",
+                         "eval.splits=[dev]", "eval.limit=3", "eval.max_new_tokens=6", "eval.evaluator=tiny")
+    pipeline = Pipeline(config)
+    root = pipeline.run_all().root
+    assert pipeline.backend.loads == 1
+    for t in (0, 1):
+        data = json.loads((root / "eval" / f"iter_{t:02d}" / "com2-dev.json").read_text())
+        assert data["evaluator"]["name"] == "tiny" and data["evaluator"]["member"] is False
+        assert data["evaluator"]["spec"] == "tiny" and data["judge_prompt"] == JUDGE_PROMPT
+        assert {r["primary"] for r in data["results"].values()} == {"judged_score"}
+        assert data["models"]["a"]["member"] and data["models"]["a"]["iteration"] == t
+    assert "### com2 (dev, n=3): judged_score (primary)" in (root / "report.md").read_text()
+    name = pipeline.outside["tiny"].name
+    ids = pipeline.backend.tokenizer(name)("Is this fine?", add_special_tokens=False)["input_ids"]
+    got = pipeline.backend.next_token_logprobs([name], [ids], [5, 6, 7], last=1, batch_size=1)[0][0]
+    plain = AutoModelForCausalLM.from_pretrained(pipeline.outside["tiny"].base.source, dtype=torch.float32)
+    with torch.inference_mode():
+        want = torch.log_softmax(plain(torch.tensor([ids])).logits[0, -1].float(), -1)[[5, 6, 7]].tolist()
+    assert got == pytest.approx(want, abs=1e-5)
+
+
+def test_sparta_eval_scores_and_judges_with_model_specs(tiny_config, tmp_path, capsys):
+    """--members may name a model outside the pool (scored without an adapter); --evaluator a member; the
+    file then holds only those models, and the report still builds. A name that is neither a member nor a
+    spec is a clear error, before any model loads."""
+    from sparta.pipeline import Pipeline
+
+    config = tiny_config("iterations=1", "data.prompts_per_iteration=3", "arena.k=1")
+    Pipeline(config).run_all()
+    args = ["eval", config.run_dir, "--task", "alpaca", "--limit", "2", "--members", "a", "tiny:1", "--evaluator", "b"]
+    assert main(args) == 0
+    assert "scored 1-10 by 'b' (tiny)" in capsys.readouterr().out
+    data = json.loads((tmp_path / "run" / "eval" / "iter_01" / "alpaca-dev.json").read_text())
+    assert list(data["results"]) == ["a", "tiny:1"]
+    assert data["models"]["tiny:1"] == {**data["models"]["tiny:1"], "member": False, "spec": "tiny:1", "adapter": None}
+    assert data["evaluator"] == {**data["evaluator"], "name": "b", "member": True, "iteration": 1}
+    assert all(1 <= row["score"] <= 10 for row in data["results"]["tiny:1"]["examples"])
+    assert main(["report", config.run_dir]) == 0
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| tiny:1 |" in report and "| c | - |" in report
+    assert main(["eval", config.run_dir, "--task", "alpaca", "--evaluator", "nosuch"]) == 1
+    err = capsys.readouterr().err
+    assert "'nosuch' is neither a pool member (a, b, c, d) nor a model spec" in err
+
+
+def test_outside_model_after_the_pool_is_loaded_is_refused(tiny_config):
+    """HFBackend takes its models when it is built: a spec named later is an error, not a silent second load."""
+    from sparta.pipeline import Pipeline
+
+    pipeline = Pipeline(tiny_config())
+    pipeline.backend = object()  # as after a load
+    with pytest.raises(RuntimeError, match="'tiny:2' must be named before the pool is loaded"):
+        pipeline._outside_name("tiny:2")
+    assert pipeline._evaluator_name("b") is None  # a member needs no registration

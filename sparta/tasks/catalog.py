@@ -94,13 +94,16 @@ CombatRows = list[tuple[str, str, str | None]]
 class Task:
     name: str
     kind: str  # "gsm8k" | "math" | "mc" | "judged"
-    metric: str  # "accuracy" | "judged score 1-10"
+    metric: str  # "accuracy" | "judged score 1-10" | (COM2) both
     combat_source: str  # one line: where the combat prompts come from
     notes: str  # overlaps/transductivity, split choices
     combat_loader: Callable[[Path | None], CombatRows] = field(repr=False, compare=False)
     examples_loader: Callable[[str, Path | None], list[Example]] = field(repr=False, compare=False)
     user_files: tuple[UserFile, ...] = ()  # files read from user_data (required or optional, see requires_user_data)
     requires_user_data: bool = False  # True: nothing ships for this task
+    # an mc task whose examples also have a free-text form, meta["free_text_question"] / meta["reference"],
+    # scored 1-10 by an evaluator (COM2: the paper's number is that judged score)
+    free_text: bool = False
 
     def combat_prompts(self, user_data: Path | str | None = None) -> list[Prompt]:
         """The combat prompt pool, ids `<task>:<key>` (stable across runs)."""
@@ -722,7 +725,8 @@ def _alpaca_examples(split: str, user_data: Path | None) -> list[Example]:
 
 # ------------------------------------------------------------------------------------------------ tasks
 
-_MC_NOTE = "MC prompt: format_mc(question, choices); graded by generated letter or by option log-likelihood."
+_MC_NOTE = ("MC prompt: format_mc(question, choices); graded by the generated letter (primary) and by option "
+            "log-likelihood (summed and per character).")
 
 TASKS: dict[str, Task] = {
     "gsm8k": Task(
@@ -815,15 +819,16 @@ TASKS: dict[str, Task] = {
         _kc_combat, _kc_examples, user_files=(KC_TRAIN_FILE, KC_EVAL_FILE), requires_user_data=True,
     ),
     "com2": Task(
-        "com2", "mc", "accuracy",
+        "com2", "mc", "judged score 1-10 (free text) + accuracy (MC)",
         "COM2 generative prompts (7200; the paper's pool, sparta/_data/com2/train.json), with 'gold' references",
         "eval: COM2 as 5-way MC (com2/mc_dev_test.json), dev 317 / test 1000; contexts disjoint from the combat "
         "prompts. The paper reports COM2 as a 1-10 judged score: meta['free_text_question'] is the question in "
         "the combat prompt format and meta['reference'] the right option's text, for a judged free-text "
         "evaluation (meta['none_of_the_above'] marks the 178 items whose right option is 'None of the answers "
         "are correct': no usable free-text reference). 157 combat prompts are exact duplicates of another (kept, "
-        "own ids). " + _MC_NOTE,
-        _com2_combat, _com2_examples,
+        "own ids). " + _MC_NOTE + " With an evaluator, sparta eval also scores the free-text answers 1-10 "
+        "(judged_score, primary; the 'None of the answers' items are excluded).",
+        _com2_combat, _com2_examples, free_text=True,
     ),
     "alpaca": Task(
         "alpaca", "judged", "judged score 1-10",

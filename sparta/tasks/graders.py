@@ -278,3 +278,55 @@ def pick_by_loglik(option_logliks: dict[str, float]) -> str:
     if not option_logliks:
         raise ValueError("pick_by_loglik needs at least one option")
     return max(sorted(option_logliks), key=lambda k: option_logliks[k])
+
+
+# ------------------------------------------------------------------------------------- NormAd verdicts
+
+NORMAD_VERDICTS = ("yes", "no", "neutral")
+_WORD = r"(?P<v>yes|no|neutral)\b"
+_VERDICT_PATTERNS = (
+    # the response opens with it: "Yes, ...", "No.", "**Neutral**", "Answer: no"; an opening "No" running on
+    # into a sentence ("No one would ...") is not a verdict, so "no" must be followed by punctuation, a line
+    # end or a word that starts a reason ("No it's rude", "No because ...")
+    re.compile(r"\A[\s\"'*_#>(\[-]*(?:(?:final\s+)?(?:answer|verdict)\s*(?:is)?\s*[:=-]?[\s\"'*_(\[]*)?"
+               r"(?P<v>yes\b|neutral\b|no(?=[^\w\s]|[ \t]*(?:\n|\Z)|\s+(?:it|this|that|she|he|they|because|not)\b))",
+               re.IGNORECASE),
+    # stated: "the answer is no", "Verdict: 'Neutral'", "my answer would be yes"
+    re.compile(r"\b(?:answer|verdict)\b(?:\s+(?:is|would\s+be|should\s+be)\s*:?|\s*[:=])[\s\"'*_(\[]*" + _WORD,
+               re.IGNORECASE),
+    # set apart: 'No', "Yes", **Neutral**, or a line of its own
+    re.compile(r"(?P<q>\*\*|[\"'*])" + r"(?P<v>yes|no|neutral)(?P=q)", re.IGNORECASE),
+    re.compile(r"^[ \t]*" + _WORD + r"[ \t]*[.!]?[ \t]*$", re.IGNORECASE | re.MULTILINE),
+)
+# another verdict right before or after, as in an echo of the options ("'Yes', 'No', 'Neutral'") or "yes or no"
+_LIST_AFTER = re.compile(r"[\"'*_)\]]*\s*(?:/|,|or\b|and\b)\s*[\"'*_(\[]*(?:yes|no|neutral)\b", re.IGNORECASE)
+_LIST_BEFORE = re.compile(r"\b(?:yes|no|neutral)[\"'*_)\]]*\s*(?:/|,|or|and)\s*[\"'*_(\[]*\Z", re.IGNORECASE)
+
+
+def normad_verdict(output: str, choices: dict[str, str] | None = None) -> str | None:
+    """The yes / no / neutral verdict a NormAd response states, or None when it states none clearly.
+
+    With `choices` (an MC prompt whose options are yes / no / neutral, as normad_value's), an explicit letter
+    ("Answer: B", "(B)", a line "B." or "B") is read first, as grade_mc_letter reads it; two different letters
+    are no verdict. Otherwise the first clear verdict word in the text: an opening "Yes," / "No." / "Neutral",
+    a stated "the answer is no", a set-apart 'No' / **Yes** or a line of its own. A verdict word listed with
+    another ("yes or no", an echo of "'Yes', 'No', 'Neutral'") is skipped, not read. Never raises."""
+    output = output or ""
+    if choices:
+        keys = {k.upper(): k for k in choices}
+        plain = output.replace("*", "").replace("_", " ")  # markdown, as grade_mc_letter
+        letters = _letters(_MC_STATED.finditer(plain), keys, stated=True)
+        if not letters:
+            for pattern in (_MC_PAREN, _MC_LINE_START, _MC_LONE):
+                letters += _letters(pattern.finditer(plain), keys)
+        if len(set(letters)) > 1:
+            return None
+        if letters:
+            said = choices[letters[0]].strip().lower()
+            return said if said in NORMAD_VERDICTS else None
+    found = sorted((m.start("v"), m.end("v"), m.group("v").lower()) for p in _VERDICT_PATTERNS
+                   for m in p.finditer(output))
+    for start, end, verdict in found:
+        if not (_LIST_AFTER.match(output, end) or _LIST_BEFORE.search(output[:start])):
+            return verdict
+    return None
