@@ -196,6 +196,39 @@ class HFBackend:
         return out
 
     @torch.inference_mode()
+    def grouped_next_token_logprobs(self, members: list[str], groups: list[list[list[int]]], token_ids: list[int], *,
+                                    last: int, batch_size: int, progress=None) -> list[list[list[list[float]]]]:
+        """`next_token_logprobs` for groups of prompts that one member reads and that share a leading part (a
+        judge scoring both responses of a duel: same instructions and question). Each group's longest common
+        prefix runs once and its KV cache serves every prompt of the group. Returns out[group][prompt]."""
+        out: list = [None] * len(groups)
+        candidates = torch.tensor(token_ids, device=self.device)
+        for base, rows in self._batches(members, [g[0] for g in groups], batch_size):
+            # the prefix stops `last` tokens before the shortest prompt ends: those positions are read
+            cut = [min(_common_prefix(groups[g]), min(len(p) for p in groups[g]) - last) for g in rows]
+            if min(cut) < 1:
+                raise ValueError(f"grouped_next_token_logprobs: every prompt needs more than last={last} tokens")
+            ids, mask = self._left_pad(base, [groups[g][0][:c] for g, c in zip(rows, cut)])
+            with self._adapters(base, [members[g] for g in rows]) as adapters:
+                cache = base.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                   use_cache=True, logits_to_keep=1, **adapters).cache
+            expand = [i for i, g in enumerate(rows) for _ in groups[g]]
+            cache.reorder_cache(torch.tensor(expand, device=self.device))  # one copy of the prefix per prompt
+            rests, rest_mask = self._left_pad(base, [p[c:] for g, c in zip(rows, cut) for p in groups[g]])
+            # left padding here sits between prefix and rest: masked out, and positions continue the prefix
+            positions = torch.tensor(cut, device=self.device)[expand][:, None] + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+            with self._adapters(base, [members[rows[i]] for i in expand]) as adapters:
+                logits = base.model(input_ids=rests, attention_mask=torch.cat([mask[expand], rest_mask], -1),
+                                    position_ids=positions, cache=cache, use_cache=False, logits_to_keep=last,
+                                    **adapters).logits
+            logprobs = iter(torch.log_softmax(logits.float(), dim=-1)[:, :, candidates].tolist())
+            for g in rows:
+                out[g] = [next(logprobs) for _ in groups[g]]
+            if progress:
+                progress(sum(len(groups[g]) for g in rows))
+        return out
+
+    @torch.inference_mode()
     def continuation_logprobs(self, member: str, prefixes: list[list[int]], continuations: list[list[list[int]]], *,
                               batch_size: int) -> list[list[float]]:
         """Summed log p(continuation | prefix) for each prefix's continuations (e.g. the options of a question).
@@ -289,6 +322,11 @@ class TopP:
         keep = above < self.top_p
         keep[:, 0] = True
         return torch.full_like(scores, float("-inf")).scatter_(-1, index, top.masked_fill(~keep, float("-inf")))
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    return next((i for i in range(n) if any(s[i] != seqs[0][i] for s in seqs)), n)
 
 
 _ADAPTER_KEY = re.compile(r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\.([^.]+)(?:\.|$)")

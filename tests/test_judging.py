@@ -105,8 +105,8 @@ class ScriptedGenerate:
     def tokenizer(self, member):
         return self.inner.tokenizer(member)
 
-    def next_token_logprobs(self, *args, **kwargs):
-        return self.inner.next_token_logprobs(*args, **kwargs)
+    def grouped_next_token_logprobs(self, *args, **kwargs):
+        return self.inner.grouped_next_token_logprobs(*args, **kwargs)
 
     def generate(self, members, prompts, **kwargs):
         out = []

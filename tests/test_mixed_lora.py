@@ -102,3 +102,28 @@ def test_top_p_rejects_impossible_settings():
         TopP(0.0, 0.9)
     with pytest.raises(ValueError, match="top_p"):
         TopP(0.7, 0.0)
+
+
+def test_grouped_logprobs_equal_scoring_each_prompt_whole(tmp_path):
+    """Shared-prefix judging (one prefix pass, its cache copied per prompt) gives next_token_logprobs' numbers,
+    with mixed adapters, groups of 1-3 prompts and prefixes of different lengths."""
+    from sparta.backend import HFBackend, LoraShape, MemberModel
+
+    backend = HFBackend([MemberModel(m, resolve_model("tiny:5", tmp_path), None) for m in ("jx", "jy")],
+                        LoraShape(dropout=0.0), seed=0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in backend.model("jx").named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    stem = torch.randint(3, 60, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    groups = [[stem[:20] + [5, 6, 7, 8], stem[:20] + [9, 10, 11, 12, 13, 14]],
+              [stem[:7] + [4, 4, 4], stem[:7] + [5, 5, 5], stem[:9] + [6, 6]],
+              [stem[:30]]]
+    members = ["jx", "jy", "jx"]
+    grouped = backend.grouped_next_token_logprobs(members, groups, [3, 4, 5, 6], last=2, batch_size=2)
+    flat = backend.next_token_logprobs([m for m, g in zip(members, groups) for _ in g], [p for g in groups for p in g],
+                                       [3, 4, 5, 6], last=2, batch_size=8)
+    got = torch.tensor([row for g in grouped for row in g])
+    torch.testing.assert_close(got, torch.tensor(flat), atol=1e-4, rtol=1e-4)
+    assert (got[0] - got[1]).abs().max() > 1e-3  # different prompts really were scored apart

@@ -113,7 +113,7 @@ def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, pr
     judges, prompts = [r[0] for r in requests], [r[1] for r in requests]
     tick = progress and progress("judge", len(requests))
     if s.judge_mode == "logprob":
-        results = _logprob_scores(backend, judges, prompts, s, tick)
+        results = _logprob_scores(backend, judges, prompts, [k[:2] for k in keys], s, tick)
     else:
         results = _generated_scores(backend, judges, prompts, s, seed, tick)
     for (index, judge, target), (_, _, shortened), (score, status, raw) in zip(keys, requests, results):
@@ -121,17 +121,27 @@ def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, pr
     return out
 
 
-def _logprob_scores(backend, judges, prompts, s: ArenaSettings, tick):
+def _logprob_scores(backend, judges, prompts, duel_judge, s: ArenaSettings, tick):
+    """Expected scores. A judge's prompts for the two responses of a duel share the instructions and the
+    question: each such pair is one group, whose common prefix the backend runs once."""
     tokens = {j: ScoreTokens(backend.tokenizer(j)) for j in set(judges)}
-    # rows are grouped by base inside the backend; candidate ids are per tokenizer, so ask per tokenizer
+    groups: list[list[int]] = []  # request indices; a duel's two requests for one judge are adjacent
+    for i, key in enumerate(duel_judge):
+        if groups and duel_judge[groups[-1][0]] == key:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
     results: list = [None] * len(prompts)
+    # candidate ids are per tokenizer, so ask per tokenizer (the backend groups rows by base)
     for candidates, positions in {(tuple(t.candidates), t.positions) for t in tokens.values()}:
-        rows = [i for i, j in enumerate(judges) if tuple(tokens[j].candidates) == candidates]
-        lps = backend.next_token_logprobs([judges[i] for i in rows], [prompts[i] for i in rows], list(candidates),
-                                          last=positions, batch_size=s.judge_batch_size, progress=tick)
-        for i, lp in zip(rows, lps):
-            dist = tokens[judges[i]].distribution(lp)
-            results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
+        mine = [g for g in groups if tuple(tokens[judges[g[0]]].candidates) == candidates]
+        lps = backend.grouped_next_token_logprobs([judges[g[0]] for g in mine], [[prompts[i] for i in g] for g in mine],
+                                                  list(candidates), last=positions, batch_size=s.judge_batch_size,
+                                                  progress=tick)
+        for g, group_lps in zip(mine, lps):
+            for i, lp in zip(g, group_lps):
+                dist = tokens[judges[i]].distribution(lp)
+                results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
     return results
 
 
