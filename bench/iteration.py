@@ -7,7 +7,7 @@ experts (8 members = each of the 4 experts twice; cached after the first build),
 DPO settings. The first point also evaluates the pool on `--eval-task` (test split, `--eval-limit` items) to
 time that stage. Stage times come from the run's own iter_01/metrics.json, so they are what `sparta run`
 measures; the per-unit rates (seconds per response, per judgment, per member-pair of DPO) state the law.
-Slow by nature (about 25 minutes here): one 32-prompt demo iteration alone takes ~9 minutes on 2 CPU cores.
+Slow by nature (about 20 minutes here): one 32-prompt demo iteration alone takes ~8 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -167,12 +167,23 @@ def dpo(backend, members, tok, n_pairs: int, new_tokens: int) -> dict:
     settings = OptimSettings(lr=t.lr, batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
                              warmup_ratio=t.warmup_ratio, max_length=t.max_length)
     out = {"pairs": len(pairs)}
-    for label, member, bf16 in (("fp32", members[2], False), ("bf16_autocast", members[3], True)):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            r, s = timed(lambda member=member: train_dpo(backend, member, pairs, settings, t.beta, t.epochs, seed=0))
-        out[label] = {"s_per_pair": s / len(pairs), "seconds": r["seconds"], "loss_after": r["after"]["loss"]}
+    with tempfile.TemporaryDirectory() as start:  # both precisions train the same member from the same adapter
+        backend.save_adapter(members[2], Path(start) / "adapter")
+        for label, bf16 in (("fp32", False), ("bf16_autocast", True)):
+            backend.load_adapter_weights(members[2], Path(start) / "adapter")
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                r, s = timed(lambda: train_dpo(backend, members[2], pairs, settings, t.beta, t.epochs, seed=0))
+            out[label] = {"s_per_pair": s / len(pairs), "seconds": r["seconds"], "loss_first": r["loss_first"],
+                          "loss_after": r["after"]["loss"], "reward_accuracy_after": r["after"]["reward_accuracy"]}
     out["bf16_speedup"] = out["fp32"]["s_per_pair"] / out["bf16_autocast"]["s_per_pair"]
     return out
+
+
+def _cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
 
 
 def _pearson(pairs):
@@ -229,7 +240,8 @@ def main(argv=None) -> int:
         authors = side_by_side(backend, members, resolved.source, Path(adapters), args.duels, args.duel_tokens)
     training = dpo(backend, members, tok, args.dpo_pairs, args.duel_tokens)
     result = {
-        "machine": {"platform": platform.platform(), "cpus": torch.get_num_threads(), "python": sys.version.split()[0]},
+        "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "threads": torch.get_num_threads(),
+                    "python": sys.version.split()[0]},
         "versions": package_versions(), "model": args.model, "date": time.strftime("%Y-%m-%d %H:%M"),
         "ceilings": {"prefill_tokens_per_s": prefill, "generate_tokens_per_s": gen},
         "combat_generation": {"tokens_per_s": combat,
