@@ -108,6 +108,9 @@ class ReputationConfig:
     sigma_min: float = 0.1
     initial_rating: float = 100.0
     initial_sigma: float = 0.5
+    # "fair" (every member at initial_rating) or a task name: the members' primary metric on that task's dev
+    # split (eval.limit items), measured before iteration 1, z-scored to mean initial_rating, std 20 (SPARTA.md)
+    initial: str = "fair"
 
     def __post_init__(self) -> None:
         # sigma_min > 0 keeps z = (R_a - R_b) / sqrt(sigma_a^2 + sigma_b^2) finite whatever the history.

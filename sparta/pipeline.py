@@ -62,6 +62,12 @@ class Pipeline:
             get_task(name).examples(c.eval.splits[0], c.data.user_data or None)  # unknown task / missing data
         if c.eval.evaluator:
             self._check_model(c.eval.evaluator, "eval.evaluator")
+        if c.reputation.initial != "fair":
+            task = get_task(c.reputation.initial)  # an unknown name fails here, listing the tasks
+            if needs_evaluator(task):  # its evaluator would be picked by reputation: circular
+                raise ValueError(f"reputation.initial: {task.name!r} is scored by an evaluator model; use 'fair' or "
+                                 "a task graded against answers (gsm8k, math_*, multiple choice)")
+            task.examples("dev", c.data.user_data or None)
         for m in c.pool.members:
             resolve_model(m.model or c.pool.base, self.cache, build=False)
             if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
@@ -155,8 +161,37 @@ class Pipeline:
 
     def _start_state(self, t: int) -> ReputationState:
         if t == 1:
-            return initial_state(self.members, self.elo)
+            return self._initial_state()
         return ReputationState.from_dict(read_json(self.run.iteration(t - 1) / "reputations.json"))
+
+    def _initial_state(self) -> ReputationState:
+        """Fair, or from the members' dev-split scores on the task `reputation.initial` names; computed once
+        and kept in initial_reputations.json, so a resumed run starts from the same ratings."""
+        task = self.c.reputation.initial
+        if task == "fair":
+            return initial_state(self.members, self.elo)
+        path = self.run.root / "initial_reputations.json"
+        if not path.exists():
+            results = self._dev_results(task)
+            scores = {m: results[m]["metrics"][results[m]["primary"]]["value"] for m in self.members}
+            unscored = [m for m, v in scores.items() if v != v]  # NaN: every example failed
+            if unscored:
+                raise RuntimeError(f"reputation.initial={task}: no scored dev example for {unscored}")
+            state = initial_state(self.members, self.elo, scores)
+            write_json_atomic(path, {"task": task, "split": "dev", "metric": {m: results[m]["primary"]
+                                                                               for m in self.members},
+                                     "scores": scores, "state": state.to_dict()})
+        return ReputationState.from_dict(read_json(path)["state"])
+
+    def _dev_results(self, task: str) -> dict:
+        """The initial pool's dev results on `task`: the run's own file if it covers every member, else fresh."""
+        path = self.run.root / "eval" / "iter_00" / f"{task}-dev.json"
+        if path.exists():
+            results = read_json(path)["results"]
+            if set(self.members) <= set(results):
+                return results
+        e = self.c.eval
+        return self._evaluate(0, task, "dev", self.members, e.limit, None, e.max_new_tokens)[0]
 
     def _combat(self, t: int, prompts: list[Prompt], timings: dict) -> tuple[ReputationState, list[Duel]]:
         run = self.run

@@ -180,3 +180,47 @@ def test_kill_9_then_resume_matches(reference_run, tiny_config, tmp_path, wait_f
     assert not (tmp_path / "kill9" / "iter_02" / "done" / "iteration").exists()  # it really died mid-run
     run_to_end(config)
     assert_same(snapshot(reference_root), snapshot(tmp_path / "kill9"))
+
+
+def test_initial_reputations_from_dev_scores(tiny_config, tmp_path):
+    """reputation.initial=TASK: the members' dev scores, z-scored to mean 100 / std 20, start iteration 1, and
+    are kept, so a resumed run starts from the same ratings even if the eval file changes."""
+    from sparta.records import write_json_atomic
+
+    config = tiny_config("iterations=1", "reputation.initial=medqa", "eval.limit=3")
+    pipeline = Pipeline(config)
+    pipeline.prepare()
+    root = pipeline.run.root
+    # the run's own dev results, as if already evaluated: a, b, c, d score .1, .2, .3, .6
+    scores = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.6}
+    write_json_atomic(root / "eval" / "iter_00" / "medqa-dev.json", {"results": {
+        m: {"primary": "letter", "metrics": {"letter": {"value": v}}} for m, v in scores.items()}})
+    state = pipeline._start_state(1)
+    # mean .3, population std sqrt(.035) = .18708: d = 100 + 20 * .3 / .18708 = 132.07
+    assert state.ratings["d"] == pytest.approx(132.0713, abs=1e-3)
+    assert state.ratings["a"] == pytest.approx(100 - 20 * 0.2 / 0.035 ** 0.5, abs=1e-6)
+    assert sum(state.ratings.values()) == pytest.approx(400)
+    (root / "eval" / "iter_00" / "medqa-dev.json").unlink()
+    again = Pipeline(config)
+    again.prepare()
+    assert again._start_state(1).ratings == state.ratings  # kept, not recomputed
+    run_to_end(config)
+    rep = json.loads((root / "iter_01" / "reputations.json").read_text())
+    assert rep["ratings"]["d"] > rep["ratings"]["a"] + 50  # a few tiny duels cannot undo a 64-point head start
+
+
+def test_initial_reputations_evaluate_dev_when_missing(tiny_config):
+    config = tiny_config("iterations=1", "reputation.initial=gsm8k", "eval.limit=2", "eval.max_new_tokens=4")
+    pipeline = Pipeline(config)
+    pipeline.prepare()
+    state = pipeline._start_state(1)
+    kept = json.loads((pipeline.run.root / "initial_reputations.json").read_text())
+    assert kept["task"] == "gsm8k" and set(kept["scores"]) == set("abcd")
+    assert (pipeline.run.root / "eval" / "iter_00" / "gsm8k-dev.json").exists()
+    assert state.ratings == kept["state"]["ratings"]
+
+
+@pytest.mark.parametrize("value,message", [("alpaca", "scored by an evaluator"), ("nope", "nope")])
+def test_initial_reputations_reject_bad_tasks(tiny_config, value, message):
+    with pytest.raises((ValueError, KeyError), match=message):
+        Pipeline(tiny_config(f"reputation.initial={value}")).check()
