@@ -48,10 +48,14 @@ def _iteration_table(root: Path, iterations: list[int]) -> list[str]:
 
 
 def _reputation_table(root: Path, iterations: list[int], members: list[str]) -> list[str]:
-    out = ["## Reputations after each iteration", "", "| member | " + " | ".join(f"iter {t}" for t in iterations)
-           + " | DPO loss before→after (last iter) |", "|---" * (len(iterations) + 2) + "|"]
+    # a start column only when the run did not start fair (reputation.initial=TASK)
+    start = read_json(root / "initial_reputations.json") if (root / "initial_reputations.json").exists() else None
+    heads = ([f"start ({start['task']} dev)"] if start else []) + [f"iter {t}" for t in iterations]
+    out = ["## Reputations after each iteration", "", "| member | " + " | ".join(heads)
+           + " | DPO loss before→after (last iter) |", "|---" * (len(heads) + 2) + "|"]
     for m in members:
-        cells = [f"{read_json(root / f'iter_{t:02d}' / 'reputations.json')['ratings'][m]:.3f}" for t in iterations]
+        cells = [f"{start['state']['ratings'][m]:.3f}"] if start else []
+        cells += [f"{read_json(root / f'iter_{t:02d}' / 'reputations.json')['ratings'][m]:.3f}" for t in iterations]
         last = read_json(root / f"iter_{iterations[-1]:02d}" / "training" / f"{m}.json") if iterations else {}
         dpo = f"{last['loss_first']:.3f}→{last['after']['loss']:.3f}" if last.get("after") else "-"
         out.append(f"| {m} | " + " | ".join(cells) + f" | {dpo} |")

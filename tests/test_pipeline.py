@@ -207,6 +207,8 @@ def test_initial_reputations_from_dev_scores(tiny_config, tmp_path):
     run_to_end(config)
     rep = json.loads((root / "iter_01" / "reputations.json").read_text())
     assert rep["ratings"]["d"] > rep["ratings"]["a"] + 50  # a few tiny duels cannot undo a 64-point head start
+    report = (root / "report.md").read_text()
+    assert "| member | start (medqa dev) | iter 1 |" in report and "| d | 132.071 |" in report
 
 
 def test_initial_reputations_evaluate_dev_when_missing(tiny_config):
