@@ -122,6 +122,18 @@ class HFBackend:
         with row_lora(base.model, members) as stacked:
             yield {} if stacked else {"adapter_names": members}
 
+    def _run_prefixes(self, base: _Base, members: list[str], prefixes: list[list[int]], expand: list[int]):
+        """Run each prefix once (row i with members[i]'s adapter) and copy its KV cache to the rows that
+        `expand` maps to it. Returns the pass's output (logits of each prefix's last token, the copied cache)
+        and the prefixes' attention mask."""
+        ids, mask = self._left_pad(base, prefixes)
+        with self._adapters(base, members) as adapters:
+            first = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                               logits_to_keep=1, **adapters)
+        # transformers 5.24 names the KV cache `cache` (was past_key_values)
+        first.cache.reorder_cache(torch.tensor(expand, device=self.device))
+        return first, mask
+
     def _left_pad(self, base: _Base, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         pad = base.tokenizer.pad_token_id
@@ -184,10 +196,9 @@ class HFBackend:
         candidates = torch.tensor(token_ids, device=self.device)
         for base, rows in self._batches(members, prompts, batch_size):
             ids, mask = self._left_pad(base, [prompts[i] for i in rows])
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
             with self._adapters(base, [members[i] for i in rows]) as adapters:
-                logits = base.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=last,
-                                    **adapters).logits
+                logits = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                                    logits_to_keep=last, **adapters).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :, candidates]
             for i, lp in zip(rows, logprobs.tolist()):
                 out[i] = lp
@@ -208,18 +219,15 @@ class HFBackend:
             cut = [min(_common_prefix(groups[g]), min(len(p) for p in groups[g]) - last) for g in rows]
             if min(cut) < 1:
                 raise ValueError(f"grouped_next_token_logprobs: every prompt needs more than last={last} tokens")
-            ids, mask = self._left_pad(base, [groups[g][0][:c] for g, c in zip(rows, cut)])
-            with self._adapters(base, [members[g] for g in rows]) as adapters:
-                cache = base.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                                   use_cache=True, logits_to_keep=1, **adapters).cache
             expand = [i for i, g in enumerate(rows) for _ in groups[g]]
-            cache.reorder_cache(torch.tensor(expand, device=self.device))  # one copy of the prefix per prompt
+            first, mask = self._run_prefixes(base, [members[g] for g in rows],
+                                             [groups[g][0][:c] for g, c in zip(rows, cut)], expand)
             rests, rest_mask = self._left_pad(base, [p[c:] for g, c in zip(rows, cut) for p in groups[g]])
             # left padding here sits between prefix and rest: masked out, and positions continue the prefix
-            positions = torch.tensor(cut, device=self.device)[expand][:, None] + (rest_mask.cumsum(-1) - 1).clamp(min=0)
+            positions = torch.tensor(cut, device=self.device)[expand][:, None] + _positions(rest_mask)
             with self._adapters(base, [members[rows[i]] for i in expand]) as adapters:
                 logits = base.model(input_ids=rests, attention_mask=torch.cat([mask[expand], rest_mask], -1),
-                                    position_ids=positions, cache=cache, use_cache=False, logits_to_keep=last,
+                                    position_ids=positions, cache=first.cache, use_cache=False, logits_to_keep=last,
                                     **adapters).logits
             logprobs = iter(torch.log_softmax(logits.float(), dim=-1)[:, :, candidates].tolist())
             for g in rows:
@@ -239,14 +247,9 @@ class HFBackend:
         out: list[list[float]] = []
         for start in range(0, len(prefixes), batch_size):
             chunk, conts = prefixes[start:start + batch_size], continuations[start:start + batch_size]
-            ids, mask = self._left_pad(base, chunk)
-            with self._adapters(base, [member] * len(chunk)) as adapters:
-                first = base.model(input_ids=ids, attention_mask=mask,
-                                   position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1,
-                                   **adapters)
-            rows = torch.tensor([i for i, options in enumerate(conts) for _ in options], device=self.device)
-            cache = first.cache  # transformers 5.24 names the KV cache `cache` (was past_key_values)
-            cache.reorder_cache(rows)  # one copy of a prefix's cache per continuation
+            expand = [i for i, options in enumerate(conts) for _ in options]
+            first, mask = self._run_prefixes(base, [member] * len(chunk), chunk, expand)
+            rows = torch.tensor(expand, device=self.device)
             flat = [c for options in conts for c in options]
             width = max(len(c) for c in flat)
             pad = base.tokenizer.pad_token_id
@@ -255,7 +258,7 @@ class HFBackend:
             positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=self.device)[None]
             with self._adapters(base, [member] * len(flat)) as adapters:
                 logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
-                                    position_ids=positions, cache=cache, use_cache=False, **adapters).logits
+                                    position_ids=positions, cache=first.cache, use_cache=False, **adapters).logits
             # token k of a continuation is predicted by the prefix's last logits (k = 0) or by position k - 1
             logits = torch.cat([first.logits[rows], logits[:, :-1]], 1).float()
             token_lp = torch.log_softmax(logits, -1).gather(-1, cont_ids[..., None])[..., 0] * cont_mask
@@ -322,6 +325,11 @@ class TopP:
         keep = above < self.top_p
         keep[:, 0] = True
         return torch.full_like(scores, float("-inf")).scatter_(-1, index, top.masked_fill(~keep, float("-inf")))
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: padding must not shift the real tokens' positions."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:

@@ -185,7 +185,7 @@ class Pipeline:
 
     def _dev_results(self, task: str) -> dict:
         """The initial pool's dev results on `task`: the run's own file if it covers every member, else fresh."""
-        path = self.run.root / "eval" / "iter_00" / f"{task}-dev.json"
+        path = self._eval_path(0, task, "dev")
         if path.exists():
             results = read_json(path)["results"]
             if set(self.members) <= set(results):
@@ -332,13 +332,16 @@ class Pipeline:
         settings = EvalSettings(max_new_tokens=max_new_tokens, seed=self.c.seed)
         scored = evaluate(backend, list(names.values()), task, examples, settings, judge, self.progress)
         results = {m: scored[names[m]] for m in members}
-        path = self.run.root / "eval" / f"iter_{t:02d}" / f"{task_name}-{split}.json"
+        path = self._eval_path(t, task_name, split)
         write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": t,
                                  "n_examples": len(examples),
                                  "models": {m: self._model_record(m, t) for m in members},
                                  "evaluator": judge.record if judge else None,
                                  "judge_prompt": JUDGE_PROMPT if judge else None, "results": results})
         return results, path
+
+    def _eval_path(self, t: int, task_name: str, split: str) -> Path:
+        return self.run.root / "eval" / f"iter_{t:02d}" / f"{task_name}-{split}.json"
 
     def _model_record(self, name: str, t: int) -> dict:
         """What a scored or scoring model is: a member (its base spec and adapter after iteration t) or a spec."""
@@ -358,7 +361,7 @@ class Pipeline:
             return
         for task_name in e.tasks:
             for split in e.splits:
-                if not (self.run.root / "eval" / f"iter_{t:02d}" / f"{task_name}-{split}.json").exists():
+                if not self._eval_path(t, task_name, split).exists():
                     self._evaluate(t, task_name, split, self.members, e.limit, None, e.max_new_tokens)
 
     # ---- reporting ---------------------------------------------------------------------------------

@@ -37,17 +37,15 @@ def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> tu
     return enc.ids, enc.spans[1][0]
 
 
-def sequence_logprobs(model, examples: list[tuple[list[int], int]], pad_id: int, device,
-                      adapter_names: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log p over each example's response tokens (from its start to the end), and token counts.
-    `adapter_names` (one per row) picks each row's adapter; otherwise the active adapter is used."""
+def sequence_logprobs(model, examples: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor,
+                                                                                                   torch.Tensor]:
+    """Sum of log p over each example's response tokens (from its start to the end), and token counts."""
     width = max(len(ids) for ids, _ in examples)
     ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in examples], device=device)
     mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in examples], device=device)
     # Only positions that predict a response token need the (vocabulary-sized) output layer.
     first = max(1, min(s for _, s in examples))
-    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first + 1, **extra).logits[:, :-1]
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first + 1).logits[:, :-1]
     targets = ids[:, first:]
     positions = torch.arange(first, width, device=device)
     starts = torch.tensor([s for _, s in examples], device=device)

@@ -187,8 +187,9 @@ def test_shared_prefix_option_scores_equal_full_sequence_scores(backend):
         conts.append([ids[start:] for ids, _ in enc])
         full += enc
     shared = backend.continuation_logprobs("a", prefixes, conts, batch_size=2)
+    backend.model("a").set_adapter("a")  # score the whole sequences with member a's adapter active
     with torch.inference_mode():
-        whole, _ = sequence_logprobs(backend.model("a"), full, tok.pad_token_id, "cpu", adapter_names=["a"] * len(full))
+        whole, _ = sequence_logprobs(backend.model("a"), full, tok.pad_token_id, "cpu")
     assert [x for row in shared for x in row] == pytest.approx(whole.tolist(), abs=1e-4)
 
 

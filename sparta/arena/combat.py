@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from itertools import groupby
 
 from ..chat import PromptTooLong, encode_chat
 from ..records import Duel, Judgment, Prompt, Response
@@ -125,12 +126,8 @@ def _logprob_scores(backend, judges, prompts, duel_judge, s: ArenaSettings, tick
     """Expected scores. A judge's prompts for the two responses of a duel share the instructions and the
     question: each such pair is one group, whose common prefix the backend runs once."""
     tokens = {j: ScoreTokens(backend.tokenizer(j)) for j in set(judges)}
-    groups: list[list[int]] = []  # request indices; a duel's two requests for one judge are adjacent
-    for i, key in enumerate(duel_judge):
-        if groups and duel_judge[groups[-1][0]] == key:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
+    # request indices; a duel's two requests for one judge are adjacent
+    groups = [list(g) for _, g in groupby(range(len(prompts)), key=duel_judge.__getitem__)]
     results: list = [None] * len(prompts)
     # candidate ids are per tokenizer, so ask per tokenizer (the backend groups rows by base)
     for candidates, positions in {(tuple(t.candidates), t.positions) for t in tokens.values()}:
