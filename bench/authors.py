@@ -53,16 +53,20 @@ def _load(source: str, adapter_dir: Path):
 
 
 @torch.inference_mode()
-def _sample(model, tok, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
-    """Their generation: static batches, sampling; returns texts and the number of new tokens made."""
+def authors_sample(model, tok, prompts: list[list[int]], max_new_tokens: int,
+                   adapter_names: list[str] | None = None) -> tuple[list[str], int]:
+    """Their generation: static batches, sampling; returns texts and the number of new tokens made.
+    `adapter_names` (one per prompt) lets a PEFT model run each row with its own adapter."""
     texts, made = [], 0
     for start in range(0, len(prompts), STATIC_BATCH):
         chunk = prompts[start:start + STATIC_BATCH]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
         mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in chunk])[:, None]).long()
+        rows = {"adapter_names": adapter_names[start:start + STATIC_BATCH]} if adapter_names else {}
         new = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_k=50,
-                             top_p=0.95, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id)[:, width:]
+                             top_p=0.95, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
+                             **rows)[:, width:]
         for row in new.tolist():
             stop = next((j for j, t in enumerate(row) if t in (tok.eos_token_id, tok.pad_token_id)), len(row))
             made += stop
@@ -85,7 +89,7 @@ def authors_arena(source: str, adapters: dict[str, Path], tok, matches: list[Mat
         prompts = [encode_chat(tok, [("user", "{0}")], [m.prompt.text], max_tokens=512).ids
                    for m in matches for side in (m.a, m.b) if side == member]
         clock = time.perf_counter()
-        tokens["generate"] += _sample(model, tok, prompts, new_tokens)[1]
+        tokens["generate"] += authors_sample(model, tok, prompts, new_tokens)[1]
         t["generate"] += time.perf_counter() - clock
         del model
     for judge, adapter in adapters.items():  # judging, judge by judge
@@ -95,7 +99,7 @@ def authors_arena(source: str, adapters: dict[str, Path], tok, matches: list[Mat
         prompts = [encode_chat(tok, judge_messages(), [m.prompt.text, judged[(m.index, side)]], max_tokens=1024).ids
                    for m in matches if judge not in (m.a, m.b) and (m.index, "a") in judged for side in ("a", "b")]
         clock = time.perf_counter()
-        texts, made = _sample(model, tok, prompts, JUDGE_TOKENS)
+        texts, made = authors_sample(model, tok, prompts, JUDGE_TOKENS)
         t["judge"] += time.perf_counter() - clock
         tokens["judge"] += made
         parsed += sum(parse_judgment(x) is not None for x in texts)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from bench.authors import side_by_side
+from bench.authors import JUDGE_TOKENS, authors_sample, side_by_side
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
 from sparta.backend import HFBackend, MemberModel
 from sparta.chat import encode_chat
@@ -122,33 +122,18 @@ def judging(backend, members, tok, n: int) -> dict:
     gen_prompts = [encode_chat(tok, judge_messages(), [q, r], max_tokens=1024).ids
                    for q, r in zip(questions, responses)]
 
-    def authors_generate():  # their settings: sampling, 256 new tokens, static batches of 24
-        out = []
-        for i in range(0, n, 24):
-            rows = slice(i, i + 24)
-            out += authors_sample(backend, judges[rows], gen_prompts[rows])
-        return out
-
-    texts, gen_s = timed(authors_generate)
+    base = backend.bases[backend.base_of[judges[0]]]
+    torch.manual_seed(0)
+    # their settings (sampling, 256 new tokens, static batches of 24), the same judges' adapters row by row
+    (texts, _), gen_s = timed(lambda: authors_sample(base.model, tok, gen_prompts, JUDGE_TOKENS, judges))
     parsed = [parse_judgment(t) for t in texts]
     both = [(a, b) for a, b in zip(lp_scores, parsed) if b is not None]
     tokens = sum(len(p) for p in lp_prompts)
     return {"n": n, "logprob": {"judgments_per_s": n / lp_s, "prompt_tokens_per_s": tokens / lp_s},
             "authors_generate": {"judgments_per_s": n / gen_s, "parsed": sum(p is not None for p in parsed) / n,
-                                 "max_new_tokens": 256},
+                                 "max_new_tokens": JUDGE_TOKENS},
             "speedup_judgments": (n / lp_s) / (n / gen_s),
             "agreement_pearson": _pearson(both) if len(both) > 2 else None, "parsed_pairs": len(both)}
-
-
-@torch.inference_mode()
-def authors_sample(backend, judges, prompts) -> list[str]:
-    base = backend.bases[backend.base_of[judges[0]]]
-    ids, mask = backend._left_pad(base, prompts)
-    torch.manual_seed(0)
-    new = base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=judges, do_sample=True,
-                              temperature=0.7, top_k=50, top_p=0.95, max_new_tokens=256,
-                              pad_token_id=base.tokenizer.pad_token_id)[:, ids.shape[1]:]
-    return [base.tokenizer.decode(row, skip_special_tokens=True) for row in new]
 
 
 def dpo(backend, members, tok, n_pairs: int, new_tokens: int) -> dict:

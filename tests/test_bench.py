@@ -48,3 +48,14 @@ def test_dpo_section_trains_and_times_both_precisions(tmp_path):
     for label in ("fp32", "bf16_autocast"):
         assert set(result[label]["seconds"]) == {"reference", "steps", "after"}
         assert result[label]["loss_after"] > 0
+
+
+def test_judging_section_scores_the_same_pairs_both_ways(tmp_path):
+    from bench.run import judging
+
+    members = ["w", "x", "y", "z"]
+    backend = HFBackend([MemberModel(m, resolve_model("tiny", tmp_path / "cache"), None) for m in members],
+                        LoraShape(dropout=0.0), seed=0)
+    result = judging(backend, members, backend.tokenizer("w"), 3)
+    assert result["n"] == 3 and result["authors_generate"]["max_new_tokens"] == 256
+    assert 0 <= result["authors_generate"]["parsed"] <= 1 and result["logprob"]["judgments_per_s"] > 0
