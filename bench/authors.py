@@ -19,6 +19,8 @@ import torch
 from sparta.arena.combat import ArenaSettings, Match, run_round
 from sparta.arena.judging import judge_messages, parse_judgment
 from sparta.arena.reputation import EloParams, initial_state
+from sparta.backends import MemberModel
+from sparta.backends.hf import HFTrainer
 from sparta.chat import encode_chat
 from sparta.prompts import load_prompts
 
@@ -110,11 +112,13 @@ def authors_arena(source: str, adapters: dict[str, Path], tok, matches: list[Mat
             "judgments": judgments, "parsed": parsed / max(1, judgments)}
 
 
-def side_by_side(backend, members: list[str], source: str, adapter_root: Path, n_duels: int, new_tokens: int) -> dict:
+def side_by_side(backend, members: list[str], resolved, adapter_root: Path, n_duels: int, new_tokens: int) -> dict:
     tok = backend.tokenizer(members[0])
     adapters = {}
-    for m in members:
-        backend.save_adapter(m, adapter_root / m)
+    trainer = HFTrainer(backend.lora, backend.seed, backend.store)
+    for m in members:  # each member's (fresh) adapter, as the authors' scripts would load it from disk
+        with trainer.slot(MemberModel(m, resolved, None)) as slot:
+            slot.save(adapter_root / m)
         adapters[m] = adapter_root / m
     matches = matches_for(members, n_duels)
     clock = time.perf_counter()
@@ -122,7 +126,7 @@ def side_by_side(backend, members: list[str], source: str, adapter_root: Path, n
     arena_s = time.perf_counter() - clock
     judged = {(d.index, side): r.text for d in duels if d.response_a.text and d.response_b.text
               for side, r in (("a", d.response_a), ("b", d.response_b))}
-    authors = authors_arena(source, adapters, tok, matches, judged, new_tokens)
+    authors = authors_arena(resolved.source, adapters, tok, matches, judged, new_tokens)
     sparta_tokens = sum(r.n_tokens for d in duels for r in (d.response_a, d.response_b))
     judgments = sum(len(d.judgments) for d in duels)
     a = authors["seconds"]

@@ -30,7 +30,8 @@ import torch
 
 from bench.authors import JUDGE_TOKENS, authors_sample, side_by_side
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
-from sparta.backend import HFBackend, MemberModel
+from sparta.backends import MemberModel
+from sparta.backends.hf import HFBackend, HFTrainer, ModelStore
 from sparta.chat import encode_chat
 from sparta.config import LoraConfig, TrainingConfig
 from sparta.models import resolve_model
@@ -100,7 +101,8 @@ def peft_generate(backend, rows, prompts, new_tokens: int):
     base = backend.bases[backend.base_of[rows[0]]]
     ids, mask = backend._left_pad(base, prompts)
     torch.manual_seed(0)
-    return base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=rows, do_sample=True,
+    return base.model.generate(input_ids=ids, attention_mask=mask, adapter_names=[backend.adapter(m)[1] for m in rows],
+                               do_sample=True,
                                temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=new_tokens,
                                min_new_tokens=new_tokens, pad_token_id=base.tokenizer.pad_token_id)
 
@@ -125,7 +127,8 @@ def judging(backend, members, tok, n: int) -> dict:
     base = backend.bases[backend.base_of[judges[0]]]
     torch.manual_seed(0)
     # their settings (sampling, 256 new tokens, static batches of 24), the same judges' adapters row by row
-    (texts, _), gen_s = timed(lambda: authors_sample(base.model, tok, gen_prompts, JUDGE_TOKENS, judges))
+    adapters = [backend.adapter(j)[1] for j in judges]
+    (texts, _), gen_s = timed(lambda: authors_sample(base.model, tok, gen_prompts, JUDGE_TOKENS, adapters))
     parsed = [parse_judgment(t) for t in texts]
     both = [(a, b) for a, b in zip(lp_scores, parsed) if b is not None]
     tokens = sum(len(p) for p in lp_prompts)
@@ -136,8 +139,9 @@ def judging(backend, members, tok, n: int) -> dict:
             "agreement_pearson": _pearson(both) if len(both) > 2 else None, "parsed_pairs": len(both)}
 
 
-def dpo(backend, members, tok, n_pairs: int, new_tokens: int) -> dict:
-    """Pairs from two members' answers to the same GSM8K questions; the demo's DPO settings."""
+def dpo(backend, members, tok, resolved, n_pairs: int, new_tokens: int) -> dict:
+    """Pairs from two members' answers to the same GSM8K questions; the demo's DPO settings; one epoch in fp32 and
+    in bf16 (weights in bf16, the output layer and log-softmax in fp32, the reference in the steps' layout)."""
     questions = [p.text for p in load_prompts("gsm8k")[100:100 + n_pairs]]
     enc = [encode_chat(tok, [("user", "{0}")], [q], max_tokens=512).ids for q in questions]
     answers = backend.generate([members[0]] * n_pairs + [members[1]] * n_pairs, enc + enc, max_new_tokens=new_tokens,
@@ -152,15 +156,20 @@ def dpo(backend, members, tok, n_pairs: int, new_tokens: int) -> dict:
     settings = OptimSettings(lr=t.lr, batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
                              warmup_ratio=t.warmup_ratio, max_length=t.max_length)
     out = {"pairs": len(pairs)}
+    member = MemberModel(members[2], resolved, None)
     with tempfile.TemporaryDirectory() as start:  # both precisions train the same member from the same adapter
-        backend.save_adapter(members[2], Path(start) / "adapter")
-        for label, bf16 in (("fp32", False), ("bf16_autocast", True)):
-            backend.load_adapter_weights(members[2], Path(start) / "adapter")
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                r, s = timed(lambda: train_dpo(backend, members[2], pairs, settings, t.beta, t.epochs, seed=0))
+        with HFTrainer(LoraConfig(), 0, backend.store).slot(member) as slot:
+            slot.save(Path(start) / "adapter")
+        member = MemberModel(members[2], resolved, Path(start) / "adapter")
+        for label, store in (("fp32", backend.store), ("bf16", ModelStore(dtype="bfloat16"))):
+            with HFTrainer(LoraConfig(), 0, store).slot(member) as slot:
+                r, s = timed(lambda: train_dpo(slot, members[2], pairs, settings, t.beta, t.epochs, seed=0))
             out[label] = {"s_per_pair": s / len(pairs), "seconds": r["seconds"], "loss_first": r["loss_first"],
-                          "loss_after": r["after"]["loss"], "reward_accuracy_after": r["after"]["reward_accuracy"]}
-    out["bf16_speedup"] = out["fp32"]["s_per_pair"] / out["bf16_autocast"]["s_per_pair"]
+                          "loss_after": r["after"]["loss"], "reward_accuracy_after": r["after"]["reward_accuracy"],
+                          "reward_margin_after": r["after"]["reward_margin"]}
+    out["bf16_speedup"] = out["fp32"]["s_per_pair"] / out["bf16"]["s_per_pair"]
+    out["bf16_minus_fp32"] = {k: out["bf16"][k] - out["fp32"][k] for k in ("loss_first", "loss_after",
+                                                                           "reward_accuracy_after")}
     return out
 
 
@@ -222,8 +231,8 @@ def main(argv=None) -> int:
     combat = {b: combat_generation(backend, members, tok, b, 128, args.new_tokens) for b in (8, 16)}
     judge = judging(backend, members, tok, args.judgments)
     with tempfile.TemporaryDirectory() as adapters:
-        authors = side_by_side(backend, members, resolved.source, Path(adapters), args.duels, args.duel_tokens)
-    training = dpo(backend, members, tok, args.dpo_pairs, args.duel_tokens)
+        authors = side_by_side(backend, members, resolved, Path(adapters), args.duels, args.duel_tokens)
+    training = dpo(backend, members, tok, resolved, args.dpo_pairs, args.duel_tokens)
     result = {
         "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "threads": torch.get_num_threads(),
                     "python": sys.version.split()[0]},

@@ -60,6 +60,49 @@ class PoolConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """How base models are loaded and run (every backend; the HF backend and training read all of it)."""
+
+    dtype: str = "auto"  # float32 | bfloat16 | auto (bf16 on a GPU that supports it, fp32 on CPU)
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 ...; null = transformers' choice
+    device_map: str | None = None  # e.g. "auto": spread a base larger than one GPU over the visible GPUs
+    gradient_checkpointing: bool = False  # DPO/SFT: recompute activations in backward (memory for time)
+
+
+@dataclass(frozen=True)
+class VLLMConfig:
+    """The vLLM backend: a server in its own Python environment, started and stopped by sparta."""
+
+    python: str = ".venv-vllm/bin/python"  # the environment that has vllm (`make vllm-env` builds it)
+    port: int = 0  # 0 = a free port
+    max_model_len: int = 4096
+    max_loras: int = 4  # adapters resident at once (per batch); others are swapped in from disk
+    max_lora_rank: int = 64
+    gpu_memory_utilization: float = 0.5  # leaves the rest to DPO training in the same process set
+    startup_timeout_s: float = 600.0
+    extra_args: tuple[str, ...] = ()  # passed to `vllm serve` as they are
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """An OpenAI-compatible completions server (the vLLM backend's client, or a server you run)."""
+
+    base_url: str = ""  # e.g. http://localhost:8000/v1
+    api_key_env: str = "SPARTA_API_KEY"  # the key is read from this variable, never from (or into) a file
+    max_concurrency: int = 8
+    timeout_s: float = 300.0
+    retries: int = 4  # on connection errors, 429 and 5xx, with exponential backoff
+    top_logprobs: int = 20  # asked per position; score tokens outside them are asked for one by one
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    kind: str = "hf"  # hf (transformers in this process) | vllm | http
+    vllm: VLLMConfig = VLLMConfig()
+    http: HTTPConfig = HTTPConfig()
+
+
+@dataclass(frozen=True)
 class DataConfig:
     prompts: str = "gsm8k"  # a task name (its combat pool), "self_instruct", or a .json/.jsonl file of prompts
     user_data: str = ""  # folder with user-supplied task files (knowledge_crosswords, normad_rot, ...)
@@ -114,7 +157,8 @@ class ReputationConfig:
 
     def __post_init__(self) -> None:
         # sigma_min > 0 keeps z = (R_a - R_b) / sqrt(sigma_a^2 + sigma_b^2) finite whatever the history.
-        for name in ("steps", "scaling", "window", "sigma_min", "initial_sigma"):
+        # floor > 0: aggregation divides by a sum of reputations; initial_rating > 0 likewise
+        for name in ("steps", "scaling", "window", "sigma_min", "initial_sigma", "floor", "initial_rating"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"reputation.{name} must be > 0, got {getattr(self, name)!r}")
 
@@ -132,7 +176,9 @@ class TrainingConfig:
     batch_size: int = 4
     micro_batch_size: int = 2
     warmup_ratio: float = 0.1
-    max_length: int = 512  # prompt + response tokens; over it, the longest of the two is cut in the middle
+    # prompt + response tokens. The prompt turn is encoded as combat encoded it (generation.max_prompt_tokens,
+    # content shortened in the middle); the response is cut from its end past max_length (counted in the metrics)
+    max_length: int = 1024
 
 
 @dataclass(frozen=True)
@@ -161,6 +207,8 @@ class RunConfig:
     threads: int = 0  # torch threads; 0 = all cores
     cache_dir: str = ""  # model and expert cache; "" = $SPARTA_CACHE or ~/.cache/sparta
     pool: PoolConfig = PoolConfig()
+    model: ModelConfig = ModelConfig()
+    backend: BackendConfig = BackendConfig()
     data: DataConfig = DataConfig()
     generation: GenerationConfig = GenerationConfig()
     judge: JudgeConfig = JudgeConfig()
@@ -285,13 +333,47 @@ def validate(c: RunConfig) -> None:
         (c.training.beta > 0 and c.training.lr > 0 and c.training.epochs >= 1,
          "training.beta and training.lr must be > 0 and training.epochs >= 1"),
         (c.threads >= 0, f"threads must be >= 0, got {c.threads}"),
+        (c.model.dtype in ("auto", "float32", "bfloat16"),
+         f"model.dtype must be auto, float32 or bfloat16, got {c.model.dtype!r}"),
+        (c.backend.kind in ("hf", "vllm", "http"), f"backend.kind must be hf, vllm or http, got {c.backend.kind!r}"),
+        (c.backend.kind != "http" or bool(c.backend.http.base_url), "backend.kind=http needs backend.http.base_url"),
+        (c.reputation.initial_rating >= c.reputation.floor,
+         f"reputation.initial_rating ({c.reputation.initial_rating}) must be >= reputation.floor "
+         f"({c.reputation.floor})"),
         (c.eval.every >= 1 and c.eval.limit >= 0, "eval.every must be >= 1 and eval.limit >= 0"),
+        *_length_checks(c),
         (set(c.eval.splits) <= {"dev", "test"} and len(c.eval.splits) > 0,
          f"eval.splits must be a non-empty list of 'dev' and 'test', got {list(c.eval.splits)}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _length_checks(c: RunConfig) -> list[tuple[bool, str]]:
+    """Token budgets that must nest: a combat prompt and its response fit DPO's max_length and the judge's
+    window (plus the judge's instructions), and every window fits the vLLM server's max_model_len."""
+    g, j = c.generation, c.judge
+    duel = g.max_prompt_tokens + g.max_new_tokens
+    checks = [
+        (c.training.max_length >= duel,
+         f"training.max_length ({c.training.max_length}) < generation.max_prompt_tokens + generation.max_new_tokens "
+         f"({duel}): every long pair would be cut"),
+        (j.max_prompt_tokens >= duel + JUDGE_OVERHEAD,
+         f"judge.max_prompt_tokens ({j.max_prompt_tokens}) < generation.max_prompt_tokens + "
+         f"generation.max_new_tokens + {JUDGE_OVERHEAD} for the judge's instructions ({duel + JUDGE_OVERHEAD}): "
+         "judges would read shortened responses"),
+    ]
+    if c.backend.kind == "vllm":
+        need = max(j.max_prompt_tokens + (j.max_new_tokens if j.mode == "generate" else 2), duel,
+                   c.eval.max_new_tokens + 1024)
+        checks.append((c.backend.vllm.max_model_len >= need,
+                       f"backend.vllm.max_model_len ({c.backend.vllm.max_model_len}) < {need}, the longest request "
+                       "(judge window, or combat prompt + response, or eval prompt of 1024 + eval.max_new_tokens)"))
+    return checks
+
+
+JUDGE_OVERHEAD = 96  # tokens of the judge prompt around the question and the response (authors' prompt: ~80)
 
 
 def to_dict(c: RunConfig) -> dict:

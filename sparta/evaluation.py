@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from .arena.judging import ANSWER_PREFIX, JUDGE_PROMPT, ScoreTokens, expected_score, judge_messages
+from .backends import Failure
 from .chat import encode_chat
 from .tasks.catalog import Example, Task, format_mc
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, pick_by_loglik
@@ -159,16 +160,22 @@ def _mc(backend, member, examples, s, progress) -> dict:
     loglik_norm: list[float | None] = []
     for e, out, scores in zip(examples, outputs, logliks):
         grade = grade_mc_letter(out.text, e.choices, e.answer) if out.text is not None else None
-        picked = pick_by_loglik(scores)
-        # per-character normalisation (the harnesses' acc_norm): the plain sum favours short options
-        picked_norm = pick_by_loglik({k: v / max(1, len(e.choices[k])) for k, v in scores.items()})
+        failed = [v.error for v in scores.values() if isinstance(v, Failure)]
+        if failed:  # a remote backend could not score an option: no loglik pick for this example
+            picked = picked_norm = None
+            scores = {k: None if isinstance(v, Failure) else v for k, v in scores.items()}
+        else:
+            picked = pick_by_loglik(scores)
+            # per-character normalisation (the harnesses' acc_norm): the plain sum favours short options
+            picked_norm = pick_by_loglik({k: v / max(1, len(e.choices[k])) for k, v in scores.items()})
         rows.append({"id": e.id, "gold": e.answer, "output": out.text, "error": out.error,
                      "letter": grade.extracted if grade else None, "letter_method": grade.method if grade else "failed",
                      "letter_correct": bool(grade and grade.correct), "loglik_pick": picked,
-                     "loglik_correct": picked == e.answer, "loglik_norm_pick": picked_norm, "option_logliks": scores})
+                     "loglik_correct": picked == e.answer, "loglik_norm_pick": picked_norm, "option_logliks": scores,
+                     "loglik_error": failed[0] if failed else None})
         letter.append(float(grade.correct) if grade else None)
-        loglik.append(float(picked == e.answer))
-        loglik_norm.append(float(picked_norm == e.answer))
+        loglik.append(None if failed else float(picked == e.answer))
+        loglik_norm.append(None if failed else float(picked_norm == e.answer))
     metrics = {"letter": summarise(letter, s), "loglik": summarise(loglik, s), "loglik_norm": summarise(loglik_norm, s)}
     return {"metrics": metrics, "primary": "letter", "examples": rows}
 
@@ -203,6 +210,9 @@ def _judged(backend, member, evaluator: Evaluator, examples, s, progress) -> dic
         [evaluator.name] * len(requests), [r[1] for r in requests], tokens.candidates, last=tokens.positions,
         batch_size=s.batch_size, progress=progress and progress(f"judge {member}", len(requests)))
     for (row, _), lp in zip(requests, logprobs):
+        if isinstance(lp, Failure):  # the evaluator could not score it: failed, never a default score
+            rows[row]["error"] = lp.error
+            continue
         rows[row]["score"] = expected_score(tokens.distribution(lp))
     scores = [r["score"] for r in rows]  # failed generations stay None: counted as failed, not scored
     return {"metrics": {"judged_score": summarise(scores, s)}, "primary": "judged_score",

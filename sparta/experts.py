@@ -17,7 +17,7 @@ from .seeding import rng
 from .tasks.catalog import DATA, self_instruct_seeds
 
 if TYPE_CHECKING:  # torch is imported only when an expert is actually built
-    from .backend import LoraShape
+    from .backends.hf import LoraShape
     from .training import OptimSettings
 
 
@@ -62,28 +62,31 @@ def expert_examples(recipe: str, n: int, seed: int) -> list[tuple[str, str]]:
 
 def expert_dir(cache_dir: Path, base: ResolvedModel, recipe: str, settings: dict, seed: int) -> Path:
     key = json.dumps({"base": base.fingerprint, "recipe": recipe, "settings": settings, "seed": seed,
-                      "version": 1}, sort_keys=True)
+                      "version": 2}, sort_keys=True)
     return Path(cache_dir) / "experts" / f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora: LoraShape, steps: int,
-                  optim: OptimSettings, seed: int, progress=None) -> dict[str, dict]:
-    """Build the experts not yet in the cache (loading the base once). Returns {recipe: {dir, metrics}}."""
+                  optim: OptimSettings, seed: int, progress=None, store=None) -> dict[str, dict]:
+    """Build the experts not yet in the cache (loading the base once; `store`, if given, returns the
+    backends.hf.ModelStore to load it into). Returns {recipe: {dir, metrics}}."""
     settings = {"steps": steps, "lora": vars(lora), "optim": vars(optim)}
     dirs = {r: expert_dir(cache_dir, base, r, settings, seed) for r in recipes}
     missing = [r for r in recipes if not (dirs[r] / "adapter_config.json").exists()]
     results = {r: {"dir": dirs[r], "cached": r not in missing} for r in recipes}
     if not missing:
         return results
-    from .backend import HFBackend, MemberModel
+    from .backends import MemberModel
+    from .backends.hf import HFTrainer
     from .training import train_sft
 
-    backend = HFBackend([MemberModel(r, base, None) for r in missing], lora, seed)
+    trainer = HFTrainer(lora, seed, store() if store else None)
     for recipe in missing:
         examples = expert_examples(recipe, steps * optim.batch_size, seed)
         tick = progress and progress(f"expert {recipe}", steps)
-        metrics = train_sft(backend, recipe, examples, optim, steps, seed, tick)
-        backend.save_adapter(recipe, dirs[recipe])
+        with trainer.slot(MemberModel(recipe, base, None)) as slot:
+            metrics = train_sft(slot, recipe, examples, optim, steps, seed, tick)
+            slot.save(dirs[recipe])
         (dirs[recipe] / "sft_metrics.json").write_text(json.dumps(metrics, indent=1))
         results[recipe]["metrics"] = metrics
     return results

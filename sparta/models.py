@@ -109,6 +109,26 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json
 _HASH_CHUNK = 1 << 20
 
 
+def resolve_adapter(spec: str, fetch: bool = True) -> Path | None:
+    """A LoRA adapter: a local PEFT directory, or a hub id ('org/name', fetched into the hub cache at run time;
+    with fetch=False, as in validation, a hub id is accepted unchecked and None is returned)."""
+    path = Path(spec).expanduser()
+    if (path / "adapter_config.json").exists():
+        return path
+    if path.exists() or not _HUB_ID_RE.match(spec):
+        raise ModelSpecError(f"adapter {spec!r}: no adapter_config.json there; expected a PEFT adapter directory "
+                             "or a hub id 'org/name'")
+    if not fetch:
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(spec))
+    except Exception as e:  # offline, unknown repo, no access: say which adapter and why
+        raise ModelSpecError(f"adapter {spec!r}: could not fetch it from the hub ({type(e).__name__}: {e}); "
+                             "download it where the hub is reachable and give its directory") from None
+
+
 def default_cache_dir() -> Path:
     """``$SPARTA_CACHE`` if set (and non-empty), else ``~/.cache/sparta``."""
     env = os.environ.get("SPARTA_CACHE")

@@ -17,11 +17,11 @@ from .arena.combat import ArenaSettings, Match, run_round
 from .arena.judging import JUDGE_PROMPT
 from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
 from .arena.reputation import ReputationState, apply_duel, initial_state
-from .backend import HFBackend, MemberModel
+from .backends import BackendError, MemberModel, build_backend
 from .config import RunConfig
 from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
-from .models import ModelSpecError, default_cache_dir, resolve_model
+from .models import ModelSpecError, default_cache_dir, resolve_adapter, resolve_model
 from .pairs import pairs_for, preference_pairs
 from .prompts import load_prompts, sample_prompts
 from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
@@ -48,7 +48,8 @@ class Pipeline:
         self.members = [m.name for m in config.pool.members]
         self.elo = config.reputation
         self.lora = config.pool.lora
-        self.backend: HFBackend | None = None
+        self.backend = None  # the inference backend (sparta.backends), built on first use
+        self.store = None  # HF models loaded in this process (shared by the HF backend and training)
         self.outside: dict[str, MemberModel] = {}  # model spec -> a model from outside the pool (evaluation)
 
     # ---- set-up: everything cheap is checked before anything expensive ---------------------------
@@ -70,8 +71,11 @@ class Pipeline:
             task.examples("dev", c.data.user_data or None)
         for m in c.pool.members:
             resolve_model(m.model or c.pool.base, self.cache, build=False)
-            if m.adapter and not (Path(m.adapter) / "adapter_config.json").exists():
-                raise FileNotFoundError(f"pool.members[{m.name}].adapter: {m.adapter} has no adapter_config.json")
+            if m.adapter:
+                try:
+                    resolve_adapter(m.adapter, fetch=False)
+                except ModelSpecError as e:
+                    raise FileNotFoundError(f"pool.members[{m.name}].adapter: {e}") from None
         warning = uniform_warning(len(self.members), c.arena.k)
         if warning:
             log.warning(warning)
@@ -88,7 +92,7 @@ class Pipeline:
         c, adapters = self.c, {}
         by_base: dict[str, list[str]] = {}
         for m in c.pool.members:
-            adapters[m.name] = Path(m.adapter) if m.adapter else None
+            adapters[m.name] = resolve_adapter(m.adapter) if m.adapter else None
             if m.expert:
                 by_base.setdefault(m.model or c.pool.base, []).append(m.expert)
         ex = c.pool.experts
@@ -98,20 +102,49 @@ class Pipeline:
         for spec, recipes in by_base.items():
             base = resolve_model(spec, self.cache)
             for recipe, info in build_experts(base, sorted(set(recipes)), self.cache, self.lora, ex.steps, optim,
-                                              c.seed, self.progress).items():
+                                              c.seed, self.progress, self._store).items():
                 built[(spec, recipe)] = info["dir"]
         for m in c.pool.members:
             if m.expert:
                 adapters[m.name] = built[(m.model or c.pool.base, m.expert)]
         return adapters
 
-    def _load_backend(self, t: int) -> HFBackend:
-        """Load the pool as it stands at the start of iteration t (no model is loaded twice per process)."""
+    def _store(self):
+        """The HF models of this process (no base is loaded twice), with the configured precision and devices."""
+        if self.store is None:
+            from .backends.hf import ModelStore
+
+            m = self.c.model
+            self.store = ModelStore(dtype=m.dtype, attn_implementation=m.attn_implementation, device_map=m.device_map)
+        return self.store
+
+    def _pool(self, t: int) -> list[MemberModel]:
+        """The members as they stand at the start of iteration t: the adapters iteration t - 1 wrote."""
+        return [MemberModel(m, self.resolved[m], self.run.adapter_dir(t - 1, m) if t > 1 else self.initial_adapters[m])
+                for m in self.members]
+
+    def _load_backend(self, t: int):
+        """The inference backend serving the pool as it stands at the start of iteration t (every stage asks
+        for its own t, so a resumed run never reads stale adapters)."""
+        pool = self._pool(t) + list(self.outside.values())
         if self.backend is None:
-            start = {m: (self.run.adapter_dir(t - 1, m) if t > 1 else self.initial_adapters[m]) for m in self.members}
-            pool = [MemberModel(m, self.resolved[m], start[m]) for m in self.members]
-            self.backend = HFBackend(pool + list(self.outside.values()), self.lora, self.c.seed)
+            self.backend = build_backend(self.c, pool, self._store)
+        else:
+            self.backend.set_pool(pool)
         return self.backend
+
+    def _trainer(self):
+        from .backends.hf import HFTrainer
+
+        if getattr(self, "trainer", None) is None:
+            self.trainer = HFTrainer(self.lora, self.c.seed, self._store(), self.c.model.gradient_checkpointing)
+        return self.trainer
+
+    def close(self) -> None:
+        """Stop what the run started (a vLLM server)."""
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
 
     # ---- the loop ----------------------------------------------------------------------------------
 
@@ -121,14 +154,15 @@ class Pipeline:
 
             torch.set_num_threads(self.c.threads)
         self.prepare()
-        if any(needs_evaluator(get_task(name)) for name in self.c.eval.tasks):
-            self._evaluator_name(self.c.eval.evaluator)  # an outside evaluator must be loaded with the pool
-        self._evaluate_due(0)
-        for t in range(1, self.c.iterations + 1):
-            if not self.run.is_done(t, "iteration"):
-                self.iteration(t)
-            self._evaluate_due(t)
-            self.on_iteration(self.summary(t))
+        try:
+            self._evaluate_due(0)
+            for t in range(1, self.c.iterations + 1):
+                if not self.run.is_done(t, "iteration"):
+                    self.iteration(t)
+                self._evaluate_due(t)
+                self.on_iteration(self.summary(t))
+        finally:
+            self.close()
         write_report(self.run.root, self.members)
         return self.run
 
@@ -206,6 +240,7 @@ class Pipeline:
                                       "the run directory is corrupt or was made by other code")
         if not run.is_done(t, "combat"):
             self._fight(t, prompts, state, duels, journal, timings)
+            _check_generations(duels)
             write_json_atomic(run.iteration(t) / "reputations.json", state.to_dict())
             run.mark_done(t, "combat")
         return state, duels
@@ -248,23 +283,21 @@ class Pipeline:
                 tick(len(new))
 
     def _train(self, t: int, pairs: list[dict]) -> None:
+        """Each member trains a copy of its adapter at the start of iteration t and writes iter_t/adapters/NAME."""
         c, run = self.c, self.run
         tr = c.training
         optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
-                              warmup_ratio=tr.warmup_ratio, max_length=tr.max_length)
-        if any(not run.is_done(t, f"train-{m}") for m in self.members):
-            self._load_backend(t)
-        for m in self.members:
-            target = run.adapter_dir(t, m)
+                              warmup_ratio=tr.warmup_ratio, max_length=tr.max_length,
+                              max_prompt_tokens=c.generation.max_prompt_tokens)
+        for member in self._pool(t):
+            m = member.name
             if run.is_done(t, f"train-{m}"):
-                if self.backend is not None:  # bring the in-memory pool up to date with what is on disk
-                    self.backend.load_adapter_weights(m, target)
                 continue
-            backend = self._load_backend(t)
             own = pairs_for(m, pairs, tr.pairs)
             tick = self.progress(f"dpo {m}", dpo_steps(len(own), tr.batch_size, tr.epochs))
-            metrics = train_dpo(backend, m, own, optim, tr.beta, tr.epochs, derive_seed(c.seed, t), tick)
-            backend.save_adapter(m, target)
+            with self._trainer().slot(member) as slot:
+                metrics = train_dpo(slot, m, own, optim, tr.beta, tr.epochs, derive_seed(c.seed, t), tick)
+                slot.save(run.adapter_dir(t, m))
             write_json_atomic(run.iteration(t) / "training" / f"{m}.json", metrics)
             run.mark_done(t, f"train-{m}")
 
@@ -301,17 +334,15 @@ class Pipeline:
                              f"model spec: {e}") from None
 
     def _outside_name(self, spec: str) -> str:
-        """The backend name of a model from outside the pool. It joins the backend when the pool is loaded, so a
-        spec whose weights are already loaded (pool.base) shares them: its fresh LoRA adapter adds exactly zero,
-        so it computes the base model's own function, and no second copy is loaded."""
+        """The backend name of a model from outside the pool. It joins the backend's pool, so a spec whose weights
+        are already loaded (pool.base) shares them: its fresh LoRA adapter adds exactly zero, so it computes the
+        base model's own function, and no second copy is loaded."""
         if spec not in self.outside:
-            if self.backend is not None:  # HFBackend takes its models when it is built
-                raise RuntimeError(f"model {spec!r} must be named before the pool is loaded: use a new Pipeline")
             self.outside[spec] = MemberModel(f"@{len(self.outside)}", resolve_model(spec, self.cache), None)
         return self.outside[spec].name
 
     def _evaluator_name(self, requested: str | None) -> str | None:
-        """The backend name of an outside evaluator (registered before the pool loads); None for a member."""
+        """The backend name of an outside evaluator; None for a member."""
         return None if requested is None or requested in self.members else self._outside_name(requested)
 
     def _evaluate(self, t: int, task_name: str, split: str, members: list[str], limit: int | None,
@@ -373,6 +404,14 @@ class Pipeline:
         pairs = read_jsonl(it / "pairs.jsonl")
         return {"iteration": t, "leaderboard": leaderboard(self.members, state, duels, pairs),
                 "metrics": read_json(it / "metrics.json")}
+
+
+def _check_generations(duels: list[Duel]) -> None:
+    """An iteration whose every generation failed has nothing to judge or train on: stop, naming the cause."""
+    responses = [r for d in duels for r in (d.response_a, d.response_b)]
+    if responses and all(r.text is None for r in responses):
+        raise BackendError(f"all {len(responses)} generations of the iteration failed (first: {responses[0].error}); "
+                           "nothing to judge or train on")
 
 
 def arena_settings(c: RunConfig) -> ArenaSettings:

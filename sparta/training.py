@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .chat import encode_chat
+from .chat import PromptTooLong, encode_chat
 from .seeding import derive_seed
 
 
@@ -28,32 +28,68 @@ class OptimSettings:
     warmup_ratio: float = 0.1
     max_length: int = 512
     max_grad_norm: float = 1.0
+    max_prompt_tokens: int | None = None  # the prompt turn's budget (combat's); None = max_length // 2
 
 
-def encode_example(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """Token ids of the full chat (user prompt, assistant response) and where the response starts."""
-    enc = encode_chat(tokenizer, [("user", "{0}"), ("assistant", "{1}")], [prompt, response],
-                      max_tokens=max_length, add_generation_prompt=False)
-    return enc.ids, enc.spans[1][0]
+def encode_example(tokenizer, prompt: str, response: str, max_length: int,
+                   max_prompt_tokens: int | None = None) -> tuple[list[int], int]:
+    """Token ids of the full chat (user prompt, assistant response) and where the response starts; see
+    `encode_truncated`."""
+    ids, start, _, _ = encode_truncated(tokenizer, prompt, response, max_length, max_prompt_tokens)
+    return ids, start
+
+
+def encode_truncated(tokenizer, prompt: str, response: str, max_length: int, max_prompt_tokens: int | None = None
+                     ) -> tuple[list[int], int, bool, bool]:
+    """(ids, response start, response cut, prompt shortened). The prompt turn is encoded on its own, as combat
+    encodes it for generation: over `max_prompt_tokens` (default max_length // 2) its content is shortened in the
+    middle, the template never cut, so it does not depend on the response (chosen and rejected share it). The
+    response follows and, over `max_length`, is cut from its end as trainers do: nothing is spliced into it."""
+    budget = max_prompt_tokens or max_length // 2
+    turn = encode_chat(tokenizer, [("user", "{0}")], [prompt], max_tokens=budget, add_generation_prompt=True)
+    full = encode_chat(tokenizer, [("user", "{0}"), ("assistant", "{1}")], [prompt, response],
+                       max_tokens=10**9, add_generation_prompt=False)
+    unshortened = encode_chat(tokenizer, [("user", "{0}")], [prompt], max_tokens=10**9)
+    if full.ids[:len(unshortened.ids)] != unshortened.ids:
+        raise ValueError("the chat template renders the prompt turn differently before a response; "
+                         "training needs the prompt as generation saw it")
+    ids = turn.ids + full.ids[len(unshortened.ids):]
+    start = len(turn.ids)
+    if start >= max_length:
+        raise PromptTooLong(f"the prompt takes {start} tokens, leaving none of training.max_length={max_length} "
+                            "for the response")
+    return ids[:max_length], start, len(ids) > max_length, turn.shortened
 
 
 def sequence_logprobs(model, examples: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor,
                                                                                                    torch.Tensor]:
-    """Sum of log p over each example's response tokens (from its start to the end), and token counts."""
+    """Sum of log p over each example's response tokens (from its start to the end), and token counts.
+    The output layer and log-softmax run in fp32 whatever the model's dtype (bf16 logits round to ~0.1)."""
     width = max(len(ids) for ids, _ in examples)
     ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in examples], device=device)
     mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in examples], device=device)
     # Only positions that predict a response token need the (vocabulary-sized) output layer.
     first = max(1, min(s for _, s in examples))
-    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=width - first + 1).logits[:, :-1]
+    logits = _fp32_logits(model, ids, mask, width - first + 1)[:, :-1]
     targets = ids[:, first:]
     positions = torch.arange(first, width, device=device)
     starts = torch.tensor([s for _, s in examples], device=device)
     lengths = mask.sum(-1)
     counted = (positions[None] >= starts[:, None]) & (positions[None] < lengths[:, None])
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none")
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     logp = -(nll.view(targets.shape) * counted)
     return logp.sum(-1), counted.sum(-1)
+
+
+def _fp32_logits(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """Logits of the last `keep` positions, the output layer applied in fp32 to the decoder's hidden states."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = inner.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:  # a LoRA-wrapped head: the model's own path
+        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
+    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, -keep:]
+    bias = head.bias.float() if head.bias is not None else None
+    return F.linear(hidden.float(), head.weight.float(), bias)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -65,12 +101,12 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return loss, chosen_reward.detach(), rejected_reward.detach()
 
 
-def _prepare(backend, member: str, seed: int, tag: str):
-    model = backend.model(member)
-    model.set_adapter(member)
+def _prepare(slot, member: str, seed: int, tag: str):
+    model = slot.model
+    model.set_adapter(slot.adapter)
     for _, p in model.named_parameters():
         p.requires_grad_(False)
-    params = [p for _, p in backend.adapter_parameters(member)]
+    params = slot.parameters()
     for p in params:
         p.requires_grad_(True)
     torch.manual_seed(derive_seed(seed, tag, member))  # LoRA dropout
@@ -127,20 +163,21 @@ def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress, d
     return history
 
 
-def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: float, epochs: int, seed: int,
+def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: float, epochs: int, seed: int,
               progress=None) -> dict:
-    """DPO-train `member`'s adapter on `pairs` (trl conversational format). Returns metrics."""
+    """DPO-train `member`'s adapter (a backends.hf.TrainSlot) on `pairs` (trl conversational format).
+    Returns metrics."""
     if not pairs:
         return {"member": member, "pairs": 0, "steps": 0}
-    model, params = _prepare(backend, member, seed, "dpo")
-    tok = backend.tokenizer(member)
-    device = backend.device
+    model, params = _prepare(slot, member, seed, "dpo")
+    tok = slot.tokenizer
+    device = slot.device
 
-    def text(messages):
-        return messages[0]["content"]
-
-    examples = [(encode_example(tok, text(p["prompt"]), text(p["chosen"]), s.max_length),
-                 encode_example(tok, text(p["prompt"]), text(p["rejected"]), s.max_length)) for p in pairs]
+    examples, counts = _encode_pairs(tok, pairs, s)
+    pairs = [p for p, e in zip(pairs, examples) if e is not None]
+    examples = [e for e in examples if e is not None]
+    if not pairs:
+        return {"member": member, "pairs": 0, "steps": 0, **counts}
 
     def logps(indices):
         seqs = [examples[i][0] for i in indices] + [examples[i][1] for i in indices]
@@ -150,59 +187,85 @@ def train_dpo(backend, member: str, pairs: list[dict], s: OptimSettings, beta: f
     def length(i):
         return max(len(examples[i][0][0]), len(examples[i][1][0]))
 
-    def all_logps():
-        """Every pair's log-probs without gradients, in batches of similar lengths (less padding)."""
-        order = sorted(range(len(pairs)), key=length)
-        chosen, rejected = torch.empty(len(pairs), device=device), torch.empty(len(pairs), device=device)
-        with torch.inference_mode():
-            for i in range(0, len(order), 2 * s.micro_batch_size):
-                rows = order[i:i + 2 * s.micro_batch_size]
-                chosen[rows], rejected[rows] = logps(rows)
-        return chosen, rejected
+    batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
+    # a step's gradient is the mean over its pairs whatever their grouping: micro-batch by length (less padding)
+    batches = [sorted(batch, key=length) for batch in batches]
+    micro = [tuple(b[i:i + s.micro_batch_size]) for b in batches for i in range(0, len(b), s.micro_batch_size)]
+    first_epoch = micro[:len(micro) // epochs]  # every pair once
 
+    def no_grad_logps(layouts):
+        with torch.inference_mode():
+            return {rows: logps(list(rows)) for rows in dict.fromkeys(layouts)}
+
+    # The reference is this adapter before any update, computed in exactly the micro-batches the steps use:
+    # in bf16 a sequence's log-prob moves with its batch's padding by about the size of DPO's rewards.
     clock = time.perf_counter()
-    ref_chosen, ref_rejected = all_logps()  # reference = this adapter before any update: once per pair
+    reference = no_grad_logps(micro)
     seconds = {"reference": time.perf_counter() - clock}
 
     def micro_loss(indices, weight):
         chosen, rejected = logps(indices)
-        idx = torch.tensor(indices, device=device)
-        loss, rc, rr = dpo_loss(chosen, rejected, ref_chosen[idx], ref_rejected[idx], beta)
+        ref_chosen, ref_rejected = reference[tuple(indices)]
+        loss, rc, rr = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
         (loss * weight).backward()
         return {"loss": loss.item(), "reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
                 "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
-    batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
-    # a step's gradient is the mean over its pairs whatever their grouping: micro-batch by length (less padding)
-    batches = [sorted(batch, key=length) for batch in batches]
     clock = time.perf_counter()
     history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
     seconds["steps"] = time.perf_counter() - clock
     # One more pass over the pairs after training: did the member learn to prefer the chosen responses?
     clock = time.perf_counter()
-    loss, rc, rr = dpo_loss(*all_logps(), ref_chosen, ref_rejected, beta)
+    after = no_grad_logps(first_epoch)
+    stacked = [torch.cat([d[rows][k] for rows in first_epoch]) for d in (after, reference) for k in (0, 1)]
+    loss, rc, rr = dpo_loss(*stacked, beta)
     seconds["after"] = time.perf_counter() - clock
     return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history, "seconds": seconds,
+            **counts,
             "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
             "after": {"loss": loss.item(), "reward_margin": (rc - rr).mean().item(),
                       "reward_accuracy": (rc > rr).float().mean().item()}}
+
+
+def _encode_pairs(tok, pairs: list[dict], s: OptimSettings):
+    """Each pair's (chosen, rejected) encodings, None for a pair whose prompt does not fit; and the counts of
+    pairs with a response cut short, with a shortened prompt, and left out."""
+    examples, counts = [], {"truncated": 0, "prompt_shortened": 0, "skipped_prompt_too_long": 0}
+    for p in pairs:
+        prompt = p["prompt"][0]["content"]
+        try:
+            chosen, rejected = (encode_truncated(tok, prompt, p[side][0]["content"], s.max_length, s.max_prompt_tokens)
+                                for side in ("chosen", "rejected"))
+        except PromptTooLong:
+            examples.append(None)
+            counts["skipped_prompt_too_long"] += 1
+            continue
+        counts["truncated"] += chosen[2] or rejected[2]
+        counts["prompt_shortened"] += chosen[3]
+        examples.append((chosen[:2], rejected[:2]))
+    return examples, counts
 
 
 def dpo_steps(n_pairs: int, batch_size: int, epochs: int) -> int:
     return epochs * math.ceil(n_pairs / batch_size) if n_pairs else 0
 
 
-def train_sft(backend, member: str, examples: list[tuple[str, str]], s: OptimSettings, steps: int, seed: int,
+def train_sft(slot, member: str, examples: list[tuple[str, str]], s: OptimSettings, steps: int, seed: int,
               progress=None) -> dict:
-    """Supervised fine-tuning of `member`'s adapter on (prompt, response) examples: mean token NLL."""
-    model, params = _prepare(backend, member, seed, "sft")
-    tok = backend.tokenizer(member)
-    encoded = [encode_example(tok, p, r, s.max_length) for p, r in examples]
+    """Supervised fine-tuning of `member`'s adapter (a TrainSlot) on (prompt, response) examples: mean token NLL."""
+    model, params = _prepare(slot, member, seed, "sft")
+    tok = slot.tokenizer
+    encoded = []
+    for p, r in examples:
+        try:
+            encoded.append(encode_example(tok, p, r, s.max_length))
+        except PromptTooLong:  # an example whose prompt alone fills max_length is left out
+            continue
     rng = random.Random(derive_seed(seed, "sft-order", member))
     batches = _batches(len(encoded), s.batch_size, math.ceil(steps * s.batch_size / len(encoded)), rng)[:steps]
 
     def micro_loss(indices, weight):
-        logp, counts = sequence_logprobs(model, [encoded[i] for i in indices], tok.pad_token_id, backend.device)
+        logp, counts = sequence_logprobs(model, [encoded[i] for i in indices], tok.pad_token_id, slot.device)
         loss = -logp.sum() / counts.sum()
         (loss * weight).backward()
         return {"loss": loss.item()}

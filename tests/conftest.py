@@ -25,7 +25,8 @@ def tiny_config(tmp_path, model_cache):
             f"run_dir={run_dir or tmp_path / 'run'}", f"cache_dir={model_cache}", "iterations=2",
             "pool.base=tiny", "pool.members=[a, b, c, d]",
             "data.prompts=self_instruct", "data.prompts_per_iteration=6",
-            "generation.max_new_tokens=12", "generation.batch_size=8", "arena.round_size=4",
+            "generation.max_new_tokens=12", "generation.batch_size=8", "generation.max_prompt_tokens=200",
+            "arena.round_size=4",
             "judge.batch_size=8", "training.max_length=256", "training.lr=0.01",
         ]
         return load_config(None, base + list(overrides))

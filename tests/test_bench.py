@@ -1,7 +1,8 @@
 """The benchmark's side-by-side code runs end to end (on the tiny model; its timings mean nothing here)."""
 
 from bench.authors import matches_for, side_by_side
-from sparta.backend import HFBackend, LoraShape, MemberModel
+from sparta.backends import MemberModel
+from sparta.backends.hf import HFBackend, LoraShape
 from sparta.models import resolve_model
 
 
@@ -16,7 +17,7 @@ def test_authors_shape_and_sparta_process_the_same_duels(tmp_path):
     members = ["w", "x", "y", "z"]
     tiny = resolve_model("tiny", tmp_path / "cache")
     backend = HFBackend([MemberModel(m, tiny, None) for m in members], LoraShape(dropout=0.0), seed=0)
-    result = side_by_side(backend, members, tiny.source, tmp_path / "adapters", n_duels=3, new_tokens=6)
+    result = side_by_side(backend, members, tiny, tmp_path / "adapters", n_duels=3, new_tokens=6)
     # each judged duel: two responses, judged by the two members that did not fight, once per response
     assert result["judged_duels"] >= 1
     assert result["sparta"]["judgments"] == result["authors"]["judgments"] == result["judged_duels"] * 2 * 2
@@ -30,7 +31,8 @@ def test_iteration_benchmark_reads_a_real_run(tmp_path):
 
     assert pool(6).count("expert: math") == 2 and "name: math1" in pool(6)
     small = (f"cache_dir={tmp_path / 'cache'}", "pool.base=tiny", "pool.experts.steps=1", "threads=1",
-             "generation.max_new_tokens=6", "training.max_length=128", "judge.max_prompt_tokens=1024")
+             "generation.max_new_tokens=6", "generation.max_prompt_tokens=120", "training.max_length=128",
+             "judge.max_prompt_tokens=1024")
     point = one_iteration(tmp_path, 4, 2, "medqa", 2, small)
     assert point["judgments"] == 2 * 2 * 2  # 2 duels, 2 responses each, 2 judges
     assert set(point["stages_s"]) >= {"generate", "judge", "reputation", "pairs", "dpo"}
@@ -41,13 +43,15 @@ def test_dpo_section_trains_and_times_both_precisions(tmp_path):
     from bench.run import dpo
 
     members = ["w", "x", "y", "z"]
-    backend = HFBackend([MemberModel(m, resolve_model("tiny", tmp_path / "cache"), None) for m in members],
-                        LoraShape(dropout=0.0), seed=0)
-    result = dpo(backend, members, backend.tokenizer("w"), 3, 8)
+    tiny = resolve_model("tiny", tmp_path / "cache")
+    backend = HFBackend([MemberModel(m, tiny, None) for m in members], LoraShape(dropout=0.0), seed=0)
+    result = dpo(backend, members, backend.tokenizer("w"), tiny, 3, 8)
     assert result["pairs"] >= 1
-    for label in ("fp32", "bf16_autocast"):
+    for label in ("fp32", "bf16"):
         assert set(result[label]["seconds"]) == {"reference", "steps", "after"}
         assert result[label]["loss_after"] > 0
+    # both start from the same adapter (a fresh one: policy = reference), so both first losses are ln 2
+    assert abs(result["bf16"]["loss_first"] - result["fp32"]["loss_first"]) < 1e-6
 
 
 def test_judging_section_scores_the_same_pairs_both_ways(tmp_path):

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from sparta.arena.judging import JUDGE_PROMPT
-from sparta.backend import Generated, HFBackend, MemberModel
+from sparta.backends import Generated, MemberModel
+from sparta.backends.hf import HFBackend
 from sparta.cli import main
 from sparta.config import LoraConfig
 from sparta.evaluation import EvalSettings, Evaluator, bootstrap_ci, evaluate, summarise
@@ -187,9 +188,10 @@ def test_shared_prefix_option_scores_equal_full_sequence_scores(backend):
         conts.append([ids[start:] for ids, _ in enc])
         full += enc
     shared = backend.continuation_logprobs("a", prefixes, conts, batch_size=2)
-    backend.model("a").set_adapter("a")  # score the whole sequences with member a's adapter active
+    model, adapter = backend.adapter("a")
+    model.set_adapter(adapter)  # score the whole sequences with member a's adapter active
     with torch.inference_mode():
-        whole, _ = sequence_logprobs(backend.model("a"), full, tok.pad_token_id, "cpu")
+        whole, _ = sequence_logprobs(model, full, tok.pad_token_id, "cpu")
     assert [x for row in shared for x in row] == pytest.approx(whole.tolist(), abs=1e-4)
 
 
@@ -298,7 +300,7 @@ def test_outside_evaluator_in_a_run_shares_the_loaded_base(tiny_config):
                          "eval.splits=[dev]", "eval.limit=3", "eval.max_new_tokens=6", "eval.evaluator=tiny")
     pipeline = Pipeline(config)
     root = pipeline.run_all().root
-    assert pipeline.backend.loads == 1
+    assert pipeline.store.loads == 1
     for t in (0, 1):
         data = json.loads((root / "eval" / f"iter_{t:02d}" / "com2-dev.json").read_text())
         assert data["evaluator"]["name"] == "tiny" and data["evaluator"]["member"] is False
@@ -307,8 +309,10 @@ def test_outside_evaluator_in_a_run_shares_the_loaded_base(tiny_config):
         assert data["models"]["a"]["member"] and data["models"]["a"]["iteration"] == t
     assert "### com2 (dev, n=3): judged_score (primary)" in (root / "report.md").read_text()
     name = pipeline.outside["tiny"].name
-    ids = pipeline.backend.tokenizer(name)("Is this fine?", add_special_tokens=False)["input_ids"]
-    got = pipeline.backend.next_token_logprobs([name], [ids], [5, 6, 7], last=1, batch_size=1)[0][0]
+    backend = pipeline._load_backend(2)  # the run closed its backend; a new one serves from the same store
+    ids = backend.tokenizer(name)("Is this fine?", add_special_tokens=False)["input_ids"]
+    got = backend.next_token_logprobs([name], [ids], [5, 6, 7], last=1, batch_size=1)[0][0]
+    assert pipeline.store.loads == 1
     plain = AutoModelForCausalLM.from_pretrained(pipeline.outside["tiny"].base.source, dtype=torch.float32)
     with torch.inference_mode():
         want = torch.log_softmax(plain(torch.tensor([ids])).logits[0, -1].float(), -1)[[5, 6, 7]].tolist()
@@ -339,12 +343,13 @@ def test_sparta_eval_scores_and_judges_with_model_specs(tiny_config, tmp_path, c
     assert "'nosuch' is neither a pool member (a, b, c, d) nor a model spec" in err
 
 
-def test_outside_model_after_the_pool_is_loaded_is_refused(tiny_config):
-    """HFBackend takes its models when it is built: a spec named later is an error, not a silent second load."""
+def test_outside_model_named_after_the_pool_is_loaded_shares_its_base(tiny_config):
+    """A spec named once the pool is loaded joins it through set_pool: the pool's base is not loaded again."""
     from sparta.pipeline import Pipeline
 
     pipeline = Pipeline(tiny_config())
-    pipeline.backend = object()  # as after a load
-    with pytest.raises(RuntimeError, match="'tiny:2' must be named before the pool is loaded"):
-        pipeline._outside_name("tiny:2")
-    assert pipeline._evaluator_name("b") is None  # a member needs no registration
+    pipeline.prepare()
+    backend = pipeline._load_backend(1)
+    name = pipeline._outside_name("tiny")  # pool.base
+    assert pipeline._load_backend(1) is backend and backend.loads == 1
+    assert name in backend.base_of and pipeline._evaluator_name("b") is None  # a member needs no registration

@@ -7,7 +7,8 @@ import pytest
 from sparta.arena.combat import ArenaSettings, Match, run_round
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, aggregate, expected_score, judge_messages, parse_judgment
 from sparta.arena.reputation import EloParams, initial_state
-from sparta.backend import Generated, HFBackend, LoraShape, MemberModel
+from sparta.backends import Generated, MemberModel
+from sparta.backends.hf import HFBackend, LoraShape
 from sparta.chat import encode_chat
 from sparta.models import resolve_model
 from sparta.records import Prompt

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
-ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "mixed_lora", "backend",
+ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "mixed_lora", "backends",
          "arena", "pairs", "training", "experts", "evaluation", "report", "pipeline", "cli"]
 
 

@@ -7,7 +7,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from sparta.backend import TopP
+from sparta.backends.hf import TopP
 from sparta.mixed_lora import row_lora
 from sparta.models import resolve_model
 
@@ -107,14 +107,16 @@ def test_top_p_rejects_impossible_settings():
 def test_grouped_logprobs_equal_scoring_each_prompt_whole(tmp_path):
     """Shared-prefix judging (one prefix pass, its cache copied per prompt) gives next_token_logprobs' numbers,
     with mixed adapters, groups of 1-3 prompts and prefixes of different lengths."""
-    from sparta.backend import HFBackend, LoraShape, MemberModel
+    from sparta.backends import MemberModel
+    from sparta.backends.hf import HFBackend, LoraShape
 
     backend = HFBackend([MemberModel(m, resolve_model("tiny:5", tmp_path), None) for m in ("jx", "jy")],
                         LoraShape(dropout=0.0), seed=0)
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, p in backend.model("jx").named_parameters():
-            if "lora_B" in name:
+        model, jx = backend.adapter("jx")
+        for name, p in model.named_parameters():
+            if "lora_B" in name and f".{jx}." in name:
                 p.normal_(std=0.3)
     stem = torch.randint(3, 60, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     groups = [[stem[:20] + [5, 6, 7, 8], stem[:20] + [9, 10, 11, 12, 13, 14]],

@@ -146,7 +146,7 @@ def test_heterogeneous_pool_loads_each_base_once(tiny_config, tmp_path):
                          "iterations=1", "data.prompts_per_iteration=3", "arena.k=1")
     pipeline = Pipeline(config)
     root = pipeline.run_all().root
-    assert pipeline.backend.loads == 2  # two distinct bases, three members
+    assert pipeline.store.loads == 2  # two distinct bases, three members
     duels = read_jsonl(root / "iter_01" / "combat.jsonl")
     assert len(duels) == 3 and all(len(d["judgments"]) == 2 for d in duels)
 
@@ -226,3 +226,57 @@ def test_initial_reputations_evaluate_dev_when_missing(tiny_config):
 def test_initial_reputations_reject_bad_tasks(tiny_config, value, message):
     with pytest.raises((ValueError, KeyError), match=message):
         Pipeline(tiny_config(f"reputation.initial={value}")).check()
+
+
+def test_resume_with_new_eval_keys_reads_each_iterations_own_adapters(tiny_config, tmp_path):
+    """A finished run resumed with `eval` changed (allowed) and more iterations: every stage loads the pool as it
+    stands at its iteration. The eval files and the new iteration equal those of a run that had the settings
+    from the start (a backend cached with the initial adapters evaluated and trained from those instead)."""
+    evals = ["eval.tasks=[medqa]", "eval.splits=[dev]", "eval.limit=2", "eval.max_new_tokens=4"]
+    straight = tiny_config("iterations=3", *evals, run_dir=tmp_path / "straight")
+    run_to_end(straight)
+    resumed = tmp_path / "resumed"
+    run_to_end(tiny_config(run_dir=resumed))  # two iterations, no evaluation
+    run_to_end(tiny_config("iterations=3", *evals, run_dir=resumed))
+    assert_same(snapshot(tmp_path / "straight", iterations=3), snapshot(resumed, iterations=3))
+    for t in range(4):
+        name = f"eval/iter_{t:02d}/medqa-dev.json"
+        got, want = (json.loads((root / name).read_text())["results"] for root in (resumed, tmp_path / "straight"))
+        for m in "abcd":
+            assert got[m]["examples"] == want[m]["examples"], (t, m)
+
+
+def test_out_of_memory_stops_the_run_and_keeps_finished_rounds(reference_run, tiny_config, tmp_path, monkeypatch):
+    """OOM is not a failed duel: the run stops with the error, the journaled rounds stay, and a resume completes
+    with the results of an uninterrupted run."""
+    from sparta.backends.hf import HFBackend
+
+    _, reference_root = reference_run
+    config = tiny_config(run_dir=tmp_path / "oom")
+    real, calls = HFBackend._generate_batch, []
+
+    def second_batch_ooms(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFBackend, "_generate_batch", second_batch_ooms)
+    with pytest.raises(torch.OutOfMemoryError):
+        run_to_end(config)
+    it = tmp_path / "oom" / "iter_01"
+    assert len(read_jsonl(it / "combat.jsonl")) == 4  # round 0 (4 duels) journaled; round 1 died
+    assert not (it / "done" / "combat").exists()
+    monkeypatch.setattr(HFBackend, "_generate_batch", real)
+    run_to_end(config)
+    assert_same(snapshot(reference_root), snapshot(tmp_path / "oom"))
+
+
+def test_an_iteration_whose_every_generation_failed_stops_loudly(tiny_config, tmp_path):
+    from sparta.backends import BackendError
+
+    config = tiny_config("generation.max_new_tokens=2100", "training.max_length=2400",
+                         "judge.max_prompt_tokens=2400", run_dir=tmp_path / "allfail")
+    with pytest.raises(BackendError, match="all 12 generations of the iteration failed .*context window"):
+        run_to_end(config)
+    assert not (tmp_path / "allfail" / "iter_01" / "done" / "combat").exists()

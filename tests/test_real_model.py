@@ -15,7 +15,7 @@ def test_one_iteration_on_smollm2(tiny_config, tmp_path):
                          "generation.max_new_tokens=24", "training.lr=5e-5")
     pipeline = Pipeline(config)
     root = pipeline.run_all().root
-    assert pipeline.backend.loads == 1  # three members, one loaded base
+    assert pipeline.store.loads == 1  # three members, one loaded base (inference and training share it)
     duels = read_jsonl(root / "iter_01" / "combat.jsonl")
     assert len(duels) == 3
     for d in duels:

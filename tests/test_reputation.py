@@ -229,3 +229,12 @@ def test_bad_inputs_raise():
         EloParams(sigma_min=0.0)
     # Failed calls change nothing.
     assert st.n_updates == 0 and st.ratings == {"a": 100.0, "b": 100.0}
+
+
+def test_accuracy_initialised_ratings_respect_the_floor():
+    """initial_rating 30, floor 10, accuracies 0, 1, 1, 1 (mean 0.75, pstdev 0.4330127): the low member's z-score
+    rating is 30 + 20 * (0 - 0.75) / 0.4330127 = 30 - 34.64 = -4.64, held at the floor, 10."""
+    params = EloParams(initial_rating=30.0, floor=10.0)
+    state = initial_state(list("abcd"), params, {"a": 0.0, "b": 1.0, "c": 1.0, "d": 1.0})
+    assert state.ratings["a"] == 10.0
+    assert state.ratings["b"] == pytest.approx(30 + 20 * 0.25 / 0.4330127, abs=1e-5)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
+from contextlib import contextmanager
 
 import pytest
 import torch
 
-from sparta.backend import HFBackend, LoraShape, MemberModel
+from sparta.backends import MemberModel
+from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore, TrainSlot
 from sparta.models import ResolvedModel, resolve_model
 from sparta.training import OptimSettings, dpo_loss, dpo_steps, encode_example, sequence_logprobs, train_dpo, train_sft
 
@@ -57,29 +58,36 @@ PAIRS = [
 ]
 
 
-def backend(tiny, names=("a", "b", "c"), seed: int = 7, **lora) -> HFBackend:
-    return HFBackend([MemberModel(n, tiny, None) for n in names], LoraShape(**lora), seed=seed, device="cpu")
+def trainer(tiny, seed: int = 7, store: ModelStore | None = None, **lora) -> HFTrainer:
+    return HFTrainer(LoraShape(**lora), seed, store or ModelStore("cpu"))
 
 
-def snapshot(be: HFBackend, member: str) -> dict[str, torch.Tensor]:
+@contextmanager
+def slot(tiny, name: str = "a", adapter_dir=None, seed: int = 7, store: ModelStore | None = None, **lora):
+    """A trainable copy of member `name`'s adapter on the tiny base (its own store unless one is given)."""
+    with trainer(tiny, seed, store, **lora).slot(MemberModel(name, tiny, adapter_dir)) as s:
+        yield s
+
+
+def snapshot(s: TrainSlot) -> dict[str, torch.Tensor]:
     """Every parameter of the shared PEFT model (base and all adapters), cloned."""
-    return {n: p.detach().clone() for n, p in be.model(member).named_parameters()}
+    return {n: p.detach().clone() for n, p in s.model.named_parameters()}
 
 
-def changed(be: HFBackend, member: str, before: dict[str, torch.Tensor]) -> set[str]:
-    return {n for n, p in be.model(member).named_parameters() if not torch.equal(p, before[n])}
+def changed(s: TrainSlot, before: dict[str, torch.Tensor]) -> set[str]:
+    return {n for n, p in s.model.named_parameters() if not torch.equal(p, before[n])}
 
 
-def lora_names(be: HFBackend, member: str) -> set[str]:
-    return {n for n, _ in be.adapter_parameters(member)}
+def lora_names(s: TrainSlot) -> set[str]:
+    return {n for n, p in s.model.named_parameters() if any(p is q for q in s.parameters())}
 
 
-def perturb_adapter(be: HFBackend, member: str, seed: int, scale: float = 0.5) -> None:
-    """Give the member's (zero-initialised) LoRA B matrices random values, so the adapter is not a no-op."""
+def perturb_adapter(s: TrainSlot, seed: int, scale: float = 0.5) -> None:
+    """Give the slot's (zero-initialised) LoRA B matrices random values, so the adapter is not a no-op."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for n, p in be.adapter_parameters(member):
-            if "lora_B" in n:
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n and any(p is q for q in s.parameters()):
                 p.add_(scale * torch.randn(p.shape, generator=g))
 
 
@@ -91,12 +99,11 @@ def hand_logprob(model, ids: list[int], start: int) -> float:
     return sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
 
 
-def mean_nll(be: HFBackend, member: str, examples: list[tuple[list[int], int]]) -> float:
-    model = be.model(member)
-    model.set_adapter(member)
-    model.eval()
+def mean_nll(s: TrainSlot, examples: list[tuple[list[int], int]]) -> float:
+    s.model.set_adapter(s.adapter)
+    s.model.eval()
     with torch.no_grad():
-        logp, counts = sequence_logprobs(model, examples, be.tokenizer(member).pad_token_id, "cpu")
+        logp, counts = sequence_logprobs(s.model, examples, s.tokenizer.pad_token_id, "cpu")
     return (-logp.sum() / counts.sum()).item()
 
 
@@ -213,14 +220,14 @@ def test_dpo_loss_by_hand():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# 3. train_dpo on the backend
+# 3. train_dpo on a trainable slot
 
 
 def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
     import sparta.training as training
 
-    be = backend(tiny)
-    before = snapshot(be, "a")
+    store = ModelStore("cpu")
+    be = HFBackend([MemberModel(n, tiny, None) for n in "abc"], LoraShape(), seed=7, store=store)
     calls: list[tuple[bool, list[tuple[int, ...]]]] = []
 
     def counting(model, examples, pad_id, device):
@@ -229,9 +236,16 @@ def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
 
     monkeypatch.setattr(training, "sequence_logprobs", counting)
     s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
-    metrics = train_dpo(be, "a", PAIRS, s, beta=BETA, epochs=2, seed=3)
+    with slot(tiny, "a", store=store) as sl:
+        assert store.loads == 1  # training shares the inference backend's loaded base
+        before = snapshot(sl)
+        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=2, seed=3)
+        moved = changed(sl, before)
+        trained = lora_names(sl)
+        assert sl.model.training is False  # back in eval mode
 
     assert metrics["pairs"] == 4 and metrics["steps"] == dpo_steps(4, 2, 2) == 4
+    assert metrics["truncated"] == 0 and metrics["skipped_prompt_too_long"] == 0
     assert len(metrics["history"]) == 4
     assert {"loss", "reward_margin", "reward_accuracy", "grad_norm", "lr"} <= set(metrics["history"][0])
     # policy == reference at step one (fresh adapter = base), so the first loss is -log sigmoid(0) = ln 2
@@ -241,6 +255,7 @@ def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
     assert metrics["after"]["loss"] < metrics["loss_first"] and metrics["after"]["reward_margin"] > 0
 
     # the reference: one inference-mode pass over every (pair, side) sequence, exactly once, before any update
+    # (both epochs use one-pair micro-batches here, so each layout is computed once)
     tok = be.tokenizer("a")
     every = sorted(tuple(encode_example(tok, p["prompt"][0]["content"], p[side][0]["content"], s.max_length)[0])
                    for p in PAIRS for side in ("chosen", "rejected"))
@@ -250,56 +265,100 @@ def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
     assert all(c[0] for c in reference + after)  # no-grad passes: the reference before, the evaluation after
     assert sorted(seq for _, seqs in reference for seq in seqs) == every  # the reference: each sequence once
     assert sorted(seq for _, seqs in after for seq in seqs) == every
-    trained = [c for c in calls if not c[0]]
-    assert len(trained) == 4 * 2  # 4 steps x 2 micro-batches of one pair (chosen + rejected)
-    assert all(len(seqs) == 2 for _, seqs in trained)
+    steps = [c for c in calls if not c[0]]
+    assert len(steps) == 4 * 2  # 4 steps x 2 micro-batches of one pair (chosen + rejected)
+    assert all(len(seqs) == 2 for _, seqs in steps)
 
-    # only the trained member's LoRA tensors moved; the base and the other members are bit-identical
-    moved = changed(be, "a", before)
-    assert moved and moved <= lora_names(be, "a")
+    # only the trained copy's LoRA tensors moved; the base and the inference slots are bit-identical
+    assert moved and moved <= trained
     assert any("lora_B" in n for n in moved)
-    assert not (moved & (lora_names(be, "b") | lora_names(be, "c")))
-    assert be.model("a").training is False  # back in eval mode
+    assert not any(n.split("lora_B.")[-1].startswith(("a__", "b__", "c__")) for n in moved)
 
 
 def test_train_dpo_first_step_is_ln2_for_a_trained_adapter(tiny):
     """DPO runs without LoRA dropout (as trl does), so policy == reference at step one even for a trained adapter."""
-    be = backend(tiny)  # default LoraShape: dropout 0.05
-    perturb_adapter(be, "a", seed=0)
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0)
-    metrics = train_dpo(be, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
+    with slot(tiny) as sl:  # default LoraShape: dropout 0.05
+        perturb_adapter(sl, seed=0)
+        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0)
+        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
     assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
 
 
-def test_train_dpo_first_step_is_ln2_for_a_trained_adapter_without_dropout(tiny):
-    """The same rule holds once LoRA dropout is off: the reference is the adapter as it was at the start."""
-    be = backend(tiny, dropout=0.0)
-    perturb_adapter(be, "a", seed=0)
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0)
-    metrics = train_dpo(be, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
-    assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
+def test_train_dpo_first_step_is_exactly_ln2_in_bfloat16(tiny):
+    """In bf16 a sequence's log-prob moves with the padding of its batch; the reference is computed in the very
+    micro-batches the steps use, so at step one policy and reference agree bit for bit (loss = ln 2)."""
+    store = ModelStore("cpu", dtype="bfloat16")
+    with slot(tiny, store=store, dropout=0.0) as sl:
+        perturb_adapter(sl, seed=0)
+        # micro-batches of 2 pairs of different lengths: the reference used to run in other batches
+        s = OptimSettings(lr=1e-2, batch_size=4, micro_batch_size=2, warmup_ratio=0.0)
+        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
+    assert metrics["history"][0]["reward_margin"] == 0.0
+    assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-7)
+
+
+def test_dpo_cuts_an_over_long_response_from_its_end_and_never_splices(tiny, tiny_tok):
+    """An over-long pair: the response is cut from its end (no " [...] " spliced into it); an over-long prompt is
+    shortened in its content as combat shortened it, the same for chosen and rejected whatever their lengths;
+    a prompt over max_length is left out. Each case is counted."""
+    from sparta.chat import ELLIPSIS
+    from sparta.training import encode_truncated
+
+    prompt, long = "Tell me a story.", "Once upon a time " * 40
+    ids, start, cut, shortened = encode_truncated(tiny_tok, prompt, long, 120)
+    full, full_start, _, _ = encode_truncated(tiny_tok, prompt, long, 10**6)
+    assert cut and not shortened and len(ids) == 120 and start == full_start and ids == full[:120]
+    assert ELLIPSIS.strip() not in tiny_tok.decode(ids)
+    chosen = encode_truncated(tiny_tok, "x" * 300, "a", 120)
+    rejected = encode_truncated(tiny_tok, "x" * 300, "b" * 200, 120)
+    assert chosen[3] and rejected[2] and chosen[0][:chosen[1]] == rejected[0][:rejected[1]]  # one prompt for both
+    assert chosen[1] <= 60 and tiny_tok.decode(chosen[0]).endswith("<|im_start|>assistant\na<|im_end|>\n")
+    pairs = [conversation(prompt, long, "No."), conversation("x" * 300, "a", "b"), *PAIRS[:2]]
+    with slot(tiny) as sl:
+        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, max_length=120)
+        metrics = train_dpo(sl, "a", pairs, s, beta=BETA, epochs=1, seed=3)
+        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, max_length=120, max_prompt_tokens=200)
+        left_out = train_dpo(sl, "a", pairs, s, beta=BETA, epochs=1, seed=3)
+    assert metrics["pairs"] == 4 and metrics["truncated"] == 1 and metrics["prompt_shortened"] == 1
+    assert left_out["pairs"] == 3 and left_out["skipped_prompt_too_long"] == 1
+
+
+def test_training_leaves_inference_slots_alone_until_set_pool(tiny, tmp_path):
+    """Inference answers from directories: a trained, saved adapter is served only once set_pool names it."""
+    store = ModelStore("cpu")
+    be = HFBackend([MemberModel(n, tiny, None) for n in "abc"], LoraShape(), seed=7, store=store)
+    prompt = [be.tokenizer("a").encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")]
+    before = be.next_token_logprobs(["a"], prompt, list(range(8)), last=1, batch_size=1)
+    with slot(tiny, "a", store=store) as sl:
+        perturb_adapter(sl, seed=2)
+        sl.save(tmp_path / "a")
+    assert be.next_token_logprobs(["a"], prompt, list(range(8)), last=1, batch_size=1) == before
+    be.set_pool([MemberModel("a", tiny, tmp_path / "a")])
+    after = be.next_token_logprobs(["a"], prompt, list(range(8)), last=1, batch_size=1)
+    assert after != before
+    be.set_pool([MemberModel("a", tiny, None)])  # back to a fresh adapter: the base's own outputs again
+    assert be.next_token_logprobs(["a"], prompt, list(range(8)), last=1, batch_size=1) == before
+    assert store.loads == 1
 
 
 # Member names may look like module-path segments ("mlp", "0", "layers"): adapter lookup must be exact.
 
 
-def test_adapter_parameters_is_exact_for_a_member_named_like_a_module(tiny):
-    be = backend(tiny, names=("mlp", "b", "c"))
-    assert len(be.adapter_parameters("mlp")) == len(be.adapter_parameters("b"))
-
-
-def test_load_adapter_weights_for_a_member_named_like_a_module(tiny, tmp_path):
-    be = backend(tiny, names=("mlp", "b", "c"))
-    be.save_adapter("mlp", tmp_path / "mlp")
-    be.load_adapter_weights("mlp", tmp_path / "mlp")  # raised "lacks weights" when lookup matched by substring
+def test_adapter_parameters_are_exact_for_a_member_named_like_a_module(tiny, tmp_path):
+    store = ModelStore("cpu")
+    with slot(tiny, "mlp", store=store) as mlp:
+        with trainer(tiny, store=store).slot(MemberModel("b", tiny, None)) as b:
+            assert len(mlp.parameters()) == len(b.parameters()) > 0
+            mlp.save(tmp_path / "mlp")
+    HFBackend([MemberModel("mlp", tiny, tmp_path / "mlp")], LoraShape(), seed=0, store=store)  # loads cleanly
 
 
 def test_train_dpo_without_pairs_does_nothing(tiny):
-    be = backend(tiny)
-    before = snapshot(be, "a")
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2)
-    assert train_dpo(be, "a", [], s, beta=BETA, epochs=2, seed=3) == {"member": "a", "pairs": 0, "steps": 0}
-    assert not changed(be, "a", before)
+    with slot(tiny) as sl:
+        before = snapshot(sl)
+        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2)
+        assert train_dpo(sl, "a", [], s, beta=BETA, epochs=2, seed=3) == {"member": "a", "pairs": 0, "steps": 0}
+        assert not changed(sl, before)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -307,23 +366,21 @@ def test_train_dpo_without_pairs_does_nothing(tiny):
 
 
 def test_train_sft_lowers_nll_and_trains_only_its_adapter(tiny):
-    be = backend(tiny)
     examples = [("Say hi.", "hi there"), ("What is 2+2?", "4"), ("Name a colour.", "Blue."),
                 ("Capital of France?", "Paris")]
-    tok = be.tokenizer("b")
-    encoded = [encode_example(tok, p, r, 512) for p, r in examples]
-    nll_before = mean_nll(be, "b", encoded)
-    before = snapshot(be, "b")
-
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.1)
-    metrics = train_sft(be, "b", examples, s, steps=10, seed=5)
-
+    store = ModelStore("cpu")
+    HFBackend([MemberModel(n, tiny, None) for n in "ac"], LoraShape(), seed=7, store=store)
+    with slot(tiny, "b", store=store) as sl:
+        encoded = [encode_example(sl.tokenizer, p, r, 512) for p, r in examples]
+        nll_before = mean_nll(sl, encoded)
+        before = snapshot(sl)
+        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.1)
+        metrics = train_sft(sl, "b", examples, s, steps=10, seed=5)
+        nll_after = mean_nll(sl, encoded)
+        moved, mine = changed(sl, before), lora_names(sl)
     assert metrics["steps"] == 10 and len(metrics["history"]) == 10
-    nll_after = mean_nll(be, "b", encoded)
     assert nll_after < nll_before - 0.05, (nll_before, nll_after)
-    moved = changed(be, "b", before)
-    assert moved and moved <= lora_names(be, "b")
-    assert not (moved & (lora_names(be, "a") | lora_names(be, "c")))
+    assert moved and moved <= mine
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -334,50 +391,44 @@ def test_train_dpo_is_deterministic(tiny):
     s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1)
     runs = []
     for _ in range(2):
-        be = backend(tiny, seed=11)
-        metrics = train_dpo(be, "c", PAIRS, s, beta=BETA, epochs=2, seed=9)
-        runs.append((metrics["history"], {n: p.detach().clone() for n, p in be.adapter_parameters("c")}))
+        with slot(tiny, "c", seed=11) as sl:
+            metrics = train_dpo(sl, "c", PAIRS, s, beta=BETA, epochs=2, seed=9)
+            runs.append((metrics["history"], [p.detach().clone() for p in sl.parameters()]))
     (history1, weights1), (history2, weights2) = runs
     assert history1 == history2
-    assert weights1.keys() == weights2.keys() and weights1
-    assert all(torch.equal(weights1[n], weights2[n]) for n in weights1)
-    assert any(torch.count_nonzero(w) for n, w in weights1.items() if "lora_B" in n)  # it did train
+    assert len(weights1) == len(weights2) > 0
+    assert all(torch.equal(w1, w2) for w1, w2 in zip(weights1, weights2))
+    assert any(torch.count_nonzero(w) for w in weights1[1::2])  # it did train (lora_B moved)
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # 6. save / load
 
 
-def logits(be: HFBackend, member: str, ids: torch.Tensor) -> torch.Tensor:
-    model = be.model(member)
-    model.set_adapter(member)
+def logits(model, adapter: str, ids: torch.Tensor) -> torch.Tensor:
+    model.set_adapter(adapter)
     model.eval()
     with torch.no_grad():
         return model(input_ids=ids).logits
 
 
 def test_save_then_load_adapter_restores_outputs(tiny, tmp_path):
-    be = backend(tiny)
-    perturb_adapter(be, "a", seed=1)
-    ids = torch.tensor([encode_example(be.tokenizer("a"), "What is 2+2?", "4", 512)[0]])
-    out_a = logits(be, "a", ids)
-    assert not torch.allclose(out_a, logits(be, "b", ids))  # the perturbation shows in the outputs
-
     target = tmp_path / "adapters" / "a"
-    be.save_adapter("a", target)
-    be.save_adapter("a", target)  # overwriting an existing adapter goes through the same temp dir
+    with slot(tiny) as sl:
+        ids = torch.tensor([encode_example(sl.tokenizer, "What is 2+2?", "4", 512)[0]])
+        fresh_out = logits(sl.model, sl.adapter, ids)
+        perturb_adapter(sl, seed=1)
+        out_a = logits(sl.model, sl.adapter, ids)
+        assert not torch.allclose(out_a, fresh_out)  # the perturbation shows in the outputs
+        sl.save(target)
+        sl.save(target)  # overwriting an existing adapter goes through the same temp dir
     assert sorted(p.name for p in target.parent.iterdir()) == ["a"]  # no `.a.tmp` left behind
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in target.iterdir()}
 
-    c_before = {n: p.detach().clone() for n, p in be.adapter_parameters("c")}
-    be.load_adapter_weights("b", target)
-    assert torch.equal(logits(be, "b", ids), out_a)
-    weights_a = {n.replace(".a.", "."): p for n, p in be.adapter_parameters("a")}
-    weights_b = {n.replace(".b.", "."): p for n, p in be.adapter_parameters("b")}
-    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[n], weights_b[n]) for n in weights_a)
-    assert all(torch.equal(p, c_before[n]) for n, p in be.adapter_parameters("c"))
-
-    # the directory is PEFT's on-disk format: a fresh backend can start a member from it
-    fresh = HFBackend([MemberModel("x", tiny, Path(target)), MemberModel("y", tiny, None)], LoraShape(), seed=0,
-                      device="cpu")
-    torch.testing.assert_close(logits(fresh, "x", ids), out_a, rtol=0, atol=1e-6)
+    # the directory is PEFT's on-disk format: a backend serves it, and a trainer starts from it
+    be = HFBackend([MemberModel("x", tiny, target), MemberModel("y", tiny, None)], LoraShape(), seed=0,
+                   device="cpu")
+    base = be.bases[tiny.fingerprint]
+    torch.testing.assert_close(logits(base.model, base.slots["x"][0], ids), out_a, rtol=0, atol=1e-6)
+    with slot(tiny, "x", adapter_dir=target) as again:
+        torch.testing.assert_close(logits(again.model, again.adapter, ids), out_a, rtol=0, atol=1e-6)

@@ -10,6 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from itertools import groupby
 
+from ..backends import Failure
 from ..chat import PromptTooLong, encode_chat
 from ..records import Duel, Judgment, Prompt, Response
 from .judging import ANSWER_PREFIX, ScoreTokens, aggregate, expected_score, judge_messages, parse_judgment
@@ -137,6 +138,9 @@ def _logprob_scores(backend, judges, prompts, duel_judge, s: ArenaSettings, tick
                                                   progress=tick)
         for g, group_lps in zip(mine, lps):
             for i, lp in zip(g, group_lps):
+                if isinstance(lp, Failure):  # a remote backend could not score it: a failed judgment
+                    results[i] = (None, "failed", lp.error)
+                    continue
                 dist = tokens[judges[i]].distribution(lp)
                 results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
     return results

@@ -112,7 +112,8 @@ def _zscored(acc: dict[str, float], params: EloParams) -> dict[str, float]:
     if std == 0.0:  # all equal (or a single member): nothing to rank, start fair
         return {name: params.initial_rating for name in acc}
     scale = ACCURACY_STD / std
-    return {name: params.initial_rating + scale * (x - mean) for name, x in acc.items()}
+    # the floor binds from the start too (a low initial_rating with a wide spread would go under it)
+    return {name: max(params.floor, params.initial_rating + scale * (x - mean)) for name, x in acc.items()}
 
 
 def phi(z: float) -> float:

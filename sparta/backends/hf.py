@@ -1,8 +1,9 @@
 """The Hugging Face backend: each distinct base model loaded once, every member a named LoRA adapter on it.
 
-A batch may mix adapters row by row (sparta.mixed_lora), so generation and judging are
-batched across members that share a base. Training switches the active adapter and touches only its
-parameters. Works on CPU and GPU; heterogeneous pools get one loaded base per distinct model.
+A batch may mix adapters row by row (sparta.mixed_lora), so generation and judging are batched across
+members that share a base. `ModelStore` holds the loaded bases of a process; `HFBackend` (inference) and
+`HFTrainer` (training) share it, so a CPU run loads each base once. Training works on its own trainable copy
+of a member's adapter and writes it to disk; inference slots change only through `set_pool`, from directories.
 """
 
 from __future__ import annotations
@@ -17,90 +18,169 @@ from pathlib import Path
 
 import torch
 
-from .config import LoraConfig as LoraShape
-from .mixed_lora import row_lora
-from .models import ResolvedModel
-from .seeding import derive_seed
+from ..config import LoraConfig as LoraShape
+from ..mixed_lora import row_lora
+from ..models import ResolvedModel
+from ..seeding import derive_seed
+from . import Generated, MemberModel, context_error
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class MemberModel:
-    name: str
-    base: ResolvedModel
-    adapter_dir: Path | None  # None: a fresh LoRA adapter (identical to the base until trained)
+# generation settings a model may ship in generation_config.json that change which tokens come out
+_SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "repetition_penalty",
+                  "no_repeat_ngram_size", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+                  "sequence_bias", "epsilon_cutoff", "eta_cutoff", "min_length", "min_new_tokens")
 
 
-@dataclass(frozen=True)
-class Generated:
-    text: str | None
-    n_tokens: int = 0
-    finish_reason: str = ""
-    error: str | None = None
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`model.dtype`: float32, bfloat16, or auto (bf16 on a GPU that supports it, else fp32)."""
+    if name == "auto":
+        cuda = device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
 class _Base:
-    """One loaded base model with its members' adapters."""
+    """One loaded base model and the LoRA adapters on it (PEFT names; a member's slot may be replaced)."""
 
-    def __init__(self, resolved: ResolvedModel, device: str):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def __init__(self, resolved: ResolvedModel, device: str, dtype: torch.dtype, attn_implementation: str | None,
+                 device_map: str | None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        if device_map:
+            extra["device_map"] = device_map
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(resolved.source)
-            model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=dtype, **extra)
         except OSError as e:
             raise RuntimeError(f"could not load model {resolved.spec!r} from {resolved.source}: {e}") from None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.base = model.to(device)
+        self.base = model if device_map else model.to(device)
+        self.device = self.base.get_input_embeddings().weight.device
+        self.dtype = dtype
         self.model = None  # the PeftModel, created with the first adapter
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         self.eos_ids.add(self.tokenizer.eos_token_id)
+        self.window = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
+        # generate() fills every setting we leave unset from the model's generation_config (Qwen2.5 ships
+        # temperature 0.7, top_p 0.8, repetition_penalty 1.05): keep only the special tokens, so sparta's
+        # settings are the only ones that apply
+        shipped = {k: v for k, v in model.generation_config.to_diff_dict().items() if k in _SAMPLING_KEYS}
+        if shipped:
+            log.info("%s: ignoring the model's own generation defaults %s", resolved.spec, shipped)
+        model.generation_config = GenerationConfig(bos_token_id=model.generation_config.bos_token_id,
+                                                   eos_token_id=sorted(self.eos_ids),
+                                                   pad_token_id=self.tokenizer.pad_token_id)
+        self.slots: dict[str, tuple[str, Path | None]] = {}  # member -> (PEFT adapter name, directory)
+        self._stale: list[str] = []  # adapters replaced or dropped, deleted by _sweep
+        self._version = 0
 
-    def add_adapter(self, name: str, adapter_dir: Path | None, lora: LoraShape, seed: int) -> None:
+    def put(self, member: str, adapter_dir: Path | None, lora: LoraShape, seed: int, trainable: bool = False) -> str:
+        """Load `adapter_dir` (None: a fresh adapter seeded by `seed`) as member's adapter, replacing the one it
+        had unless it came from the same directory. Returns the PEFT adapter name."""
         from peft import LoraConfig, PeftModel, get_peft_model
 
+        adapter_dir = Path(adapter_dir).resolve() if adapter_dir is not None else None
+        old = self.slots.get(member)
+        if old is not None and old[1] == adapter_dir and not trainable:
+            return old[0]
+        self._version += 1
+        name = f"{member}__v{self._version}"  # a new name: the old adapter stays usable until replaced
         torch.manual_seed(seed)  # LoRA A matrices start random: seed them so runs repeat
         if adapter_dir is not None:
-            if not (Path(adapter_dir) / "adapter_config.json").exists():
-                raise FileNotFoundError(f"adapter for member {name!r}: {adapter_dir} has no adapter_config.json")
+            if not (adapter_dir / "adapter_config.json").exists():
+                raise FileNotFoundError(f"adapter for member {member!r}: {adapter_dir} has no adapter_config.json")
             if self.model is None:
                 self.model = PeftModel.from_pretrained(self.base, str(adapter_dir), adapter_name=name,
-                                                       is_trainable=True)
+                                                       is_trainable=trainable)
             else:
-                self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=True)
-            return
-        config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                            target_modules="all-linear", task_type="CAUSAL_LM")
-        if self.model is None:
-            self.model = get_peft_model(self.base, config, adapter_name=name)
+                self.model.load_adapter(str(adapter_dir), adapter_name=name, is_trainable=trainable)
         else:
-            self.model.add_adapter(name, config)
+            config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                target_modules="all-linear", task_type="CAUSAL_LM")
+            if self.model is None:
+                self.model = get_peft_model(self.base, config, adapter_name=name)
+            else:
+                self.model.add_adapter(name, config)
+        self.model.eval()
+        self.slots[member] = (name, adapter_dir)
+        if old is not None:
+            self._stale.append(old[0])
+        self._sweep()
+        return name
+
+    def drop(self, member: str) -> None:
+        self._stale.append(self.slots.pop(member)[0])
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Delete replaced adapters, but never the last one: PEFT reads the active adapter's config when an adapter
+        is added, and a PeftModel whose adapters were all deleted still names a deleted one."""
+        for name in list(self._stale):
+            if len(self.model.peft_config) > 1:
+                self.model.delete_adapter(name)
+                self._stale.remove(name)
+        if self.model.active_adapter not in self.model.peft_config:
+            self.model.set_adapter(next(iter(self.model.peft_config)))
+
+
+class ModelStore:
+    """The base models loaded in this process, one per distinct fingerprint."""
+
+    def __init__(self, device: str | None = None, dtype: str = "float32", attn_implementation: str | None = None,
+                 device_map: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.attn_implementation, self.device_map = attn_implementation, device_map
+        self.bases: dict[str, _Base] = {}
+        self.loads = 0  # how many base models were loaded (tests check: one per distinct base)
+
+    def get(self, resolved: ResolvedModel) -> _Base:
+        if resolved.fingerprint not in self.bases:
+            self.bases[resolved.fingerprint] = _Base(resolved, self.device, self.dtype, self.attn_implementation,
+                                                     self.device_map)
+            self.loads += 1
+        return self.bases[resolved.fingerprint]
 
 
 class HFBackend:
-    def __init__(self, members: list[MemberModel], lora: LoraShape, seed: int, device: str | None = None):
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.bases: dict[str, _Base] = {}
+    """Inference (sparta.backends.InferenceBackend) on models loaded in this process."""
+
+    def __init__(self, members: list[MemberModel], lora: LoraShape, seed: int, device: str | None = None, *,
+                 store: ModelStore | None = None):
+        self.store = store or ModelStore(device)
+        self.device = self.store.device
+        self.lora, self.seed = lora, seed
         self.base_of: dict[str, str] = {}
-        self.loads = 0  # how many base models this backend loaded (tests check: one per distinct base)
+        self.set_pool(members)
+
+    @property
+    def loads(self) -> int:
+        return self.store.loads
+
+    @property
+    def bases(self) -> dict[str, _Base]:
+        return self.store.bases
+
+    def set_pool(self, members: list[MemberModel]) -> None:
         for m in members:
-            key = m.base.fingerprint
-            if key not in self.bases:
-                self.bases[key] = _Base(m.base, self.device)
-                self.loads += 1
-            self.bases[key].add_adapter(m.name, m.adapter_dir, lora, derive_seed(seed, "adapter", m.name))
-            self.base_of[m.name] = key
-        for b in self.bases.values():
-            b.model.eval()
+            base = self.store.get(m.base)
+            base.put(m.name, m.adapter_dir, self.lora, derive_seed(self.seed, "adapter", m.name))
+            self.base_of[m.name] = m.base.fingerprint
+
+    def close(self) -> None:
+        pass
 
     def tokenizer(self, member: str):
         return self.bases[self.base_of[member]].tokenizer
 
-    def model(self, member: str):
-        return self.bases[self.base_of[member]].model
+    def adapter(self, member: str) -> tuple[object, str]:
+        """The PeftModel serving `member` and the PEFT name of its adapter (for tests and benchmarks)."""
+        base = self.bases[self.base_of[member]]
+        return base.model, base.slots[member][0]
 
     def _groups(self, members: list[str]) -> dict[str, list[int]]:
         groups: dict[str, list[int]] = {}
@@ -119,8 +199,9 @@ class HFBackend:
     def _adapters(self, base: _Base, members: list[str]):
         """Row i of the batches run inside uses members[i]'s adapter: our stacked path (mixed_lora), or PEFT's
         `adapter_names` for adapters it does not cover. Yields the keyword arguments to pass to the model."""
-        with row_lora(base.model, members) as stacked:
-            yield {} if stacked else {"adapter_names": members}
+        names = [base.slots[m][0] for m in members]
+        with row_lora(base.model, names) as stacked:
+            yield {} if stacked else {"adapter_names": names}
 
     def _run_prefixes(self, base: _Base, members: list[str], prefixes: list[list[int]], expand: list[int]):
         """Run each prefix once (row i with members[i]'s adapter) and copy its KV cache to the rows that
@@ -131,30 +212,36 @@ class HFBackend:
             first = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
                                logits_to_keep=1, **adapters)
         # transformers 5.24 names the KV cache `cache` (was past_key_values)
-        first.cache.reorder_cache(torch.tensor(expand, device=self.device))
+        first.cache.reorder_cache(torch.tensor(expand, device=base.device))
         return first, mask
 
     def _left_pad(self, base: _Base, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         pad = base.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=base.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=base.device)
         return ids, mask
 
     @torch.inference_mode()
     def generate(self, members: list[str], prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
                  top_p: float, batch_size: int, seed: int, progress=None, min_new_tokens: int = 0) -> list[Generated]:
-        """Generate one response per (member, prompt ids). A batch that raises fails its rows, loudly.
+        """Generate one response per (member, prompt ids). A row that does not fit its model's context window
+        fails as data; any error while generating (out of memory, ...) is not about one input and raises.
         `min_new_tokens` holds back end-of-sequence (benchmarks use it to compare equal lengths)."""
         out: list[Generated | None] = [None] * len(prompts)
-        for number, (base, rows) in enumerate(self._batches(members, prompts, batch_size)):
+        runnable = []
+        for i, (m, p) in enumerate(zip(members, prompts)):
+            error = context_error(len(p), max_new_tokens, self.bases[self.base_of[m]].window)
+            if error:
+                out[i] = Generated(None, error=error)
+            else:
+                runnable.append(i)
+        batches = self._batches([members[i] for i in runnable], [prompts[i] for i in runnable], batch_size)
+        for number, (base, rows) in enumerate(batches):
+            rows = [runnable[i] for i in rows]
             torch.manual_seed(derive_seed(seed, "generate", number))
-            try:
-                results = self._generate_batch(base, [members[i] for i in rows], [prompts[i] for i in rows],
-                                               max_new_tokens, temperature, top_p, min_new_tokens)
-            except (RuntimeError, ValueError) as e:
-                log.error("generation failed for a batch of %d: %s", len(rows), e)
-                results = [Generated(None, error=f"{type(e).__name__}: {e}")] * len(rows)
+            results = self._generate_batch(base, [members[i] for i in rows], [prompts[i] for i in rows],
+                                           max_new_tokens, temperature, top_p, min_new_tokens)
             for i, r in zip(rows, results):
                 out[i] = r
             if progress:
@@ -193,8 +280,8 @@ class HFBackend:
         Returns rows[i][position][candidate]. Only the last `last` logits are computed (no full-vocab
         logits for every position)."""
         out: list = [None] * len(prompts)
-        candidates = torch.tensor(token_ids, device=self.device)
         for base, rows in self._batches(members, prompts, batch_size):
+            candidates = torch.tensor(token_ids, device=base.device)
             ids, mask = self._left_pad(base, [prompts[i] for i in rows])
             with self._adapters(base, [members[i] for i in rows]) as adapters:
                 logits = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
@@ -213,8 +300,8 @@ class HFBackend:
         judge scoring both responses of a duel: same instructions and question). Each group's longest common
         prefix runs once and its KV cache serves every prompt of the group. Returns out[group][prompt]."""
         out: list = [None] * len(groups)
-        candidates = torch.tensor(token_ids, device=self.device)
         for base, rows in self._batches(members, [g[0] for g in groups], batch_size):
+            candidates = torch.tensor(token_ids, device=base.device)
             # the prefix stops `last` tokens before the shortest prompt ends: those positions are read
             cut = [min(_common_prefix(groups[g]), min(len(p) for p in groups[g]) - last) for g in rows]
             if min(cut) < 1:
@@ -224,7 +311,7 @@ class HFBackend:
                                              [groups[g][0][:c] for g, c in zip(rows, cut)], expand)
             rests, rest_mask = self._left_pad(base, [p[c:] for g, c in zip(rows, cut) for p in groups[g]])
             # left padding here sits between prefix and rest: masked out, and positions continue the prefix
-            positions = torch.tensor(cut, device=self.device)[expand][:, None] + _positions(rest_mask)
+            positions = torch.tensor(cut, device=base.device)[expand][:, None] + _positions(rest_mask)
             with self._adapters(base, [members[rows[i]] for i in expand]) as adapters:
                 logits = base.model(input_ids=rests, attention_mask=torch.cat([mask[expand], rest_mask], -1),
                                     position_ids=positions, cache=first.cache, use_cache=False, logits_to_keep=last,
@@ -249,13 +336,13 @@ class HFBackend:
             chunk, conts = prefixes[start:start + batch_size], continuations[start:start + batch_size]
             expand = [i for i, options in enumerate(conts) for _ in options]
             first, mask = self._run_prefixes(base, [member] * len(chunk), chunk, expand)
-            rows = torch.tensor(expand, device=self.device)
+            rows = torch.tensor(expand, device=base.device)
             flat = [c for options in conts for c in options]
             width = max(len(c) for c in flat)
             pad = base.tokenizer.pad_token_id
-            cont_ids = torch.tensor([c + [pad] * (width - len(c)) for c in flat], device=self.device)
-            cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in flat], device=self.device)
-            positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=self.device)[None]
+            cont_ids = torch.tensor([c + [pad] * (width - len(c)) for c in flat], device=base.device)
+            cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in flat], device=base.device)
+            positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=base.device)[None]
             with self._adapters(base, [member] * len(flat)) as adapters:
                 logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
                                     position_ids=positions, cache=first.cache, use_cache=False, **adapters).logits
@@ -266,19 +353,33 @@ class HFBackend:
             out += [[next(sums) for _ in options] for options in conts]
         return out
 
-    def save_adapter(self, member: str, directory: Path) -> None:
-        """Write the member's adapter atomically (temp dir, then rename) in PEFT's on-disk format."""
+
+@dataclass
+class TrainSlot:
+    """A trainable copy of one member's adapter on its loaded base (the PEFT adapter `adapter`)."""
+
+    model: object  # the PeftModel; `adapter` is its active adapter while the slot is open
+    adapter: str
+    tokenizer: object
+    device: torch.device
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for n, p in self.model.named_parameters() if _adapter_key(n) == self.adapter]
+
+    def save(self, directory: Path) -> None:
+        """Write the adapter atomically (temp dir, then rename) in PEFT's on-disk format."""
         from peft import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        model = self.model(member)
         directory = Path(directory)
         tmp = directory.with_name(f".{directory.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        state = get_peft_model_state_dict(model, adapter_name=member)
+        state = get_peft_model_state_dict(self.model, adapter_name=self.adapter)
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "adapter_model.safetensors"))
-        model.peft_config[member].save_pretrained(str(tmp))
+        config = self.model.peft_config[self.adapter]
+        config.inference_mode = True
+        config.save_pretrained(str(tmp))
         old = directory.with_name(f".{directory.name}.old")
         if directory.exists():  # swap in two renames so a crash never leaves no adapter at all
             shutil.rmtree(old, ignore_errors=True)
@@ -286,19 +387,33 @@ class HFBackend:
         os.replace(tmp, directory)
         shutil.rmtree(old, ignore_errors=True)
 
-    def load_adapter_weights(self, member: str, directory: Path) -> None:
-        """Replace the member's adapter weights with those saved in `directory`."""
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
 
-        state = load_file(str(Path(directory) / "adapter_model.safetensors"), device=self.device)
-        result = set_peft_model_state_dict(self.model(member), state, adapter_name=member)
-        missing = [k for k in result.missing_keys if _adapter_key(k) == member]
-        if missing:
-            raise RuntimeError(f"adapter in {directory} lacks weights for member {member!r}: {missing[:3]}")
+class HFTrainer:
+    """Training on the bases of a ModelStore (shared with an HFBackend in the same process, or its own)."""
 
-    def adapter_parameters(self, member: str) -> list[tuple[str, torch.nn.Parameter]]:
-        return [(n, p) for n, p in self.model(member).named_parameters() if _adapter_key(n) == member]
+    def __init__(self, lora: LoraShape, seed: int, store: ModelStore | None = None, gradient_checkpointing=False):
+        self.store = store or ModelStore()
+        self.lora, self.seed = lora, seed
+        self.gradient_checkpointing = gradient_checkpointing
+
+    @contextmanager
+    def slot(self, member: MemberModel):
+        """A trainable copy of `member`'s adapter (its directory, or the fresh adapter an inference backend
+        builds for the same member and seed), removed on exit: save it before."""
+        base = self.store.get(member.base)
+        key = f"train-{member.name}"
+        name = base.put(key, member.adapter_dir, self.lora, derive_seed(self.seed, "adapter", member.name),
+                        trainable=True)
+        base.model.set_adapter(name)
+        checkpointing = self.gradient_checkpointing and not base.model.is_gradient_checkpointing
+        if checkpointing:  # recompute activations in backward: memory for time (7B DPO on one GPU)
+            base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        try:
+            yield TrainSlot(base.model, name, base.tokenizer, base.device)
+        finally:
+            if checkpointing:
+                base.model.gradient_checkpointing_disable()
+            base.drop(key)
 
 
 class TopP:

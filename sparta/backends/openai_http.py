@@ -1,0 +1,185 @@
+"""Inference against an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp server, ...).
+
+Requests carry token ids (`prompt: [ids]`), so the server reads exactly the tokens sparta encoded, special tokens
+split, nothing re-templated. Log-probabilities come from `prompt_logprobs` (vLLM's extension, keyed by token id):
+the position to read is put inside the prompt, so every number is keyed by id, never by decoded text. Score tokens
+outside the server's top-k are asked for one by one (the prompt extended by that token), so judging is exact.
+
+The API key comes from the environment variable `http.api_key_env` at request time; it is never stored on the
+backend, written to a run directory or logged. Connection errors, timeouts, 429 and 5xx are retried with
+exponential backoff; what still fails, or a reply without the fields asked for, fails that row as data
+(`Failure`): a failed generation or judgment, never a response or a score.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from . import Failure, Generated, MemberModel, context_error
+
+log = logging.getLogger(__name__)
+RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class RequestFailed(RuntimeError):
+    pass
+
+
+class HTTPBackend:
+    """`served(member)` names the server's model for a member (default: its name if it has an adapter, served as a
+    LoRA module of that name; else the base's source path, vLLM's default model name)."""
+
+    def __init__(self, members: list[MemberModel], http, served=None, window: int | None = None):
+        self.cfg, self.window = http, window or 10**9
+        self.url = http.base_url.rstrip("/")
+        self.served_name = served or (lambda m: m.name if m.adapter_dir else m.base.source)
+        self.members: dict[str, MemberModel] = {}
+        self._tokenizers: dict[str, object] = {}
+        self.set_pool(members)
+
+    # ---- the protocol ------------------------------------------------------------------------------
+
+    def set_pool(self, members: list[MemberModel]) -> None:
+        for m in members:
+            self.members[m.name] = m
+
+    def tokenizer(self, member: str):
+        source = self.members[member].base.source
+        if source not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[source] = AutoTokenizer.from_pretrained(source)
+        return self._tokenizers[source]
+
+    def close(self) -> None:
+        pass
+
+    def generate(self, members, prompts, *, max_new_tokens, temperature, top_p, batch_size, seed, progress=None,
+                 min_new_tokens: int = 0) -> list[Generated]:
+        def one(i):
+            error = context_error(len(prompts[i]), max_new_tokens, self.window)
+            if error:
+                return Generated(None, error=error)
+            body = {"prompt": prompts[i], "max_tokens": max_new_tokens, "temperature": temperature,
+                    "top_p": top_p if temperature > 0 else 1.0, "seed": seed + i, "min_tokens": min_new_tokens,
+                    "skip_special_tokens": True}
+            try:
+                choice = self._complete(members[i], body)
+                text, reason = choice["text"], choice.get("finish_reason") or ""
+                n = len(choice["token_ids"]) if choice.get("token_ids") else len(self.tokenizer(members[i]).encode(
+                    text, add_special_tokens=False))
+            except (RequestFailed, KeyError, TypeError) as e:
+                return Generated(None, error=f"{type(e).__name__}: {e}")
+            text = text.strip()
+            return Generated(text, n, reason) if text else Generated(None, n, reason, error="empty response")
+
+        return self._map(one, len(prompts), progress)
+
+    def next_token_logprobs(self, members, prompts, token_ids, *, last, batch_size, progress=None):
+        def one(i):
+            try:
+                return self._position_logprobs(members[i], prompts[i], token_ids, last)
+            except (RequestFailed, KeyError, TypeError, ValueError) as e:
+                return Failure(f"{type(e).__name__}: {e}")
+
+        return self._map(one, len(prompts), progress)
+
+    def grouped_next_token_logprobs(self, members, groups, token_ids, *, last, batch_size, progress=None):
+        # the server's prefix cache shares the groups' prefixes: ask prompt by prompt
+        flat = self.next_token_logprobs([m for m, g in zip(members, groups) for _ in g], [p for g in groups for p in g],
+                                        token_ids, last=last, batch_size=batch_size, progress=progress)
+        rows = iter(flat)
+        return [[next(rows) for _ in g] for g in groups]
+
+    def continuation_logprobs(self, member, prefixes, continuations, *, batch_size):
+        jobs = [(prefix, option) for prefix, options in zip(prefixes, continuations) for option in options]
+
+        def one(j):
+            prefix, option = jobs[j]
+            try:
+                lps = self._prompt_logprobs(member, prefix + option, 0)
+                return sum(_logprob(lps[len(prefix) + k], t) for k, t in enumerate(option))
+            except (RequestFailed, KeyError, TypeError, ValueError) as e:
+                return Failure(f"{type(e).__name__}: {e}")
+
+        flat = iter(self._map(one, len(jobs), None))
+        return [[next(flat) for _ in options] for options in continuations]
+
+    # ---- requests ----------------------------------------------------------------------------------
+
+    def _position_logprobs(self, member, prompt, token_ids, last):
+        """log p(c | prompt[:k]) for the last `last` positions k, exact for every candidate c."""
+        extended = prompt + [token_ids[0]]  # the last position becomes a prompt position too
+        lps = self._prompt_logprobs(member, extended, self.cfg.top_logprobs)
+        out = []
+        for k in range(len(prompt) - last + 1, len(prompt) + 1):
+            known = {int(t): v["logprob"] for t, v in lps[k].items()}
+            missing = [c for c in token_ids if c not in known]
+            for c in missing:  # outside the top-k: ask for that token's log-prob exactly
+                known[c] = _logprob(self._prompt_logprobs(member, prompt[:k] + [c], 0)[k], c)
+            out.append([known[c] for c in token_ids])
+        return out
+
+    def _prompt_logprobs(self, member, ids, k):
+        body = {"prompt": ids, "max_tokens": 1, "temperature": 0.0, "prompt_logprobs": k}
+        lps = self._complete(member, body).get("prompt_logprobs")
+        if not isinstance(lps, list) or len(lps) != len(ids):
+            raise RequestFailed(f"the server returned no prompt_logprobs for {len(ids)} tokens (vLLM's extension; "
+                                "is this a vLLM server?)")
+        return lps
+
+    def _complete(self, member, body) -> dict:
+        payload = {"model": self.served_name(self.members[member]), **body}
+        reply = self._post("/completions", payload)
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not choices or not isinstance(choices[0], dict):
+            raise RequestFailed(f"malformed reply from {self.url}/completions: {str(reply)[:200]}")
+        return choices[0]
+
+    def _post(self, path: str, payload: dict) -> dict:
+        headers = {"Content-Type": "application/json"}
+        key = os.environ.get(self.cfg.api_key_env)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        data = json.dumps(payload).encode()
+        last = None
+        for attempt in range(self.cfg.retries + 1):
+            if attempt:
+                time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
+            try:
+                request = urllib.request.Request(self.url + path, data=data, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code} from {self.url}{path}: {e.read()[:300].decode(errors='replace')}"
+                if e.code not in RETRIED_STATUS:
+                    break
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+                last = f"{self.url}{path} unreachable or too slow ({type(e).__name__}: {e})"
+            except json.JSONDecodeError as e:
+                last = f"{self.url}{path} sent a reply that is not JSON ({e})"
+                break
+        log.error("request failed after %d attempt(s): %s", attempt + 1, last)
+        raise RequestFailed(last)
+
+    def _map(self, fn, n: int, progress):
+        with ThreadPoolExecutor(max_workers=max(1, self.cfg.max_concurrency)) as pool:
+            out = []
+            for result in pool.map(fn, range(n)):
+                out.append(result)
+                if progress:
+                    progress(1)
+        return out
+
+
+def _logprob(entry: dict, token: int) -> float:
+    """The log-prob of `token` in one position of vLLM's prompt_logprobs ({token id: {logprob, ...}})."""
+    if entry is None or str(token) not in entry:
+        raise ValueError(f"token {token} is missing from the server's prompt_logprobs")
+    return entry[str(token)]["logprob"]

@@ -1,0 +1,84 @@
+"""The HF backend at real-model settings: only sparta's sampling settings apply, and errors that are not about one
+input stop the caller instead of becoming failed rows."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sparta.backends import MemberModel
+from sparta.backends.hf import HFBackend, LoraShape
+from sparta.models import resolve_model
+
+
+@pytest.fixture(scope="module")
+def opinionated(tmp_path_factory):
+    """The tiny model shipped with a generation_config that is not neutral, as Qwen2.5's (temperature 0.7,
+    top_p 0.8, repetition_penalty 1.05) is; here extreme so that any leak shows."""
+    cache = tmp_path_factory.mktemp("cache")
+    target = tmp_path_factory.mktemp("opinionated") / "model"
+    shutil.copytree(resolve_model("tiny", cache).source, target)
+    path = target / "generation_config.json"
+    config = json.loads(path.read_text())
+    config.update(do_sample=True, temperature=1e-4, top_k=1, top_p=0.5, repetition_penalty=50.0,
+                  no_repeat_ngram_size=1)
+    path.write_text(json.dumps(config))
+    return resolve_model(str(target), cache)
+
+
+@pytest.fixture(scope="module")
+def backend(opinionated):
+    return HFBackend([MemberModel(n, opinionated, None) for n in "ab"], LoraShape(dropout=0.0), seed=0)
+
+
+def prompts(backend, n):
+    tok = backend.tokenizer("a")
+    return [tok.encode(f"<|im_start|>user\nq{i}<|im_end|>\n<|im_start|>assistant\n") for i in range(n)]
+
+
+def test_greedy_is_plain_argmax_whatever_the_model_ships(backend):
+    """Greedy decoding = argmax of the model's own logits at every step: no repetition penalty, no n-gram ban."""
+    ids = prompts(backend, 3)
+    out = backend.generate(["a"] * 3, ids, max_new_tokens=12, temperature=0.0, top_p=1.0, batch_size=3, seed=0)
+    model, _ = backend.adapter("a")
+    tok = backend.tokenizer("a")
+    for prompt, got in zip(ids, out):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(12):
+                nxt = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+                if nxt == tok.eos_token_id:
+                    break
+                seq.append(nxt)
+        assert got.text == tok.decode(seq[len(prompt):], skip_special_tokens=True).strip()
+    # the random tiny model repeats itself greedily: a leaked no_repeat_ngram_size=1 would have forbidden it
+    assert any(len(set(g.text)) < len(g.text) for g in out)
+
+
+def test_sampling_uses_only_sparta_temperature_and_top_p(backend):
+    """top_k=1 and temperature 1e-4 from the model's file would make sampling greedy; ours (T=1, top_p=1) samples."""
+    ids = prompts(backend, 8)
+    greedy = backend.generate(["a"] * 8, ids, max_new_tokens=12, temperature=0.0, top_p=1.0, batch_size=8, seed=0)
+    sampled = backend.generate(["a"] * 8, ids, max_new_tokens=12, temperature=1.0, top_p=1.0, batch_size=8, seed=0)
+    assert sum(g.text != s.text for g, s in zip(greedy, sampled)) >= 6
+
+
+def test_out_of_memory_raises_instead_of_failing_rows(backend, monkeypatch):
+    model, _ = backend.adapter("a")
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(model, "generate", oom)
+    with pytest.raises(torch.OutOfMemoryError):
+        backend.generate(["a", "b"], prompts(backend, 2), max_new_tokens=4, temperature=0.7, top_p=0.9,
+                         batch_size=2, seed=0)
+
+
+def test_a_row_over_the_context_window_fails_as_data(backend):
+    ids = prompts(backend, 2)
+    ids[1] = ids[1] * 200  # far beyond the tiny model's 2048 positions
+    out = backend.generate(["a", "b"], ids, max_new_tokens=4, temperature=0.0, top_p=1.0, batch_size=2, seed=0)
+    assert out[0].text is not None and out[0].error is None
+    assert out[1].text is None and "exceed the model's context window of 2048 tokens" in out[1].error
