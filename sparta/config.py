@@ -92,7 +92,6 @@ class HTTPConfig:
     max_concurrency: int = 8
     timeout_s: float = 300.0
     retries: int = 4  # on connection errors, 429 and 5xx, with exponential backoff
-    top_logprobs: int = 20  # asked per position; score tokens outside them are asked for one by one
 
 
 @dataclass(frozen=True)

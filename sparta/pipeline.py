@@ -128,7 +128,7 @@ class Pipeline:
         for its own t, so a resumed run never reads stale adapters)."""
         pool = self._pool(t) + list(self.outside.values())
         if self.backend is None:
-            self.backend = build_backend(self.c, pool, self._store)
+            self.backend = build_backend(self.c, pool, self._store, self.run.root / "vllm-server.log")
         else:
             self.backend.set_pool(pool)
         return self.backend

@@ -88,9 +88,10 @@ def context_error(prompt_tokens: int, max_new_tokens: int, window: int) -> str |
     return None
 
 
-def build_backend(config, pool: list[MemberModel], hf_store) -> InferenceBackend:
+def build_backend(config, pool: list[MemberModel], hf_store, log_path: Path | None = None) -> InferenceBackend:
     """The inference backend `config.backend.kind` names, serving `pool`. `hf_store()` returns the process's
-    backends.hf.ModelStore (shared with training), called only by the HF backend."""
+    backends.hf.ModelStore (shared with training), called only by the HF backend; a vLLM server logs to
+    `log_path`."""
     kind = config.backend.kind
     if kind == "hf":
         from .hf import HFBackend
@@ -99,7 +100,7 @@ def build_backend(config, pool: list[MemberModel], hf_store) -> InferenceBackend
     if kind == "vllm":
         from .vllm import VLLMBackend
 
-        return VLLMBackend(pool, config.backend.vllm, config.backend.http, config.model)
+        return VLLMBackend(pool, config.backend.vllm, config.backend.http, config.model, log_path)
     from .openai_http import HTTPBackend
 
     return HTTPBackend(pool, config.backend.http)

@@ -1,9 +1,9 @@
 """Inference against an OpenAI-compatible completions server (vLLM, SGLang, llama.cpp server, ...).
 
 Requests carry token ids (`prompt: [ids]`), so the server reads exactly the tokens sparta encoded, special tokens
-split, nothing re-templated. Log-probabilities come from `prompt_logprobs` (vLLM's extension, keyed by token id):
-the position to read is put inside the prompt, so every number is keyed by id, never by decoded text. Score tokens
-outside the server's top-k are asked for one by one (the prompt extended by that token), so judging is exact.
+split, nothing re-templated. Generation works with any such server. Log-probabilities use two vLLM extensions,
+both keyed by token id, never by decoded text: the judge's next-token log-probs of exactly the score tokens
+(`logprob_token_ids`, one request per position read), and continuation log-likelihoods (`prompt_logprobs`).
 
 The API key comes from the environment variable `http.api_key_env` at request time; it is never stored on the
 backend, written to a run directory or logged. Connection errors, timeouts, 429 and 5xx are retried with
@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from . import Failure, Generated, MemberModel, context_error
 
@@ -60,6 +61,16 @@ class HTTPBackend:
     def close(self) -> None:
         pass
 
+    def _stops(self, member: str) -> list[int]:
+        """End-of-turn ids: the tokenizer's and those the model's generation_config names (a server told to
+        ignore that file for sampling would otherwise stop only at the tokenizer's)."""
+        source = Path(self.members[member].base.source)
+        eos = {self.tokenizer(member).eos_token_id}
+        if (source / "generation_config.json").exists():
+            found = json.loads((source / "generation_config.json").read_text()).get("eos_token_id")
+            eos |= set(found if isinstance(found, list) else [found])
+        return sorted(e for e in eos if e is not None)
+
     def generate(self, members, prompts, *, max_new_tokens, temperature, top_p, batch_size, seed, progress=None,
                  min_new_tokens: int = 0) -> list[Generated]:
         def one(i):
@@ -68,7 +79,8 @@ class HTTPBackend:
                 return Generated(None, error=error)
             body = {"prompt": prompts[i], "max_tokens": max_new_tokens, "temperature": temperature,
                     "top_p": top_p if temperature > 0 else 1.0, "seed": seed + i, "min_tokens": min_new_tokens,
-                    "skip_special_tokens": True}
+                    "skip_special_tokens": True, "stop_token_ids": self._stops(members[i]),
+                    "return_token_ids": True}
             try:
                 choice = self._complete(members[i], body)
                 text, reason = choice["text"], choice.get("finish_reason") or ""
@@ -114,15 +126,21 @@ class HTTPBackend:
     # ---- requests ----------------------------------------------------------------------------------
 
     def _position_logprobs(self, member, prompt, token_ids, last):
-        """log p(c | prompt[:k]) for the last `last` positions k, exact for every candidate c."""
-        extended = prompt + [token_ids[0]]  # the last position becomes a prompt position too
-        lps = self._prompt_logprobs(member, extended, self.cfg.top_logprobs)
+        """log p(c | prompt[:k]) for the last `last` positions k, exact for every candidate c: one request per
+        position, asking for exactly those tokens' log-probs (vLLM's `logprob_token_ids`)."""
         out = []
         for k in range(len(prompt) - last + 1, len(prompt) + 1):
-            known = {int(t): v["logprob"] for t, v in lps[k].items()}
+            body = {"prompt": prompt[:k], "max_tokens": 1, "temperature": 0.0, "logprobs": 1,
+                    "logprob_token_ids": list(token_ids), "return_tokens_as_token_ids": True}
+            logprobs = self._complete(member, body).get("logprobs") or {}
+            top = (logprobs.get("top_logprobs") or [None])[0]
+            if not isinstance(top, dict):
+                raise RequestFailed("the server returned no top_logprobs (needs vLLM's logprob_token_ids)")
+            known = {int(key.split(":", 1)[1]): value for key, value in top.items() if key.startswith("token_id:")}
             missing = [c for c in token_ids if c not in known]
-            for c in missing:  # outside the top-k: ask for that token's log-prob exactly
-                known[c] = _logprob(self._prompt_logprobs(member, prompt[:k] + [c], 0)[k], c)
+            if missing:
+                raise RequestFailed(f"the server left out the log-probs of tokens {missing[:5]} "
+                                    "(needs vLLM's logprob_token_ids)")
             out.append([known[c] for c in token_ids])
         return out
 
@@ -155,16 +173,17 @@ class HTTPBackend:
             try:
                 request = urllib.request.Request(self.url + path, data=data, headers=headers, method="POST")
                 with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as r:
-                    return json.loads(r.read())
+                    raw = r.read()
+                try:
+                    return json.loads(raw)
+                except json.JSONDecodeError:  # some endpoints (vLLM's adapter loading) answer in plain text
+                    return {"text": raw.decode(errors="replace")}
             except urllib.error.HTTPError as e:
                 last = f"HTTP {e.code} from {self.url}{path}: {e.read()[:300].decode(errors='replace')}"
                 if e.code not in RETRIED_STATUS:
                     break
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last = f"{self.url}{path} unreachable or too slow ({type(e).__name__}: {e})"
-            except json.JSONDecodeError as e:
-                last = f"{self.url}{path} sent a reply that is not JSON ({e})"
-                break
         log.error("request failed after %d attempt(s): %s", attempt + 1, last)
         raise RequestFailed(last)
 

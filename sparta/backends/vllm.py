@@ -1,0 +1,157 @@
+"""The vLLM backend: a vLLM OpenAI-compatible server that sparta starts, feeds adapters and stops.
+
+vLLM runs in its own Python environment (`backend.vllm.python`; `make vllm-env` builds `.venv-vllm` on CPU,
+docs/vllm.md says how on GPUs), because it pins transformers below the range this project uses. Requests go
+through `HTTPBackend`. Each (member, adapter directory) is loaded once under a new LoRA name, so a member's
+adapter of iteration t is never served from a cache of iteration t - 1; names of replaced adapters are unloaded.
+
+The server starts with `--generation-config vllm`: by default vLLM, like transformers, applies the sampling
+defaults a model ships (Qwen2.5: temperature 0.7, top_p 0.8, repetition_penalty 1.05) to every request that
+does not set them; sparta's settings must be the only ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+from . import BackendError, MemberModel
+from .openai_http import HTTPBackend, RequestFailed
+
+log = logging.getLogger(__name__)
+SERVED_BASE = "base"
+
+
+class VLLMBackend(HTTPBackend):
+    def __init__(self, members: list[MemberModel], vllm, http, model, log_path: Path | None = None):
+        bases = {m.base.fingerprint: m.base for m in members}
+        if len(bases) != 1:
+            raise BackendError(f"backend.kind=vllm serves one base model; this pool has {len(bases)} "
+                               "(use backend.kind=hf for a heterogeneous pool)")
+        self.vcfg, self.base = vllm, next(iter(bases.values()))
+        self.port = vllm.port or _free_port()
+        self.log_path = Path(log_path) if log_path else None
+        self.loaded: dict[str, str] = {}  # member -> served LoRA name
+        self.process = None
+        self.targets = _lora_targets(members)
+        self._start(model)
+        super().__init__([], replace(http, base_url=f"http://127.0.0.1:{self.port}/v1"), self._served,
+                         window=vllm.max_model_len)
+        self.set_pool(members)
+
+    # ---- the server --------------------------------------------------------------------------------
+
+    def _command(self, model) -> list[str]:
+        v = self.vcfg
+        dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16"}[model.dtype]
+        return [v.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.base.source,
+                "--served-model-name", SERVED_BASE, "--host", "127.0.0.1", "--port", str(self.port),
+                "--dtype", dtype, "--max-model-len", str(v.max_model_len), "--generation-config", "vllm",
+                "--enable-lora", "--max-loras", str(v.max_loras), "--max-lora-rank", str(v.max_lora_rank),
+                "--gpu-memory-utilization", str(v.gpu_memory_utilization), "--seed", "0",
+                # the adapters' own modules: a LoRA-wrapped lm_head breaks prompt_logprobs (vLLM #16668)
+                "--lora-target-modules", *self.targets, *v.extra_args]
+
+    def _start(self, model) -> None:
+        if not Path(self.vcfg.python).exists():
+            raise BackendError(f"backend.vllm.python: {self.vcfg.python} does not exist; build the vLLM "
+                               "environment with `make vllm-env` (CPU) or see docs/vllm.md")
+        env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE=os.environ.get(
+            "HF_HUB_OFFLINE", "1"), VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
+            VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        clock = time.perf_counter()
+        self.process = subprocess.Popen(self._command(model), env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = clock + self.vcfg.startup_timeout_s
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise BackendError(f"the vLLM server exited with code {self.process.returncode} while starting"
+                                   + (f"; its log: {self.log_path}" if self.log_path else ""))
+            if _healthy(self.port):
+                log.info("vLLM server up on port %d in %.1f s", self.port, time.perf_counter() - clock)
+                return
+            time.sleep(0.5)
+        self.close()
+        raise BackendError(f"the vLLM server did not answer within {self.vcfg.startup_timeout_s} s")
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    # ---- adapters ----------------------------------------------------------------------------------
+
+    def set_pool(self, members: list[MemberModel]) -> None:
+        for m in members:
+            if m.base.fingerprint != self.base.fingerprint:
+                raise BackendError(f"member {m.name!r}: backend.kind=vllm serves {self.base.spec!r} only")
+            name = _lora_name(m) if m.adapter_dir else None
+            if self.loaded.get(m.name) != name:
+                if name is not None:
+                    self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(m.adapter_dir))})
+                old = self.loaded.get(m.name)
+                if old is not None and old not in (self.loaded[k] for k in self.loaded if k != m.name):
+                    self._unload(old)
+                self.loaded[m.name] = name
+        super().set_pool(members)
+
+    def _unload(self, name: str) -> None:
+        try:
+            self._post("/unload_lora_adapter", {"lora_name": name})
+        except RequestFailed as e:  # it only frees a slot: the run goes on
+            log.warning("could not unload adapter %s: %s", name, e)
+
+    def _served(self, member: MemberModel) -> str:
+        return self.loaded.get(member.name) or SERVED_BASE
+
+    def _post(self, path: str, payload: dict) -> dict:
+        if self.process is not None and self.process.poll() is not None:
+            raise BackendError(f"the vLLM server died (exit code {self.process.returncode})"
+                               + (f"; its log: {self.log_path}" if self.log_path else ""))
+        return super()._post(path, payload)
+
+
+def _lora_name(m: MemberModel) -> str:
+    """A new name per (member, directory, weights): vLLM caches adapters by name."""
+    weights = Path(m.adapter_dir) / "adapter_model.safetensors"
+    stamp = f"{Path(m.adapter_dir).resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
+    return f"{m.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:10]}"
+
+
+def _lora_targets(members: list[MemberModel]) -> list[str]:
+    """The modules the pool's adapters adapt (sparta's own adapters: every linear layer of the blocks)."""
+    targets: set[str] = set()
+    for m in members:
+        if m.adapter_dir is not None:
+            found = json.loads((Path(m.adapter_dir) / "adapter_config.json").read_text()).get("target_modules")
+            targets |= set([found] if isinstance(found, str) else found or [])
+    return sorted(targets - {"all-linear"}) or ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                "down_proj"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False

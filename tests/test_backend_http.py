@@ -1,0 +1,141 @@
+"""The OpenAI-compatible HTTP backend against real local servers (stdlib, on loopback) that are down, slow, flaky or
+malformed: each failure is a failed row with its reason, never a response or a score; and the API key."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from sparta.backends import Failure, MemberModel
+from sparta.backends.openai_http import HTTPBackend
+from sparta.config import HTTPConfig
+from sparta.models import resolve_model
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """Answers POSTs with server.replies[i] (status, body, delay) in turn; the last one repeats."""
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        import time
+
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.seen.append((self.headers.get("Authorization"), body))
+        status, reply, delay = self.server.replies[min(len(self.server.seen), len(self.server.replies)) - 1]
+        time.sleep(delay)
+        data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+    httpd.seen, httpd.replies = [], []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def member(tmp_path_factory):
+    return MemberModel("a", resolve_model("tiny", tmp_path_factory.mktemp("cache")), None)
+
+
+def backend(member, url, **kw):
+    cfg = HTTPConfig(base_url=url, retries=kw.pop("retries", 1), timeout_s=kw.pop("timeout_s", 5.0), **kw)
+    return HTTPBackend([member], cfg)
+
+
+def url(server):
+    return f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def gen(be, n=1):
+    return be.generate(["a"] * n, [[5, 6, 7]] * n, max_new_tokens=4, temperature=0.7, top_p=0.9, batch_size=4, seed=0)
+
+
+def ok_completion(text="fine", **extra):
+    return {"choices": [{"text": text, "finish_reason": "stop", "token_ids": [1, 2], **extra}]}
+
+
+def test_a_server_that_is_down_fails_rows_with_the_reason(member):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    [out] = gen(backend(member, f"http://127.0.0.1:{port}/v1"))
+    assert out.text is None and "unreachable or too slow" in out.error
+    lp = backend(member, f"http://127.0.0.1:{port}/v1").next_token_logprobs(["a"], [[5, 6]], [3], last=1,
+                                                                            batch_size=1)
+    assert isinstance(lp[0], Failure) and "unreachable" in lp[0].error
+
+
+def test_a_slow_server_times_out(member, server):
+    server.replies = [(200, ok_completion(), 1.5)]
+    [out] = gen(backend(member, url(server), timeout_s=0.3, retries=0))
+    assert out.text is None and "too slow" in out.error
+
+
+def test_transient_errors_are_retried_then_succeed(member, server):
+    server.replies = [(503, "overloaded", 0), (429, "slow down", 0), (200, ok_completion("hello"), 0)]
+    [out] = gen(backend(member, url(server), retries=3))
+    assert out.text == "hello" and out.n_tokens == 2 and out.finish_reason == "stop" and len(server.seen) == 3
+
+
+def test_a_client_error_is_not_retried(member, server):
+    server.replies = [(400, "bad request: max_tokens too large", 0)]
+    [out] = gen(backend(member, url(server), retries=3))
+    assert out.text is None and "HTTP 400" in out.error and "max_tokens too large" in out.error
+    assert len(server.seen) == 1
+
+
+@pytest.mark.parametrize("reply", ["<html>oops</html>", {"choices": []}, {"choices": [{"finish_reason": "stop"}]},
+                                   {"error": "model not found"}])
+def test_malformed_output_fails_the_row(member, server, reply):
+    server.replies = [(200, reply, 0)]
+    [out] = gen(backend(member, url(server)))
+    assert out.text is None and out.error
+
+
+def test_logprobs_a_server_does_not_return_are_failures_not_scores(member, server):
+    server.replies = [(200, ok_completion(), 0)]  # no logprobs, no prompt_logprobs: not a vLLM server
+    be = backend(member, url(server))
+    [row] = be.next_token_logprobs(["a"], [[5, 6, 7]], [3, 4], last=1, batch_size=1)
+    assert isinstance(row, Failure) and "logprob_token_ids" in row.error
+    [[value]] = be.continuation_logprobs("a", [[5, 6]], [[[7, 8]]], batch_size=1)
+    assert isinstance(value, Failure)
+
+
+def test_judge_logprobs_are_read_by_token_id_one_request_per_position(member, server):
+    """Prompt [5, 6], candidates 3 and 4, the last 2 positions: requests for [5] and [5, 6] asking for exactly
+    those tokens' log-probs; the reply's keys are token ids ("token_id:N"), never decoded text."""
+    first = {"logprobs": {"top_logprobs": [{"token_id:3": -0.5, "token_id:4": -2.25, "token_id:9": -0.1}]}}
+    second = {"logprobs": {"top_logprobs": [{"token_id:3": -1.5, "token_id:4": -0.75}]}}
+    server.replies = [(200, ok_completion(**first), 0), (200, ok_completion(**second), 0)]
+    [row] = backend(member, url(server)).next_token_logprobs(["a"], [[5, 6]], [3, 4], last=2, batch_size=1)
+    assert row == [[-0.5, -2.25], [-1.5, -0.75]]
+    assert [body["prompt"] for _, body in server.seen] == [[5], [5, 6]]
+    assert all(body["logprob_token_ids"] == [3, 4] and body["max_tokens"] == 1 for _, body in server.seen)
+
+
+def test_a_score_token_missing_from_the_reply_fails_the_judgment(member, server):
+    server.replies = [(200, ok_completion(logprobs={"top_logprobs": [{"token_id:3": -0.5}]}), 0)]
+    [row] = backend(member, url(server)).next_token_logprobs(["a"], [[5, 6]], [3, 4], last=1, batch_size=1)
+    assert isinstance(row, Failure) and "[4]" in row.error
+
+
+def test_the_api_key_comes_from_the_environment_and_is_not_kept(member, server, monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-secret-123")
+    server.replies = [(200, ok_completion(), 0)]
+    be = backend(member, url(server), api_key_env="MY_KEY")
+    gen(be)
+    assert server.seen[0][0] == "Bearer sk-secret-123"
+    assert "sk-secret-123" not in repr(vars(be)) + repr(vars(be.cfg))

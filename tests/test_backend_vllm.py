@@ -1,0 +1,160 @@
+"""The vLLM backend against the HF backend on the same model and adapters: a real vLLM server (CPU build, its own
+environment: `make vllm-env`), started and stopped by sparta. Tolerances are stated with each check.
+
+Skipped where `.venv-vllm` is missing, except when SPARTA_REQUIRE_VLLM=1 (set by .ci/run): then it is an error."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages
+from sparta.backends import MemberModel
+from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore
+from sparta.chat import encode_chat
+from sparta.config import HTTPConfig, ModelConfig, VLLMConfig
+from sparta.models import resolve_model
+
+PYTHON = Path(os.environ.get("SPARTA_VLLM_PYTHON", Path(__file__).parents[1] / ".venv-vllm" / "bin" / "python"))
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+if not PYTHON.exists():
+    if os.environ.get("SPARTA_REQUIRE_VLLM") == "1":
+        raise RuntimeError(f"SPARTA_REQUIRE_VLLM=1 but {PYTHON} does not exist: run `make vllm-env`")
+    pytest.skip(f"no vLLM environment at {PYTHON} (make vllm-env)", allow_module_level=True)
+
+QUESTIONS = ["What is 7 times 8?", "Name a colour of the sky.", "Write one word that rhymes with cat.",
+             "Is the sun a star? Answer yes or no."]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    cache = Path(os.environ.get("SPARTA_CACHE") or tmp_path_factory.mktemp("cache"))
+    return resolve_model("packaged:smollm2-135m-instruct", cache)
+
+
+@pytest.fixture(scope="module")
+def adapters(smollm2, tmp_path_factory):
+    """Two LoRA adapters (rank 8, every linear layer) whose B matrices are random, so they change the outputs."""
+    root = tmp_path_factory.mktemp("adapters")
+    trainer = HFTrainer(LoraShape(rank=8, alpha=16, dropout=0.0), seed=0, store=ModelStore("cpu"))
+    for k, name in enumerate(("x", "y")):
+        with trainer.slot(MemberModel(name, smollm2, None)) as slot:
+            g = torch.Generator().manual_seed(k)
+            with torch.no_grad():
+                for n, p in slot.model.named_parameters():
+                    if "lora_B" in n and any(p is q for q in slot.parameters()):
+                        p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            slot.save(root / name)
+    return {"x": root / "x", "y": root / "y"}
+
+
+@pytest.fixture(scope="module")
+def pools(smollm2, adapters, tmp_path_factory):
+    members = [MemberModel("plain", smollm2, None), MemberModel("x", smollm2, adapters["x"]),
+               MemberModel("y", smollm2, adapters["y"])]
+    from sparta.backends.vllm import VLLMBackend
+
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    vllm = VLLMBackend(members, VLLMConfig(python=str(PYTHON), max_model_len=2048, max_loras=2, max_lora_rank=8,
+                                           extra_args=("--max-num-seqs", "16")),
+                       HTTPConfig(max_concurrency=8, retries=1), ModelConfig(dtype="float32"), log_path=log)
+    hf = HFBackend(members, LoraShape(), seed=0, store=ModelStore("cpu", dtype="float32"))
+    yield hf, vllm
+    vllm.close()
+
+
+def chat_ids(backend, member, text):
+    return encode_chat(backend.tokenizer(member), [("user", "{0}")], [text], max_tokens=512).ids
+
+
+def test_greedy_generation_matches_hf_with_mixed_adapters_in_one_call(pools):
+    """Rows of the plain base and of two adapters in one request batch; greedy, 24 new tokens."""
+    hf, vllm = pools
+    members = [m for m in ("plain", "x", "y") for _ in QUESTIONS]
+    prompts = [chat_ids(hf, m, q) for m in ("plain", "x", "y") for q in QUESTIONS]
+    kw = dict(max_new_tokens=24, temperature=0.0, top_p=1.0, batch_size=16, seed=0)
+    want, got = hf.generate(members, prompts, **kw), vllm.generate(members, prompts, **kw)
+    same = [w.text == g.text for w, g in zip(want, got)]
+    print(f"greedy texts identical: {sum(same)}/{len(same)}")
+    assert all(g.text for g in got)
+    assert sum(same) >= len(same) - 1, [(w.text, g.text) for w, g in zip(want, got)]
+    # the adapters really act: their answers differ from the base's
+    assert [g.text for g in got[:4]] != [g.text for g in got[4:8]]
+
+
+def test_logprob_judge_matches_hf(pools):
+    """Expected 1-10 scores of the same judgments: |vLLM - HF| < 0.02 (fp32 both; measured ~1e-4)."""
+    hf, vllm = pools
+    tok = hf.tokenizer("x")
+    st = ScoreTokens(tok)
+    prompts = [encode_chat(tok, judge_messages(), [q, "I think the answer is 42."], max_tokens=1024,
+                           assistant_prefix=ANSWER_PREFIX).ids + st.appended for q in QUESTIONS]
+    judges = ["x", "y", "plain", "x"]
+    a = hf.next_token_logprobs(judges, prompts, st.candidates, last=st.positions, batch_size=4)
+    b = vllm.next_token_logprobs(judges, prompts, st.candidates, last=st.positions, batch_size=4)
+    diffs = []
+    for ra, rb in zip(a, b):
+        sa, sb = expected_score(st.distribution(ra)), expected_score(st.distribution(rb))
+        diffs.append((abs(sa - sb), max(abs(x - y) for pa, pb in zip(ra, rb) for x, y in zip(pa, pb))))
+        assert diffs[-1][0] < 0.02 and diffs[-1][1] < 0.05, (sa, sb)
+    print(f"judge: max |expected score diff| {max(d[0] for d in diffs):.2e}, max |logprob diff| "
+          f"{max(d[1] for d in diffs):.2e}")
+
+
+def test_option_loglikelihoods_match_hf(pools):
+    """MC option log-likelihoods: |vLLM - HF| < 0.05 nats per option, and the same pick."""
+    hf, vllm = pools
+    tok = hf.tokenizer("y")
+    prefixes = [chat_ids(hf, "y", q) for q in QUESTIONS[:2]]
+    options = [[tok.encode(t, add_special_tokens=False) for t in ("56", "54", "fifty-six")],
+               [tok.encode(t, add_special_tokens=False) for t in ("Blue.", "Green, mostly.")]]
+    a = hf.continuation_logprobs("y", prefixes, options, batch_size=2)
+    b = vllm.continuation_logprobs("y", prefixes, options, batch_size=2)
+    for ra, rb in zip(a, b):
+        assert max(abs(x - y) for x, y in zip(ra, rb)) < 0.05, (ra, rb)
+        assert ra.index(max(ra)) == rb.index(max(rb))
+    print(f"options: max |loglik diff| {max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb)):.2e}")
+
+
+def test_a_new_adapter_directory_is_served_under_a_new_name(pools, adapters, smollm2):
+    """set_pool with member x now at y's directory: x answers as y does (no stale adapter cache)."""
+    hf, vllm = pools
+    prompt = [chat_ids(hf, "x", QUESTIONS[0])]
+    kw = dict(max_new_tokens=16, temperature=0.0, top_p=1.0, batch_size=1, seed=0)
+    before = vllm.generate(["x"], prompt, **kw)[0].text
+    as_y = vllm.generate(["y"], prompt, **kw)[0].text
+    old = vllm.loaded["x"]
+    vllm.set_pool([MemberModel("x", smollm2, adapters["y"])])
+    try:
+        assert vllm.loaded["x"] != old
+        assert vllm.generate(["x"], prompt, **kw)[0].text == as_y != before
+    finally:
+        vllm.set_pool([MemberModel("x", smollm2, adapters["x"])])
+
+
+def test_two_iterations_on_vllm(smollm2, adapters, tmp_path):
+    """The pipeline with backend.kind=vllm: combat and judging on the server, DPO on transformers, and iteration 2
+    served from iteration 1's adapters (new LoRA names); the server is stopped at the end."""
+    from sparta.config import load_config
+    from sparta.pipeline import Pipeline
+    from sparta.records import read_jsonl
+
+    config = load_config(None, [
+        f"run_dir={tmp_path / 'run'}", f"cache_dir={tmp_path / 'cache'}", "iterations=2",
+        f"pool.base={smollm2.source}", "data.prompts=gsm8k", "data.prompts_per_iteration=3", "arena.k=1",
+        f"pool.members=[{{name: plain}}, {{name: x, adapter: {adapters['x']}}}, {{name: y, adapter: {adapters['y']}}}]",
+        "generation.max_new_tokens=16", "generation.max_prompt_tokens=256", "training.max_length=512",
+        "judge.max_prompt_tokens=512", "backend.kind=vllm", f"backend.vllm.python={PYTHON}",
+        "backend.vllm.max_model_len=1024", "backend.vllm.max_loras=3", "backend.vllm.max_lora_rank=8",
+        "model.dtype=float32"])
+    pipeline = Pipeline(config)
+    root = pipeline.run_all().root
+    for t in (1, 2):
+        duels = read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl")
+        assert len(duels) == 3 and all(d["response_a"]["text"] and d["response_b"]["text"] for d in duels)
+        assert all(j["status"] == "ok" and 1 < j["score"] < 10 for d in duels for j in d["judgments"])
+        assert all((root / f"iter_{t:02d}" / "adapters" / m / "adapter_config.json").exists() for m in ("x", "y"))
+    assert pipeline.backend is None or pipeline.backend.process is None  # the server was stopped
+    assert "Application startup complete" in (root / "vllm-server.log").read_text()
