@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from bench.run import _cpu_model, dpo, prompts_ids, timed
+from bench.run import _cpu_model, dpo, prompts_ids, timed, write_result
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, judge_messages
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore
@@ -33,7 +32,8 @@ from sparta.rundir import package_versions
 
 
 def adapters(resolved, root: Path) -> dict[str, Path]:
-    """Two adapters with random B (scale 0.1): they change the outputs, as trained experts do."""
+    """Adapters x and y with random B (scale 0.1; 0.02 left greedy tokens unchanged): they change the outputs,
+    as trained experts do."""
     trainer = HFTrainer(LoraShape(dropout=0.0), 0, ModelStore("cpu"))
     out = {}
     for k, name in enumerate(("x", "y")):
@@ -111,9 +111,7 @@ def main(argv=None) -> int:
         backend = HFBackend([MemberModel(m, resolved, None) for m in members], LoraShape(), 0)
         result["dpo"] = dpo(backend, members, backend.tokenizer("w"), resolved, args.dpo_pairs, 96)
     result["wall_s"] = time.perf_counter() - start
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps(result, indent=2, default=str))
+    write_result(result, args.out)
     return 0
 
 

@@ -365,7 +365,7 @@ def _length_checks(c: RunConfig) -> list[tuple[bool, str]]:
     ]
     if c.backend.kind == "vllm":
         need = max(j.max_prompt_tokens + (j.max_new_tokens if j.mode == "generate" else 2), duel,
-                   c.eval.max_new_tokens + 1024)
+                   c.eval.max_new_tokens + 1024 if c.eval.tasks else 0)
         checks.append((c.backend.vllm.max_model_len >= need,
                        f"backend.vllm.max_model_len ({c.backend.vllm.max_model_len}) < {need}, the longest request "
                        "(judge window, or combat prompt + response, or eval prompt of 1024 + eval.max_new_tokens)"))

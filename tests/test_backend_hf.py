@@ -82,3 +82,39 @@ def test_a_row_over_the_context_window_fails_as_data(backend):
     out = backend.generate(["a", "b"], ids, max_new_tokens=4, temperature=0.0, top_p=1.0, batch_size=2, seed=0)
     assert out[0].text is not None and out[0].error is None
     assert out[1].text is None and "exceed the model's context window of 2048 tokens" in out[1].error
+
+
+def test_precision_attention_and_device_map_reach_the_loaded_model(tmp_path):
+    from sparta.backends.hf import ModelStore
+
+    tiny = resolve_model("tiny", tmp_path)
+    store = ModelStore("cpu", dtype="bfloat16", attn_implementation="eager", device_map="auto")
+    be = HFBackend([MemberModel("a", tiny, None)], LoraShape(), seed=0, store=store)
+    base = store.bases[tiny.fingerprint]
+    assert base.base.dtype == torch.bfloat16 and base.base.config._attn_implementation == "eager"
+    assert base.device == base.base.get_input_embeddings().weight.device  # inputs go where the embeddings are
+    [out] = be.generate(["a"], prompts(be, 1), max_new_tokens=4, temperature=0.0, top_p=1.0, batch_size=1, seed=0)
+    assert out.text is not None
+    assert ModelStore("cpu", dtype="auto").dtype == torch.float32  # auto on a CPU: fp32
+
+
+def test_gradient_checkpointing_gives_the_same_dpo_step(tmp_path):
+    """Recomputing activations in backward changes memory, not the result: same losses, same trained weights."""
+    from sparta.backends.hf import HFTrainer, ModelStore
+    from sparta.training import OptimSettings, train_dpo
+
+    tiny = resolve_model("tiny", tmp_path)
+    pairs = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+              "rejected": [{"role": "assistant", "content": r}]}
+             for q, c, r in [("2+2?", "4", "five"), ("Say hi.", "hi", "bye bye"), ("Sky?", "Blue.", "Green")]]
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
+    runs = []
+    for checkpointing in (False, True):
+        trainer = HFTrainer(LoraShape(dropout=0.0), 3, ModelStore("cpu"), gradient_checkpointing=checkpointing)
+        with trainer.slot(MemberModel("a", tiny, None)) as slot:
+            metrics = train_dpo(slot, "a", pairs, s, beta=0.1, epochs=2, seed=1)
+            runs.append(([h["loss"] for h in metrics["history"]], [p.detach().clone() for p in slot.parameters()]))
+            assert slot.model.is_gradient_checkpointing == checkpointing
+    (loss_a, w_a), (loss_b, w_b) = runs
+    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(w_a, w_b))

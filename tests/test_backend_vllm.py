@@ -7,11 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages
 from sparta.backends import MemberModel
-from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore
+from sparta.backends.hf import HFBackend, LoraShape, ModelStore
 from sparta.chat import encode_chat
 from sparta.config import HTTPConfig, ModelConfig, VLLMConfig
 from sparta.models import resolve_model
@@ -37,17 +36,9 @@ def smollm2(tmp_path_factory):
 @pytest.fixture(scope="module")
 def adapters(smollm2, tmp_path_factory):
     """Two LoRA adapters (rank 8, every linear layer) whose B matrices are random, so they change the outputs."""
-    root = tmp_path_factory.mktemp("adapters")
-    trainer = HFTrainer(LoraShape(rank=8, alpha=16, dropout=0.0), seed=0, store=ModelStore("cpu"))
-    for k, name in enumerate(("x", "y")):
-        with trainer.slot(MemberModel(name, smollm2, None)) as slot:
-            g = torch.Generator().manual_seed(k)
-            with torch.no_grad():
-                for n, p in slot.model.named_parameters():
-                    if "lora_B" in n and any(p is q for q in slot.parameters()):
-                        p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            slot.save(root / name)
-    return {"x": root / "x", "y": root / "y"}
+    from bench.backends import adapters
+
+    return adapters(smollm2, tmp_path_factory.mktemp("adapters"))
 
 
 @pytest.fixture(scope="module")
