@@ -229,21 +229,22 @@ def test_initial_reputations_reject_bad_tasks(tiny_config, value, message):
 
 
 def test_resume_with_new_eval_keys_reads_each_iterations_own_adapters(tiny_config, tmp_path):
-    """A finished run resumed with `eval` changed (allowed) and more iterations: every stage loads the pool as it
-    stands at its iteration. The eval files and the new iteration equal those of a run that had the settings
-    from the start (a backend cached with the initial adapters evaluated and trained from those instead)."""
-    evals = ["eval.tasks=[medqa]", "eval.splits=[dev]", "eval.limit=2", "eval.max_new_tokens=4"]
-    straight = tiny_config("iterations=3", *evals, run_dir=tmp_path / "straight")
-    run_to_end(straight)
+    """A finished run resumed with `eval` changed (allowed) and one more iteration: every stage must load the pool
+    as it stands at its own iteration. References that cannot share a stale-pool bug: each iteration run by a
+    fresh Pipeline (its first load is at that iteration), each evaluation by a fresh Pipeline."""
+    evals = ["eval.tasks=[medqa]", "eval.splits=[dev]", "eval.limit=2"]
+    reference = tmp_path / "reference"
+    for n in (1, 2, 3):
+        run_to_end(tiny_config(f"iterations={n}", run_dir=reference))
     resumed = tmp_path / "resumed"
     run_to_end(tiny_config(run_dir=resumed))  # two iterations, no evaluation
-    run_to_end(tiny_config("iterations=3", *evals, run_dir=resumed))
-    assert_same(snapshot(tmp_path / "straight", iterations=3), snapshot(resumed, iterations=3))
+    run_to_end(tiny_config("iterations=3", *evals, run_dir=resumed))  # evaluates 0..3, fights and trains 3
+    assert_same(snapshot(reference, iterations=3), snapshot(resumed, iterations=3))
     for t in range(4):
-        name = f"eval/iter_{t:02d}/medqa-dev.json"
-        got, want = (json.loads((root / name).read_text())["results"] for root in (resumed, tmp_path / "straight"))
+        fresh, _ = Pipeline(tiny_config("iterations=3", run_dir=reference)).evaluate("medqa", "dev", t, limit=2)
+        got = json.loads((resumed / f"eval/iter_{t:02d}/medqa-dev.json").read_text())["results"]
         for m in "abcd":
-            assert got[m]["examples"] == want[m]["examples"], (t, m)
+            assert got[m]["examples"] == fresh[m]["examples"], (t, m)
 
 
 def test_out_of_memory_stops_the_run_and_keeps_finished_rounds(reference_run, tiny_config, tmp_path, monkeypatch):
