@@ -9,8 +9,8 @@ Sections (each a ratio measured in the same run, never a timed assertion):
   authors       the same duels through the authors' pipeline shape and through sparta's arena (bench/authors.py)
   judging       logprob judge (judgments/s, tokens/s vs the prefill ceiling) and the authors' generative judging
                 (sampling T=0.7, top_k 50, top_p 0.95, static batches of 24, regex parsing), their agreement
-  dpo           one DPO epoch of one member on real pairs: seconds per pair by phase; fp32 (what sparta runs)
-                vs bf16 autocast (this CPU has AVX512-BF16: would it pay off?)
+  dpo           one DPO epoch of one member on real pairs: seconds per pair by phase; fp32 vs bf16 weights
+                (bf16 matmuls; the adapter's deltas, the residual stream, the output layer and log-softmax in fp32)
   memory        peak RSS of pools of 2, 4 and 8 members on one base (separate processes)
 """
 
@@ -167,9 +167,10 @@ def dpo(backend, members, tok, resolved, n_pairs: int, new_tokens: int) -> dict:
             out[label] = {"s_per_pair": s / len(pairs), "seconds": r["seconds"], "loss_first": r["loss_first"],
                           "loss_after": r["after"]["loss"], "reward_accuracy_after": r["after"]["reward_accuracy"],
                           "reward_margin_after": r["after"]["reward_margin"]}
-    out["bf16_speedup"] = out["fp32"]["s_per_pair"] / out["bf16"]["s_per_pair"]
-    out["bf16_minus_fp32"] = {k: out["bf16"][k] - out["fp32"][k] for k in ("loss_first", "loss_after",
-                                                                           "reward_accuracy_after")}
+    for label in ("bf16",):
+        out[label]["speedup_over_fp32"] = out["fp32"]["s_per_pair"] / out[label]["s_per_pair"]
+        out[label]["minus_fp32"] = {k: out[label][k] - out["fp32"][k] for k in ("loss_first", "loss_after",
+                                                                                "reward_accuracy_after")}
     return out
 
 

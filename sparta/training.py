@@ -89,7 +89,8 @@ def _fp32_logits(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> tor
         return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
     hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, -keep:]
     bias = head.bias.float() if head.bias is not None else None
-    return F.linear(hidden.float(), head.weight.float(), bias)
+    with torch.autocast(hidden.device.type, enabled=False):  # fp32 under an outer autocast too
+        return F.linear(hidden.float(), head.weight.float(), bias)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -200,7 +201,8 @@ def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: floa
     # The reference is this adapter before any update, computed in exactly the micro-batches the steps use:
     # in bf16 a sequence's log-prob moves with its batch's padding by about the size of DPO's rewards.
     clock = time.perf_counter()
-    reference = no_grad_logps(micro)
+    with slot.compute():
+        reference = no_grad_logps(micro)
     seconds = {"reference": time.perf_counter() - clock}
 
     def micro_loss(indices, weight):
@@ -212,11 +214,13 @@ def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: floa
                 "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
     clock = time.perf_counter()
-    history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
+    with slot.compute():
+        history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
     seconds["steps"] = time.perf_counter() - clock
     # One more pass over the pairs after training: did the member learn to prefer the chosen responses?
     clock = time.perf_counter()
-    after = no_grad_logps(first_epoch)
+    with slot.compute():
+        after = no_grad_logps(first_epoch)
     stacked = [torch.cat([d[rows][k] for rows in first_epoch]) for d in (after, reference) for k in (0, 1)]
     loss, rc, rr = dpo_loss(*stacked, beta)
     seconds["after"] = time.perf_counter() - clock
@@ -270,6 +274,7 @@ def train_sft(slot, member: str, examples: list[tuple[str, str]], s: OptimSettin
         (loss * weight).backward()
         return {"loss": loss.item()}
 
-    history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=True)
+    with slot.compute():
+        history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=True)
     return {"member": member, "examples": len(examples), "steps": len(history),
             "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], "history": history}

@@ -12,14 +12,14 @@ import logging
 import os
 import re
 import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..config import LoraConfig as LoraShape
-from ..mixed_lora import row_lora
+from ..mixed_lora import fp32_lora_sums, row_lora
 from ..models import ResolvedModel
 from ..seeding import derive_seed
 from . import Generated, MemberModel, context_error
@@ -121,10 +121,10 @@ class _Base:
         is added, and a PeftModel whose adapters were all deleted still names a deleted one."""
         for name in list(self._stale):
             if len(self.model.peft_config) > 1:
+                if self.model.active_adapter == name:  # activate another first (PEFT warns otherwise)
+                    self.model.set_adapter(next(n for n in self.model.peft_config if n != name))
                 self.model.delete_adapter(name)
                 self._stale.remove(name)
-        if self.model.active_adapter not in self.model.peft_config:
-            self.model.set_adapter(next(iter(self.model.peft_config)))
 
 
 class ModelStore:
@@ -365,6 +365,13 @@ class TrainSlot:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for n, p in self.model.named_parameters() if _adapter_key(n) == self.adapter]
+
+    def compute(self):
+        """The context every training pass runs in: nothing on an fp32 base; on a bf16 one, bf16 matmuls with the
+        adapter's deltas and the residual stream in fp32 (mixed_lora.fp32_lora_sums)."""
+        if self.model.get_base_model().dtype == torch.float32:
+            return nullcontext()
+        return fp32_lora_sums(self.model, self.adapter)
 
     def save(self, directory: Path) -> None:
         """Write the adapter atomically (temp dir, then rename) in PEFT's on-disk format."""
