@@ -336,6 +336,11 @@ def test_training_leaves_inference_slots_alone_until_set_pool(tiny, tmp_path):
     be.set_pool([MemberModel("a", tiny, tmp_path / "a")])
     after = be.next_token_logprobs(["a"], prompt, list(range(8)), last=1, batch_size=1)
     assert after != before
+    with slot(tiny, "a", store=store) as sl:  # the same directory rewritten: another adapter
+        perturb_adapter(sl, seed=3)
+        sl.save(tmp_path / "a")
+    be.set_pool([MemberModel("a", tiny, tmp_path / "a")])
+    assert be.next_token_logprobs(["a"], prompt, list(range(8)), last=1, batch_size=1) not in (before, after)
     be.set_pool([MemberModel("a", tiny, None)])  # back to a fresh adapter: the base's own outputs again
     assert be.next_token_logprobs(["a"], prompt, list(range(8)), last=1, batch_size=1) == before
     assert store.loads == 1

@@ -74,7 +74,7 @@ class _Base:
         model.generation_config = GenerationConfig(bos_token_id=model.generation_config.bos_token_id,
                                                    eos_token_id=sorted(self.eos_ids),
                                                    pad_token_id=self.tokenizer.pad_token_id)
-        self.slots: dict[str, tuple[str, Path | None]] = {}  # member -> (PEFT adapter name, directory)
+        self.slots: dict[str, tuple[str, tuple | None]] = {}  # member -> (PEFT adapter name, _stamp(directory))
         self._stale: list[str] = []  # adapters replaced or dropped, deleted by _sweep
         self._version = 0
 
@@ -84,8 +84,9 @@ class _Base:
         from peft import LoraConfig, PeftModel, get_peft_model
 
         adapter_dir = Path(adapter_dir).resolve() if adapter_dir is not None else None
+        stamp = _stamp(adapter_dir)
         old = self.slots.get(member)
-        if old is not None and old[1] == adapter_dir and not trainable:
+        if old is not None and old[1] == stamp and not trainable:
             return old[0]
         self._version += 1
         name = f"{member}__v{self._version}"  # a new name: the old adapter stays usable until replaced
@@ -106,7 +107,7 @@ class _Base:
             else:
                 self.model.add_adapter(name, config)
         self.model.eval()
-        self.slots[member] = (name, adapter_dir)
+        self.slots[member] = (name, stamp)
         if old is not None:
             self._stale.append(old[0])
         self._sweep()
@@ -447,6 +448,15 @@ class TopP:
         keep = above < self.top_p
         keep[:, 0] = True
         return torch.full_like(scores, float("-inf")).scatter_(-1, index, top.masked_fill(~keep, float("-inf")))
+
+
+def _stamp(adapter_dir: Path | None) -> tuple | None:
+    """What identifies an adapter on disk: its directory and when its weights were written (rewritten in place =
+    another adapter)."""
+    if adapter_dir is None:
+        return None
+    weights = adapter_dir / "adapter_model.safetensors"
+    return adapter_dir, weights.stat().st_mtime_ns if weights.exists() else 0
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
