@@ -89,6 +89,7 @@ class HTTPConfig:
 
     base_url: str = ""  # e.g. http://localhost:8000/v1
     api_key_env: str = "SPARTA_API_KEY"  # the key is read from this variable, never from (or into) a file
+    served_base: str = ""  # the server's name for the base model; "" = the one model it lists without a parent
     max_concurrency: int = 8
     timeout_s: float = 300.0
     retries: int = 4  # on connection errors, 429 and 5xx, with exponential backoff

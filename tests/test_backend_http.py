@@ -29,6 +29,13 @@ class Scripted(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def do_GET(self):  # noqa: N802
+        data = json.dumps(self.server.models).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
     def log_message(self, *args):
         pass
 
@@ -36,7 +43,7 @@ class Scripted(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
-    httpd.seen, httpd.replies = [], []
+    httpd.seen, httpd.replies, httpd.models = [], [], {"data": []}
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -49,7 +56,8 @@ def member(tmp_path_factory):
 
 
 def backend(member, url, **kw):
-    cfg = HTTPConfig(base_url=url, retries=kw.pop("retries", 1), timeout_s=kw.pop("timeout_s", 5.0), **kw)
+    cfg = HTTPConfig(base_url=url, retries=kw.pop("retries", 1), timeout_s=kw.pop("timeout_s", 5.0),
+                     served_base=kw.pop("served_base", "base"), **kw)
     return HTTPBackend([member], cfg)
 
 
@@ -139,3 +147,32 @@ def test_the_api_key_comes_from_the_environment_and_is_not_kept(member, server, 
     gen(be)
     assert server.seen[0][0] == "Bearer sk-secret-123"
     assert "sk-secret-123" not in repr(vars(be)) + repr(vars(be.cfg))
+
+
+def test_adapters_are_loaded_under_new_names_and_the_base_is_found(member, server, tmp_path):
+    """A member with an adapter directory: loaded into the server at run time under a name new to its directory
+    and weights, requests then name it; the base member asks the server which model is the base."""
+    (tmp_path / "ad").mkdir()
+    (tmp_path / "ad" / "adapter_model.safetensors").write_bytes(b"x")
+    server.models = {"data": [{"id": "Qwen/Qwen2.5-7B-Instruct", "parent": None},
+                              {"id": "old-lora", "parent": "Qwen/Qwen2.5-7B-Instruct"}]}
+    server.replies = [(200, "Success: LoRA adapter loaded", 0), (200, ok_completion("as b"), 0),
+                      (200, ok_completion("as a"), 0)]
+    b = MemberModel("b", member.base, tmp_path / "ad")
+    be = backend(member, url(server), served_base="")
+    be.set_pool([b])
+    load = server.seen[0][1]
+    assert load["lora_path"] == str((tmp_path / "ad").resolve()) and load["lora_name"].startswith("b-")
+    outs = be.generate(["b", "a"], [[5], [6]], max_new_tokens=2, temperature=0.0, top_p=1.0, batch_size=2, seed=0)
+    models = {body["prompt"][0]: body["model"] for _, body in server.seen[1:]}
+    assert models == {5: load["lora_name"], 6: "Qwen/Qwen2.5-7B-Instruct"} and all(o.text for o in outs)
+
+
+def test_a_server_that_cannot_load_adapters_stops_the_run(member, server, tmp_path):
+    """Serving the previous iteration's adapter instead would be silently wrong: this is a BackendError."""
+    from sparta.backends import BackendError
+
+    (tmp_path / "ad").mkdir()
+    server.replies = [(404, "Not Found", 0)]
+    with pytest.raises(BackendError, match="could not load adapter"):
+        backend(member, url(server)).set_pool([MemberModel("b", member.base, tmp_path / "ad")])

@@ -13,6 +13,7 @@ exponential backoff; what still fails, or a reply without the fields asked for, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import Failure, Generated, MemberModel, context_error
+from . import BackendError, Failure, Generated, MemberModel, context_error
 
 log = logging.getLogger(__name__)
 RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -33,22 +34,64 @@ class RequestFailed(RuntimeError):
 
 
 class HTTPBackend:
-    """`served(member)` names the server's model for a member (default: its name if it has an adapter, served as a
-    LoRA module of that name; else the base's source path, vLLM's default model name)."""
+    """Members' adapters are loaded into the server at run time under a new name per (member, directory, weights),
+    so an iteration is never served from an earlier one's adapter; replaced names are unloaded. The server must
+    read sparta's adapter directories (same machine or shared storage) and load adapters at run time (vLLM:
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). The base is the server's model `base_name`, else `http.served_base`,
+    else the one model the server lists without a parent."""
 
-    def __init__(self, members: list[MemberModel], http, served=None, window: int | None = None):
+    def __init__(self, members: list[MemberModel], http, base_name: str | None = None, window: int | None = None):
         self.cfg, self.window = http, window or 10**9
         self.url = http.base_url.rstrip("/")
-        self.served_name = served or (lambda m: m.name if m.adapter_dir else m.base.source)
+        self.base_name = base_name or http.served_base or None
         self.members: dict[str, MemberModel] = {}
+        self.loaded: dict[str, str | None] = {}  # member -> served LoRA name (None: the base itself)
         self._tokenizers: dict[str, object] = {}
         self.set_pool(members)
 
     # ---- the protocol ------------------------------------------------------------------------------
 
     def set_pool(self, members: list[MemberModel]) -> None:
+        bases = {m.base.fingerprint for m in [*self.members.values(), *members]}
+        if len(bases) > 1:
+            raise BackendError(f"a {type(self).__name__} serves one base model; this pool has {len(bases)} "
+                               "(use backend.kind=hf for a heterogeneous pool)")
         for m in members:
+            name = _lora_name(m) if m.adapter_dir else None
+            if m.name not in self.loaded or self.loaded[m.name] != name:
+                if name is not None:
+                    self._load(name, m.adapter_dir)
+                old = self.loaded.get(m.name)
+                self.loaded[m.name] = name
+                if old is not None and old not in self.loaded.values():
+                    self._unload(old)
             self.members[m.name] = m
+
+    def _load(self, name: str, directory) -> None:
+        try:
+            self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(directory).resolve())})
+        except RequestFailed as e:  # serving the old adapter instead would be silently wrong
+            raise BackendError(f"the server at {self.url} could not load adapter {directory} ({e}); it must load "
+                               "adapters at run time (vLLM: VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) and see sparta's "
+                               "run directory") from None
+
+    def _unload(self, name: str) -> None:
+        try:
+            self._post("/unload_lora_adapter", {"lora_name": name})
+        except RequestFailed as e:  # it only frees a slot: the run goes on
+            log.warning("could not unload adapter %s: %s", name, e)
+
+    def _served(self, member: str) -> str:
+        if self.loaded.get(member):
+            return self.loaded[member]
+        if self.base_name is None:
+            listed = self._get("/models").get("data") or []
+            bases = [m["id"] for m in listed if isinstance(m, dict) and not m.get("parent")]
+            if len(bases) != 1:
+                raise BackendError(f"cannot tell the base model among {bases} at {self.url}: set "
+                                   "backend.http.served_base")
+            self.base_name = bases[0]
+        return self.base_name
 
     def tokenizer(self, member: str):
         source = self.members[member].base.source
@@ -153,25 +196,30 @@ class HTTPBackend:
         return lps
 
     def _complete(self, member, body) -> dict:
-        payload = {"model": self.served_name(self.members[member]), **body}
+        payload = {"model": self._served(member), **body}
         reply = self._post("/completions", payload)
         choices = reply.get("choices") if isinstance(reply, dict) else None
         if not choices or not isinstance(choices[0], dict):
             raise RequestFailed(f"malformed reply from {self.url}/completions: {str(reply)[:200]}")
         return choices[0]
 
-    def _post(self, path: str, payload: dict) -> dict:
+    def _get(self, path: str) -> dict:
+        return self._post(path, None)
+
+    def _post(self, path: str, payload: dict | None) -> dict:
+        """POST `payload` (None: GET) with retries; the reply's JSON (or its text, for plain-text endpoints)."""
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(self.cfg.api_key_env)
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(payload).encode()
+        data = json.dumps(payload).encode() if payload is not None else None
         last = None
         for attempt in range(self.cfg.retries + 1):
             if attempt:
                 time.sleep(min(30.0, 0.5 * 2 ** (attempt - 1)))
             try:
-                request = urllib.request.Request(self.url + path, data=data, headers=headers, method="POST")
+                request = urllib.request.Request(self.url + path, data=data, headers=headers,
+                                                 method="POST" if data is not None else "GET")
                 with urllib.request.urlopen(request, timeout=self.cfg.timeout_s) as r:
                     raw = r.read()
                 try:
@@ -195,6 +243,13 @@ class HTTPBackend:
                 if progress:
                     progress(1)
         return out
+
+
+def _lora_name(m: MemberModel) -> str:
+    """A new name per (member, directory, weights): servers cache adapters by name."""
+    weights = Path(m.adapter_dir) / "adapter_model.safetensors"
+    stamp = f"{Path(m.adapter_dir).resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
+    return f"{m.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:10]}"
 
 
 def _logprob(entry: dict, token: int) -> float:

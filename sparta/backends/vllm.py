@@ -2,8 +2,8 @@
 
 vLLM runs in its own Python environment (`backend.vllm.python`; `make vllm-env` builds `.venv-vllm` on CPU,
 docs/vllm.md says how on GPUs), because it pins transformers below the range this project uses. Requests go
-through `HTTPBackend`. Each (member, adapter directory) is loaded once under a new LoRA name, so a member's
-adapter of iteration t is never served from a cache of iteration t - 1; names of replaced adapters are unloaded.
+through `HTTPBackend`, which loads each (member, adapter directory) under a new LoRA name, so a member's adapter of
+iteration t is never served from a cache of iteration t - 1.
 
 The server starts with `--generation-config vllm`: by default vLLM, like transformers, applies the sampling
 defaults a model ships (Qwen2.5: temperature 0.7, top_p 0.8, repetition_penalty 1.05) to every request that
@@ -12,7 +12,6 @@ does not set them; sparta's settings must be the only ones.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import BackendError, MemberModel
-from .openai_http import HTTPBackend, RequestFailed
+from .openai_http import HTTPBackend
 
 log = logging.getLogger(__name__)
 SERVED_BASE = "base"
@@ -39,13 +38,15 @@ class VLLMBackend(HTTPBackend):
         self.vcfg, self.base = vllm, next(iter(bases.values()))
         self.port = vllm.port or _free_port()
         self.log_path = Path(log_path) if log_path else None
-        self.loaded: dict[str, str] = {}  # member -> served LoRA name
         self.process = None
         self.targets = _lora_targets(members)
         self._start(model)
-        super().__init__([], replace(http, base_url=f"http://127.0.0.1:{self.port}/v1"), self._served,
-                         window=vllm.max_model_len)
-        self.set_pool(members)
+        try:
+            super().__init__(members, replace(http, base_url=f"http://127.0.0.1:{self.port}/v1"), SERVED_BASE,
+                             window=vllm.max_model_len)
+        except BaseException:
+            self.close()
+            raise
 
     # ---- the server --------------------------------------------------------------------------------
 
@@ -93,43 +94,11 @@ class VLLMBackend(HTTPBackend):
                 self.process.wait()
         self.process = None
 
-    # ---- adapters ----------------------------------------------------------------------------------
-
-    def set_pool(self, members: list[MemberModel]) -> None:
-        for m in members:
-            if m.base.fingerprint != self.base.fingerprint:
-                raise BackendError(f"member {m.name!r}: backend.kind=vllm serves {self.base.spec!r} only")
-            name = _lora_name(m) if m.adapter_dir else None
-            if self.loaded.get(m.name) != name:
-                if name is not None:
-                    self._post("/load_lora_adapter", {"lora_name": name, "lora_path": str(Path(m.adapter_dir))})
-                old = self.loaded.get(m.name)
-                if old is not None and old not in (self.loaded[k] for k in self.loaded if k != m.name):
-                    self._unload(old)
-                self.loaded[m.name] = name
-        super().set_pool(members)
-
-    def _unload(self, name: str) -> None:
-        try:
-            self._post("/unload_lora_adapter", {"lora_name": name})
-        except RequestFailed as e:  # it only frees a slot: the run goes on
-            log.warning("could not unload adapter %s: %s", name, e)
-
-    def _served(self, member: MemberModel) -> str:
-        return self.loaded.get(member.name) or SERVED_BASE
-
-    def _post(self, path: str, payload: dict) -> dict:
+    def _post(self, path: str, payload: dict | None) -> dict:
         if self.process is not None and self.process.poll() is not None:
             raise BackendError(f"the vLLM server died (exit code {self.process.returncode})"
                                + (f"; its log: {self.log_path}" if self.log_path else ""))
         return super()._post(path, payload)
-
-
-def _lora_name(m: MemberModel) -> str:
-    """A new name per (member, directory, weights): vLLM caches adapters by name."""
-    weights = Path(m.adapter_dir) / "adapter_model.safetensors"
-    stamp = f"{Path(m.adapter_dir).resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
-    return f"{m.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:10]}"
 
 
 def _lora_targets(members: list[MemberModel]) -> list[str]:
