@@ -50,6 +50,7 @@ class Pipeline:
         self.lora = config.pool.lora
         self.backend = None  # the inference backend (sparta.backends), built on first use
         self.store = None  # HF models loaded in this process (shared by the HF backend and training)
+        self.trainer = None  # training on those models, built on first use
         self.outside: dict[str, MemberModel] = {}  # model spec -> a model from outside the pool (evaluation)
 
     # ---- set-up: everything cheap is checked before anything expensive ---------------------------
@@ -136,7 +137,7 @@ class Pipeline:
     def _trainer(self):
         from .backends.hf import HFTrainer
 
-        if getattr(self, "trainer", None) is None:
+        if self.trainer is None:
             self.trainer = HFTrainer(self.lora, self.c.seed, self._store(), self.c.model.gradient_checkpointing)
         return self.trainer
 

@@ -49,7 +49,8 @@ def encode_truncated(tokenizer, prompt: str, response: str, max_length: int, max
     turn = encode_chat(tokenizer, [("user", "{0}")], [prompt], max_tokens=budget, add_generation_prompt=True)
     full = encode_chat(tokenizer, [("user", "{0}"), ("assistant", "{1}")], [prompt, response],
                        max_tokens=10**9, add_generation_prompt=False)
-    unshortened = encode_chat(tokenizer, [("user", "{0}")], [prompt], max_tokens=10**9)
+    unshortened = turn if not turn.shortened else encode_chat(tokenizer, [("user", "{0}")], [prompt],
+                                                              max_tokens=10**9)
     if full.ids[:len(unshortened.ids)] != unshortened.ids:
         raise ValueError("the chat template renders the prompt turn differently before a response; "
                          "training needs the prompt as generation saw it")

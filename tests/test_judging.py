@@ -101,7 +101,6 @@ class ScriptedGenerate:
 
     def __init__(self, inner, answers: dict[str, str], judge_output: str):
         self.inner, self.answers, self.judge_output = inner, answers, judge_output
-        self.device = inner.device
 
     def tokenizer(self, member):
         return self.inner.tokenizer(member)

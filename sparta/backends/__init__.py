@@ -80,6 +80,25 @@ class BackendError(RuntimeError):
     """A failure of the backend itself (not of one input): the run must stop."""
 
 
+def adapter_stamp(adapter_dir: Path | None) -> tuple[Path, int] | None:
+    """What identifies an adapter on disk: its directory and when its weights were written (a directory rewritten
+    in place holds another adapter). None for a fresh adapter."""
+    if adapter_dir is None:
+        return None
+    directory = Path(adapter_dir).resolve()
+    weights = directory / "adapter_model.safetensors"
+    return directory, weights.stat().st_mtime_ns if weights.exists() else 0
+
+
+def single_base(members: list[MemberModel], kind: str) -> ResolvedModel:
+    """The one base model a server-backed pool runs on."""
+    bases = {m.base.fingerprint: m.base for m in members}
+    if len(bases) != 1:
+        raise BackendError(f"backend.kind={kind} serves one base model; this pool has {len(bases)} "
+                           "(use backend.kind=hf for a heterogeneous pool)")
+    return next(iter(bases.values()))
+
+
 def context_error(prompt_tokens: int, max_new_tokens: int, window: int) -> str | None:
     """Why a row cannot run in a model's context window, or None: a failure of that input, recorded as data."""
     if prompt_tokens + max_new_tokens > window:

@@ -22,7 +22,7 @@ from ..config import LoraConfig as LoraShape
 from ..mixed_lora import fp32_lora_sums, row_lora
 from ..models import ResolvedModel
 from ..seeding import derive_seed
-from . import Generated, MemberModel, context_error
+from . import Generated, MemberModel, adapter_stamp, context_error
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ class _Base:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.base = model if device_map else model.to(device)
         self.device = self.base.get_input_embeddings().weight.device
-        self.dtype = dtype
         self.model = None  # the PeftModel, created with the first adapter
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
@@ -74,7 +73,7 @@ class _Base:
         model.generation_config = GenerationConfig(bos_token_id=model.generation_config.bos_token_id,
                                                    eos_token_id=sorted(self.eos_ids),
                                                    pad_token_id=self.tokenizer.pad_token_id)
-        self.slots: dict[str, tuple[str, tuple | None]] = {}  # member -> (PEFT adapter name, _stamp(directory))
+        self.slots: dict[str, tuple[str, tuple | None]] = {}  # member -> (PEFT adapter name, adapter_stamp)
         self._stale: list[str] = []  # adapters replaced or dropped, deleted by _sweep
         self._version = 0
 
@@ -83,8 +82,8 @@ class _Base:
         had unless it came from the same directory. Returns the PEFT adapter name."""
         from peft import LoraConfig, PeftModel, get_peft_model
 
-        adapter_dir = Path(adapter_dir).resolve() if adapter_dir is not None else None
-        stamp = _stamp(adapter_dir)
+        stamp = adapter_stamp(adapter_dir)
+        adapter_dir = stamp[0] if stamp else None
         old = self.slots.get(member)
         if old is not None and old[1] == stamp and not trainable:
             return old[0]
@@ -153,7 +152,6 @@ class HFBackend:
     def __init__(self, members: list[MemberModel], lora: LoraShape, seed: int, device: str | None = None, *,
                  store: ModelStore | None = None):
         self.store = store or ModelStore(device)
-        self.device = self.store.device
         self.lora, self.seed = lora, seed
         self.base_of: dict[str, str] = {}
         self.set_pool(members)
@@ -448,15 +446,6 @@ class TopP:
         keep = above < self.top_p
         keep[:, 0] = True
         return torch.full_like(scores, float("-inf")).scatter_(-1, index, top.masked_fill(~keep, float("-inf")))
-
-
-def _stamp(adapter_dir: Path | None) -> tuple | None:
-    """What identifies an adapter on disk: its directory and when its weights were written (rewritten in place =
-    another adapter)."""
-    if adapter_dir is None:
-        return None
-    weights = adapter_dir / "adapter_model.safetensors"
-    return adapter_dir, weights.stat().st_mtime_ns if weights.exists() else 0
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:

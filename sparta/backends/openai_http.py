@@ -23,7 +23,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import BackendError, Failure, Generated, MemberModel, context_error
+from . import BackendError, Failure, Generated, MemberModel, adapter_stamp, context_error, single_base
 
 log = logging.getLogger(__name__)
 RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -40,6 +40,8 @@ class HTTPBackend:
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True). The base is the server's model `base_name`, else `http.served_base`,
     else the one model the server lists without a parent."""
 
+    kind = "http"  # backend.kind, for messages
+
     def __init__(self, members: list[MemberModel], http, base_name: str | None = None, window: int | None = None):
         self.cfg, self.window = http, window or 10**9
         self.url = http.base_url.rstrip("/")
@@ -47,15 +49,13 @@ class HTTPBackend:
         self.members: dict[str, MemberModel] = {}
         self.loaded: dict[str, str | None] = {}  # member -> served LoRA name (None: the base itself)
         self._tokenizers: dict[str, object] = {}
+        self._stop_ids: dict[str, list[int]] = {}
         self.set_pool(members)
 
     # ---- the protocol ------------------------------------------------------------------------------
 
     def set_pool(self, members: list[MemberModel]) -> None:
-        bases = {m.base.fingerprint for m in [*self.members.values(), *members]}
-        if len(bases) > 1:
-            raise BackendError(f"a {type(self).__name__} serves one base model; this pool has {len(bases)} "
-                               "(use backend.kind=hf for a heterogeneous pool)")
+        single_base([*self.members.values(), *members], self.kind)
         for m in members:
             name = _lora_name(m) if m.adapter_dir else None
             if m.name not in self.loaded or self.loaded[m.name] != name:
@@ -108,11 +108,13 @@ class HTTPBackend:
         """End-of-turn ids: the tokenizer's and those the model's generation_config names (a server told to
         ignore that file for sampling would otherwise stop only at the tokenizer's)."""
         source = Path(self.members[member].base.source)
-        eos = {self.tokenizer(member).eos_token_id}
-        if (source / "generation_config.json").exists():
-            found = json.loads((source / "generation_config.json").read_text()).get("eos_token_id")
-            eos |= set(found if isinstance(found, list) else [found])
-        return sorted(e for e in eos if e is not None)
+        if source not in self._stop_ids:  # read once per base, not per request
+            eos = {self.tokenizer(member).eos_token_id}
+            if (source / "generation_config.json").exists():
+                found = json.loads((source / "generation_config.json").read_text()).get("eos_token_id")
+                eos |= set(found if isinstance(found, list) else [found])
+            self._stop_ids[source] = sorted(e for e in eos if e is not None)
+        return self._stop_ids[source]
 
     def generate(self, members, prompts, *, max_new_tokens, temperature, top_p, batch_size, seed, progress=None,
                  min_new_tokens: int = 0) -> list[Generated]:
@@ -247,9 +249,8 @@ class HTTPBackend:
 
 def _lora_name(m: MemberModel) -> str:
     """A new name per (member, directory, weights): servers cache adapters by name."""
-    weights = Path(m.adapter_dir) / "adapter_model.safetensors"
-    stamp = f"{Path(m.adapter_dir).resolve()}:{weights.stat().st_mtime_ns if weights.exists() else 0}"
-    return f"{m.name}-{hashlib.sha256(stamp.encode()).hexdigest()[:10]}"
+    directory, written = adapter_stamp(m.adapter_dir)
+    return f"{m.name}-{hashlib.sha256(f'{directory}:{written}'.encode()).hexdigest()[:10]}"
 
 
 def _logprob(entry: dict, token: int) -> float:

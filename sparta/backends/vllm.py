@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from . import BackendError, MemberModel
+from . import BackendError, MemberModel, single_base
 from .openai_http import HTTPBackend
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,10 @@ SERVED_BASE = "base"
 
 
 class VLLMBackend(HTTPBackend):
+    kind = "vllm"
+
     def __init__(self, members: list[MemberModel], vllm, http, model, log_path: Path | None = None):
-        bases = {m.base.fingerprint: m.base for m in members}
-        if len(bases) != 1:
-            raise BackendError(f"backend.kind=vllm serves one base model; this pool has {len(bases)} "
-                               "(use backend.kind=hf for a heterogeneous pool)")
-        self.vcfg, self.base = vllm, next(iter(bases.values()))
+        self.vcfg, self.base = vllm, single_base(members, self.kind)  # before the server starts
         self.port = vllm.port or _free_port()
         self.log_path = Path(log_path) if log_path else None
         self.process = None
@@ -52,10 +50,9 @@ class VLLMBackend(HTTPBackend):
 
     def _command(self, model) -> list[str]:
         v = self.vcfg
-        dtype = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16"}[model.dtype]
         return [v.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.base.source,
                 "--served-model-name", SERVED_BASE, "--host", "127.0.0.1", "--port", str(self.port),
-                "--dtype", dtype, "--max-model-len", str(v.max_model_len), "--generation-config", "vllm",
+                "--dtype", model.dtype, "--max-model-len", str(v.max_model_len), "--generation-config", "vllm",
                 "--enable-lora", "--max-loras", str(v.max_loras), "--max-lora-rank", str(v.max_lora_rank),
                 "--gpu-memory-utilization", str(v.gpu_memory_utilization), "--seed", "0",
                 # the adapters' own modules: a LoRA-wrapped lm_head breaks prompt_logprobs (vLLM #16668)
