@@ -103,6 +103,30 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one Ray worker reserves (a placement-group bundle)."""
+
+    num_cpus: float = 1
+    num_gpus: float = 0  # 1: a GPU per worker; 0.5: two workers share a GPU (small models)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where the stages run: in this process, or on a Ray cluster (sparta.cluster): `workers` Ray actors, each
+    holding the base model(s) and every member's adapter, share out generation and judging, and train members."""
+
+    kind: str = "local"  # local | ray
+    address: str = ""  # "": start a Ray cluster in this process; "auto": the one `ray start` runs here; ray://...
+    num_cpus: int = 0  # a cluster started here: the CPUs it may use (0 = all)
+    workers: int = 2
+    worker: Resources = Resources()
+    placement: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
+    shared_storage: bool = True  # run directory on storage every node sees; false: adapters travel as Ray objects
+    max_retries: int = 2  # a worker that dies is replaced and its part redone, this many times per stage call
+    startup_timeout_s: float = 600.0  # waiting for the cluster to grant the placement group
+
+
+@dataclass(frozen=True)
 class DataConfig:
     prompts: str = "gsm8k"  # a task name (its combat pool), "self_instruct", or a .json/.jsonl file of prompts
     user_data: str = ""  # folder with user-supplied task files (knowledge_crosswords, normad_rot, ...)
@@ -209,6 +233,7 @@ class RunConfig:
     pool: PoolConfig = PoolConfig()
     model: ModelConfig = ModelConfig()
     backend: BackendConfig = BackendConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
     data: DataConfig = DataConfig()
     generation: GenerationConfig = GenerationConfig()
     judge: JudgeConfig = JudgeConfig()
@@ -219,7 +244,8 @@ class RunConfig:
 
 
 # Keys that may change between invocations on the same run directory without invalidating it.
-RESUMABLE_KEYS = ("run_dir", "iterations", "threads", "cache_dir", "eval")
+# runtime: a run started here may resume on a cluster (the results do not depend on where stages run)
+RESUMABLE_KEYS = ("run_dir", "iterations", "threads", "cache_dir", "eval", "runtime")
 
 
 def _build(cls: type, data: object, where: str) -> object:
@@ -337,6 +363,12 @@ def validate(c: RunConfig) -> None:
          f"model.dtype must be auto, float32 or bfloat16, got {c.model.dtype!r}"),
         (c.backend.kind in ("hf", "vllm", "http"), f"backend.kind must be hf, vllm or http, got {c.backend.kind!r}"),
         (c.backend.kind != "http" or bool(c.backend.http.base_url), "backend.kind=http needs backend.http.base_url"),
+        (c.runtime.kind in ("local", "ray"), f"runtime.kind must be local or ray, got {c.runtime.kind!r}"),
+        (c.runtime.workers >= 1 and c.runtime.max_retries >= 0, "runtime.workers must be >= 1, max_retries >= 0"),
+        (c.runtime.worker.num_cpus > 0 and c.runtime.worker.num_gpus >= 0,
+         "runtime.worker.num_cpus must be > 0 and num_gpus >= 0"),
+        (c.runtime.placement in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+         f"runtime.placement must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, got {c.runtime.placement!r}"),
         (c.reputation.initial_rating >= c.reputation.floor,
          f"reputation.initial_rating ({c.reputation.initial_rating}) must be >= reputation.floor "
          f"({c.reputation.floor})"),

@@ -7,6 +7,7 @@ the same results as one that was never interrupted (same seed, CPU).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import resource
 import time
@@ -29,7 +30,7 @@ from .report import write_report
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed, rng
 from .tasks.catalog import get_task
-from .training import OptimSettings, dpo_steps, train_dpo
+from .training import DPOJob, OptimSettings, dpo_steps, run_dpo_job
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Pipeline:
                     resolve_adapter(m.adapter, fetch=False)
                 except ModelSpecError as e:
                     raise FileNotFoundError(f"pool.members[{m.name}].adapter: {e}") from None
+        if c.runtime.kind == "ray" and importlib.util.find_spec("ray") is None:
+            raise ModuleNotFoundError("runtime.kind=ray needs Ray: pip install 'sparta-align[ray]'")
         warning = uniform_warning(len(self.members), c.arena.k)
         if warning:
             log.warning(warning)
@@ -128,10 +131,20 @@ class Pipeline:
         """The inference backend serving the pool as it stands at the start of iteration t (every stage asks
         for its own t, so a resumed run never reads stale adapters)."""
         pool = self._pool(t) + list(self.outside.values())
-        if self.backend is None:
+        if self.c.runtime.kind == "ray":
+            self._cluster().set_pool(pool)
+        elif self.backend is None:
             self.backend = build_backend(self.c, pool, self._store, self.run.root / "vllm-server.log")
         else:
             self.backend.set_pool(pool)
+        return self.backend
+
+    def _cluster(self):
+        """runtime.kind=ray: the Ray workers, which are the inference backend and train the members."""
+        if self.backend is None:
+            from .cluster import Cluster
+
+            self.backend = Cluster(self.c, self.run.root)
         return self.backend
 
     def _trainer(self):
@@ -142,7 +155,7 @@ class Pipeline:
         return self.trainer
 
     def close(self) -> None:
-        """Stop what the run started (a vLLM server)."""
+        """Stop what the run started (a vLLM server, Ray workers)."""
         if self.backend is not None:
             self.backend.close()
             self.backend = None
@@ -290,17 +303,23 @@ class Pipeline:
         optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
                               warmup_ratio=tr.warmup_ratio, max_length=tr.max_length,
                               max_prompt_tokens=c.generation.max_prompt_tokens)
-        for member in self._pool(t):
-            m = member.name
-            if run.is_done(t, f"train-{m}"):
-                continue
-            own = pairs_for(m, pairs, tr.pairs)
-            tick = self.progress(f"dpo {m}", dpo_steps(len(own), tr.batch_size, tr.epochs))
-            with self._trainer().slot(member) as slot:
-                metrics = train_dpo(slot, m, own, optim, tr.beta, tr.epochs, derive_seed(c.seed, t), tick)
-                slot.save(run.adapter_dir(t, m))
-            write_json_atomic(run.iteration(t) / "training" / f"{m}.json", metrics)
-            run.mark_done(t, f"train-{m}")
+        jobs = [DPOJob(member, pairs_for(member.name, pairs, tr.pairs), optim, tr.beta, tr.epochs,
+                       derive_seed(c.seed, t), run.adapter_dir(t, member.name))
+                for member in self._pool(t) if not run.is_done(t, f"train-{member.name}")]
+        for job, metrics in self._run_jobs(jobs):  # in the order they finish
+            write_json_atomic(run.iteration(t) / "training" / f"{job.member.name}.json", metrics)
+            run.mark_done(t, f"train-{job.member.name}")
+
+    def _run_jobs(self, jobs: list[DPOJob]):
+        """Yield (job, metrics) as each member's DPO finishes: here one after the other, or over the Ray workers
+        (every job is tried; a failure is raised after the others finished, so their adapters are kept)."""
+        if self.c.runtime.kind == "ray":
+            yield from self._cluster().train(jobs, self.progress("dpo (ray workers)", len(jobs)))
+            return
+        tr = self.c.training
+        for job in jobs:
+            tick = self.progress(f"dpo {job.member.name}", dpo_steps(len(job.pairs), tr.batch_size, tr.epochs))
+            yield job, run_dpo_job(self._trainer(), job, tick)
 
     def _training(self, t: int) -> dict[str, dict]:
         return {m: read_json(self.run.iteration(t) / "training" / f"{m}.json") for m in self.members}

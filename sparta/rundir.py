@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -102,3 +104,13 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
+
+
+def swap_in(tmp: Path, directory: Path) -> None:
+    """Replace `directory` by the complete directory `tmp` in two renames, so a crash never leaves none."""
+    old = directory.with_name(f".{directory.name}.old")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)

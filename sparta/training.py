@@ -12,10 +12,12 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .backends import MemberModel
 from .chat import PromptTooLong, encode_chat
 from .seeding import derive_seed
 
@@ -29,6 +31,27 @@ class OptimSettings:
     max_length: int = 512
     max_grad_norm: float = 1.0
     max_prompt_tokens: int | None = None  # the prompt turn's budget (combat's); None = max_length // 2
+
+
+@dataclass(frozen=True)
+class DPOJob:
+    """One member's DPO in an iteration: all a worker needs to run it, here or on another machine."""
+
+    member: MemberModel  # as it stands at the start of the iteration (its adapter directory)
+    pairs: list[dict]
+    optim: OptimSettings
+    beta: float
+    epochs: int
+    seed: int
+    out_dir: Path  # where the trained adapter is written (atomically)
+
+
+def run_dpo_job(trainer, job: DPOJob, progress=None) -> dict:
+    """Train a copy of the member's adapter (trainer: a backends.hf.HFTrainer), write it to job.out_dir; metrics."""
+    with trainer.slot(job.member) as slot:
+        metrics = train_dpo(slot, job.member.name, job.pairs, job.optim, job.beta, job.epochs, job.seed, progress)
+        slot.save(job.out_dir)
+    return metrics
 
 
 def encode_example(tokenizer, prompt: str, response: str, max_length: int,

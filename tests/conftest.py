@@ -21,14 +21,19 @@ def tiny_config(tmp_path, model_cache):
     """A factory: a small, fast run config on the tiny model, with dotted overrides."""
 
     def make(*overrides: str, run_dir: Path | None = None):
-        base = [
-            f"run_dir={run_dir or tmp_path / 'run'}", f"cache_dir={model_cache}", "iterations=2",
-            "pool.base=tiny", "pool.members=[a, b, c, d]",
-            "data.prompts=self_instruct", "data.prompts_per_iteration=6",
-            "generation.max_new_tokens=12", "generation.batch_size=8", "generation.max_prompt_tokens=200",
-            "arena.round_size=4",
-            "judge.batch_size=8", "training.max_length=256", "training.lr=0.01",
-        ]
-        return load_config(None, base + list(overrides))
+        return tiny(run_dir or tmp_path / "run", model_cache, *overrides)
 
     return make
+
+
+def tiny(run_dir: Path, model_cache: Path, *overrides: str):
+    """The tiny run config (for fixtures of a wider scope than tiny_config's)."""
+    base = [
+        f"run_dir={run_dir}", f"cache_dir={model_cache}", "iterations=2",
+        "pool.base=tiny", "pool.members=[a, b, c, d]",
+        "data.prompts=self_instruct", "data.prompts_per_iteration=6",
+        "generation.max_new_tokens=12", "generation.batch_size=8", "generation.max_prompt_tokens=200",
+        "arena.round_size=4",
+        "judge.batch_size=8", "training.max_length=256", "training.lr=0.01",
+    ]
+    return load_config(None, base + list(overrides))

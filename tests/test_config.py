@@ -206,7 +206,7 @@ def test_empty_config_file_is_defaults(tmp_path):
 
 
 def test_fingerprint_ignores_resumable_keys():
-    assert set(RESUMABLE_KEYS) == {"run_dir", "iterations", "threads", "cache_dir", "eval"}
+    assert set(RESUMABLE_KEYS) == {"run_dir", "iterations", "threads", "cache_dir", "eval", "runtime"}
     base = load_config(None)
     moved = load_config(None, ["run_dir=/elsewhere", "iterations=9", "threads=1", "cache_dir=/tmp/c"])
     assert moved != base

@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "mixed_lora", "backends",
-         "arena", "pairs", "training", "experts", "evaluation", "report", "pipeline", "cli"]
+         "arena", "pairs", "training", "cluster", "experts", "evaluation", "report", "pipeline", "cli"]
 
 
 def layer(module: str) -> int:

@@ -10,6 +10,11 @@ the next `set_pool` reads it. Backends:
 - `vllm.VLLMBackend`: a vLLM server with per-row LoRA adapters, started and stopped by sparta.
 - `openai_http.HTTPBackend`: any OpenAI-compatible completions server.
 
+Sharding: every call takes `shard=(i, k)` (default None: all the work) and then computes only the i-th of k
+interleaved parts of it: whole batches of the backend's own plan (HF), or rows (servers), numbered and seeded
+as in the unsharded call, and None elsewhere. The k parts together are the unsharded result, bit for bit, which
+is how `sparta.cluster` spreads one call over k engines.
+
 Errors: a problem with one input (a prompt that does not fit the model's window) fails that row, as data. Any
 other error (out of memory, a dead server, a bug) raises: the run stops loudly and keeps what it finished.
 """
@@ -55,22 +60,23 @@ class InferenceBackend(Protocol):
     def tokenizer(self, member: str): ...
 
     def generate(self, members: list[str], prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                 top_p: float, batch_size: int, seed: int, progress=None, min_new_tokens: int = 0
-                 ) -> list[Generated]:
+                 top_p: float, batch_size: int, seed: int, progress=None, min_new_tokens: int = 0,
+                 shard: tuple[int, int] | None = None) -> list[Generated]:
         """One response per row; temperature 0 = greedy. Only these settings apply (never a model's own
         generation defaults)."""
 
     def next_token_logprobs(self, members: list[str], prompts: list[list[int]], token_ids: list[int], *,
-                            last: int, batch_size: int, progress=None) -> list[list[list[float]]]:
+                            last: int, batch_size: int, progress=None, shard=None) -> list[list[list[float]]]:
         """log p(token | prompt[:k]) for each of `token_ids` at each of the last `last` positions k:
         out[row][position][candidate], exact (not limited to a top-k); a row may be a Failure."""
 
     def grouped_next_token_logprobs(self, members: list[str], groups: list[list[list[int]]], token_ids: list[int],
-                                    *, last: int, batch_size: int, progress=None) -> list[list[list[list[float]]]]:
+                                    *, last: int, batch_size: int, progress=None, shard=None
+                                    ) -> list[list[list[list[float]]]]:
         """`next_token_logprobs` for groups of prompts one member reads that share a prefix: out[group][prompt]."""
 
     def continuation_logprobs(self, member: str, prefixes: list[list[int]], continuations: list[list[list[int]]], *,
-                              batch_size: int) -> list[list[float]]:
+                              batch_size: int, shard=None) -> list[list[float]]:
         """Summed log p(continuation | prefix) for each prefix's continuations; a value may be a Failure."""
 
     def close(self) -> None: ...
@@ -97,6 +103,11 @@ def single_base(members: list[MemberModel], kind: str) -> ResolvedModel:
         raise BackendError(f"backend.kind={kind} serves one base model; this pool has {len(bases)} "
                            "(use backend.kind=hf for a heterogeneous pool)")
     return next(iter(bases.values()))
+
+
+def in_shard(number: int, shard: tuple[int, int] | None) -> bool:
+    """Whether unit `number` of a call's work belongs to shard (i, k): units are dealt out round-robin."""
+    return shard is None or number % shard[1] == shard[0]
 
 
 def context_error(prompt_tokens: int, max_new_tokens: int, window: int) -> str | None:

@@ -9,7 +9,6 @@ of a member's adapter and writes it to disk; inference slots change only through
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 from contextlib import contextmanager, nullcontext
@@ -21,8 +20,9 @@ import torch
 from ..config import LoraConfig as LoraShape
 from ..mixed_lora import fp32_lora_sums, row_lora
 from ..models import ResolvedModel
+from ..rundir import swap_in
 from ..seeding import derive_seed
-from . import Generated, MemberModel, adapter_stamp, context_error
+from . import Generated, MemberModel, adapter_stamp, context_error, in_shard
 
 log = logging.getLogger(__name__)
 
@@ -187,12 +187,16 @@ class HFBackend:
             groups.setdefault(self.base_of[m], []).append(i)
         return groups
 
-    def _batches(self, members: list[str], prompts: list[list[int]], batch_size: int):
-        """Yield (base, row indices) batches: rows grouped by base, sorted by length to limit padding."""
+    def _batches(self, members: list[str], prompts: list[list[int]], batch_size: int, shard=None):
+        """Yield (number, base, row indices) batches: rows grouped by base, sorted by length to limit padding.
+        `shard=(i, k)` keeps the batches numbered i mod k (the same batches, numbers and seeds as unsharded)."""
+        number = 0
         for key, rows in self._groups(members).items():
             rows = sorted(rows, key=lambda i: len(prompts[i]), reverse=True)
             for start in range(0, len(rows), batch_size):
-                yield self.bases[key], rows[start:start + batch_size]
+                if in_shard(number, shard):
+                    yield number, self.bases[key], rows[start:start + batch_size]
+                number += 1
 
     @contextmanager
     def _adapters(self, base: _Base, members: list[str]):
@@ -223,7 +227,8 @@ class HFBackend:
 
     @torch.inference_mode()
     def generate(self, members: list[str], prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
-                 top_p: float, batch_size: int, seed: int, progress=None, min_new_tokens: int = 0) -> list[Generated]:
+                 top_p: float, batch_size: int, seed: int, progress=None, min_new_tokens: int = 0,
+                 shard=None) -> list[Generated]:
         """Generate one response per (member, prompt ids). A row that does not fit its model's context window
         fails as data; any error while generating (out of memory, ...) is not about one input and raises.
         `min_new_tokens` holds back end-of-sequence (benchmarks use it to compare equal lengths)."""
@@ -232,11 +237,11 @@ class HFBackend:
         for i, (m, p) in enumerate(zip(members, prompts)):
             error = context_error(len(p), max_new_tokens, self.bases[self.base_of[m]].window)
             if error:
-                out[i] = Generated(None, error=error)
+                out[i] = Generated(None, error=error) if in_shard(0, shard) else None
             else:
                 runnable.append(i)
-        batches = self._batches([members[i] for i in runnable], [prompts[i] for i in runnable], batch_size)
-        for number, (base, rows) in enumerate(batches):
+        batches = self._batches([members[i] for i in runnable], [prompts[i] for i in runnable], batch_size, shard)
+        for number, base, rows in batches:
             rows = [runnable[i] for i in rows]
             torch.manual_seed(derive_seed(seed, "generate", number))
             results = self._generate_batch(base, [members[i] for i in rows], [prompts[i] for i in rows],
@@ -273,13 +278,13 @@ class HFBackend:
 
     @torch.inference_mode()
     def next_token_logprobs(self, members: list[str], prompts: list[list[int]], token_ids: list[int], *,
-                            last: int, batch_size: int, progress=None) -> list[list[list[float]]]:
+                            last: int, batch_size: int, progress=None, shard=None) -> list[list[list[float]]]:
         """Log-probabilities of `token_ids` as the next token after each of the last `last` positions.
 
         Returns rows[i][position][candidate]. Only the last `last` logits are computed (no full-vocab
         logits for every position)."""
         out: list = [None] * len(prompts)
-        for base, rows in self._batches(members, prompts, batch_size):
+        for _, base, rows in self._batches(members, prompts, batch_size, shard):
             candidates = torch.tensor(token_ids, device=base.device)
             ids, mask = self._left_pad(base, [prompts[i] for i in rows])
             with self._adapters(base, [members[i] for i in rows]) as adapters:
@@ -294,12 +299,13 @@ class HFBackend:
 
     @torch.inference_mode()
     def grouped_next_token_logprobs(self, members: list[str], groups: list[list[list[int]]], token_ids: list[int], *,
-                                    last: int, batch_size: int, progress=None) -> list[list[list[list[float]]]]:
+                                    last: int, batch_size: int, progress=None, shard=None
+                                    ) -> list[list[list[list[float]]]]:
         """`next_token_logprobs` for groups of prompts that one member reads and that share a leading part (a
         judge scoring both responses of a duel: same instructions and question). Each group's longest common
         prefix runs once and its KV cache serves every prompt of the group. Returns out[group][prompt]."""
         out: list = [None] * len(groups)
-        for base, rows in self._batches(members, [g[0] for g in groups], batch_size):
+        for _, base, rows in self._batches(members, [g[0] for g in groups], batch_size, shard):
             candidates = torch.tensor(token_ids, device=base.device)
             # the prefix stops `last` tokens before the shortest prompt ends: those positions are read
             cut = [min(_common_prefix(groups[g]), min(len(p) for p in groups[g]) - last) for g in rows]
@@ -324,15 +330,18 @@ class HFBackend:
 
     @torch.inference_mode()
     def continuation_logprobs(self, member: str, prefixes: list[list[int]], continuations: list[list[list[int]]], *,
-                              batch_size: int) -> list[list[float]]:
+                              batch_size: int, shard=None) -> list[list[float]]:
         """Summed log p(continuation | prefix) for each prefix's continuations (e.g. the options of a question).
 
         Each prefix is run once and its KV cache shared by its continuations, so scoring k options costs one
         prefix plus k short continuations instead of k full sequences."""
         base = self.bases[self.base_of[member]]
-        out: list[list[float]] = []
-        for start in range(0, len(prefixes), batch_size):
+        out: list = []
+        for number, start in enumerate(range(0, len(prefixes), batch_size)):
             chunk, conts = prefixes[start:start + batch_size], continuations[start:start + batch_size]
+            if not in_shard(number, shard):
+                out += [None] * len(chunk)
+                continue
             expand = [i for i, options in enumerate(conts) for _ in options]
             first, mask = self._run_prefixes(base, [member] * len(chunk), chunk, expand)
             rows = torch.tensor(expand, device=base.device)
@@ -386,12 +395,7 @@ class TrainSlot:
         config = self.model.peft_config[self.adapter]
         config.inference_mode = True
         config.save_pretrained(str(tmp))
-        old = directory.with_name(f".{directory.name}.old")
-        if directory.exists():  # swap in two renames so a crash never leaves no adapter at all
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, directory)
 
 
 class HFTrainer:

@@ -23,7 +23,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import BackendError, Failure, Generated, MemberModel, adapter_stamp, context_error, single_base
+from . import BackendError, Failure, Generated, MemberModel, adapter_stamp, context_error, in_shard, single_base
 
 log = logging.getLogger(__name__)
 RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -117,7 +117,7 @@ class HTTPBackend:
         return self._stop_ids[source]
 
     def generate(self, members, prompts, *, max_new_tokens, temperature, top_p, batch_size, seed, progress=None,
-                 min_new_tokens: int = 0) -> list[Generated]:
+                 min_new_tokens: int = 0, shard=None) -> list[Generated]:
         def one(i):
             error = context_error(len(prompts[i]), max_new_tokens, self.window)
             if error:
@@ -136,26 +136,31 @@ class HTTPBackend:
             text = text.strip()
             return Generated(text, n, reason) if text else Generated(None, n, reason, error="empty response")
 
-        return self._map(one, len(prompts), progress)
+        return self._map(one, len(prompts), progress, shard)
 
-    def next_token_logprobs(self, members, prompts, token_ids, *, last, batch_size, progress=None):
+    def next_token_logprobs(self, members, prompts, token_ids, *, last, batch_size, progress=None, shard=None):
         def one(i):
             try:
                 return self._position_logprobs(members[i], prompts[i], token_ids, last)
             except (RequestFailed, KeyError, TypeError, ValueError) as e:
                 return Failure(f"{type(e).__name__}: {e}")
 
-        return self._map(one, len(prompts), progress)
+        return self._map(one, len(prompts), progress, shard)
 
-    def grouped_next_token_logprobs(self, members, groups, token_ids, *, last, batch_size, progress=None):
-        # the server's prefix cache shares the groups' prefixes: ask prompt by prompt
-        flat = self.next_token_logprobs([m for m, g in zip(members, groups) for _ in g], [p for g in groups for p in g],
-                                        token_ids, last=last, batch_size=batch_size, progress=progress)
-        rows = iter(flat)
-        return [[next(rows) for _ in g] for g in groups]
+    def grouped_next_token_logprobs(self, members, groups, token_ids, *, last, batch_size, progress=None, shard=None):
+        # the server's prefix cache shares the groups' prefixes: ask prompt by prompt (a shard: whole groups)
+        mine = [g for g in range(len(groups)) if in_shard(g, shard)]
+        flat = iter(self.next_token_logprobs([members[g] for g in mine for _ in groups[g]],
+                                             [p for g in mine for p in groups[g]], token_ids, last=last,
+                                             batch_size=batch_size, progress=progress))
+        out: list = [None] * len(groups)
+        for g in mine:
+            out[g] = [next(flat) for _ in groups[g]]
+        return out
 
-    def continuation_logprobs(self, member, prefixes, continuations, *, batch_size):
-        jobs = [(prefix, option) for prefix, options in zip(prefixes, continuations) for option in options]
+    def continuation_logprobs(self, member, prefixes, continuations, *, batch_size, shard=None):
+        mine = [j for j in range(len(prefixes)) if in_shard(j, shard)]  # a shard: whole prefixes
+        jobs = [(prefixes[j], option) for j in mine for option in continuations[j]]
 
         def one(j):
             prefix, option = jobs[j]
@@ -166,7 +171,10 @@ class HTTPBackend:
                 return Failure(f"{type(e).__name__}: {e}")
 
         flat = iter(self._map(one, len(jobs), None))
-        return [[next(flat) for _ in options] for options in continuations]
+        out: list = [None] * len(prefixes)
+        for j in mine:
+            out[j] = [next(flat) for _ in continuations[j]]
+        return out
 
     # ---- requests ----------------------------------------------------------------------------------
 
@@ -237,11 +245,13 @@ class HTTPBackend:
         log.error("request failed after %d attempt(s): %s", attempt + 1, last)
         raise RequestFailed(last)
 
-    def _map(self, fn, n: int, progress):
+    def _map(self, fn, n: int, progress, shard=None):
+        """fn(i) for every row i of the shard (seeds follow i, so sharding changes nothing); None elsewhere."""
+        rows = [i for i in range(n) if in_shard(i, shard)]
+        out: list = [None] * n
         with ThreadPoolExecutor(max_workers=max(1, self.cfg.max_concurrency)) as pool:
-            out = []
-            for result in pool.map(fn, range(n)):
-                out.append(result)
+            for i, result in zip(rows, pool.map(fn, rows)):
+                out[i] = result
                 if progress:
                     progress(1)
         return out
