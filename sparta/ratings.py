@@ -28,6 +28,7 @@ from .seeding import derive_seed
 # A Gaussian prior beta_i ~ N(0, 1/RIDGE) on every strength: sd 10 on the log-odds scale, far wider than any
 # real pool, so it changes nothing where the MLE exists and keeps a member who never lost (or never won) finite.
 RIDGE = 0.01
+N_BOOT, N_PERM = 1000, 100  # bootstrap resamples; random duel orders (the replays dominate the cost)
 TIE_SHARE = {"a": 1.0, "b": 0.0, "tie": 0.5, "below_margin": 0.5}  # a's share of the win, by outcome
 TIE_CONVENTION = "ties and below-margin duels count 1/2 a win to each side; void duels are left out"
 
@@ -131,7 +132,7 @@ def _interval(samples: np.ndarray, level: float, integer: bool = False) -> np.nd
     return np.quantile(samples, [tail, 1.0 - tail], axis=0, method="inverted_cdf" if integer else "linear")
 
 
-def bootstrap_bt(duels: Sequence[Duel], members: list[str], n_boot: int = 1000, seed: int = 0,
+def bootstrap_bt(duels: Sequence[Duel], members: list[str], n_boot: int = N_BOOT, seed: int = 0,
                  ridge: float = RIDGE, level: float = 0.95) -> dict:
     """Bradley-Terry strengths with percentile bootstrap intervals for strength and rank: the decided duels are
     resampled with replacement n_boot times (numpy default_rng(seed)) and refitted. A member absent from a
@@ -155,19 +156,19 @@ def bootstrap_bt(duels: Sequence[Duel], members: list[str], n_boot: int = 1000, 
     }
 
 
-def _replay(start: ReputationState, duels: Sequence[Duel], params: EloParams, check: bool = False) -> dict:
-    """Final ratings after applying `duels`' logged scores in the given order; check: each update must equal
-    the logged one (it does in the logged order from the right start state, bit for bit)."""
+def _replay(start: ReputationState, duels: Sequence[Duel], params: EloParams, check: bool = False) -> np.ndarray:
+    """Final ratings (in start's member order) after applying `duels`' logged scores in the given order;
+    check: each update must equal the logged one (it does in the logged order from the right start state)."""
     state = start.copy()
     for d in duels:
         update = apply_duel(state, d.a, d.b, d.score_a, d.score_b, params)
         if check and asdict(update) != d.update:
             raise ValueError(f"duel {d.iteration}/{d.index} does not replay to its logged update: "
                              "the start state or the reputation parameters are not the run's")
-    return state.ratings
+    return np.array([state.ratings[m] for m in start.ratings])
 
 
-def order_dependence(duels: Sequence[Duel], start: ReputationState, params: EloParams, n_perm: int = 200,
+def order_dependence(duels: Sequence[Duel], start: ReputationState, params: EloParams, n_perm: int = N_PERM,
                      seed: int = 0, level: float = 0.95) -> dict:
     """A permutation test of how much the sequential (adapted Elo) ratings depend on duel order.
 
@@ -185,12 +186,10 @@ def order_dependence(duels: Sequence[Duel], start: ReputationState, params: EloP
     whose weights differ from the judges' start ratings."""
     fought = [d for d in duels if d.update is not None]
     members = list(start.ratings)
-    logged = _replay(start, fought, params, check=True)
-    logged_vec = np.array([logged[m] for m in members])
+    logged_vec = _replay(start, fought, params, check=True)
     rng = np.random.default_rng(seed)
-    finals = np.array([[r[m] for m in members] for r in
-                       (_replay(start, [fought[i] for i in rng.permutation(len(fought))], params)
-                        for _ in range(n_perm))]).reshape(n_perm, len(members))
+    orders = [rng.permutation(len(fought)) for _ in range(n_perm)]
+    finals = np.array([_replay(start, [fought[i] for i in order], params) for order in orders])
     ranks, logged_rank = _ranks(finals), _ranks(logged_vec)
     ci, rank_ci = _interval(finals, level), _interval(ranks, level, integer=True)
     taus = np.array([kendalltau(f, logged_vec).statistic for f in finals])
@@ -225,8 +224,8 @@ def start_state(root: Path, t: int, members: list[str], params: EloParams) -> Re
     return ReputationState.from_dict(read_json(root / "initial_reputations.json")["state"])
 
 
-def run_ratings(root: Path, members: list[str], iterations: list[int] | None = None, n_boot: int = 1000,
-                n_perm: int = 100) -> dict:
+def run_ratings(root: Path, members: list[str], iterations: list[int] | None = None, n_boot: int = N_BOOT,
+                n_perm: int = N_PERM) -> dict:
     """The JSON-able summary of RUN/ratings.json for `iterations` (default: those whose combat finished):
     the pooled win matrix and Bradley-Terry fit over all of them, and per iteration its win matrix,
     Bradley-Terry point strengths and the order dependence of its sequential ratings. Seeds derive from the
