@@ -200,12 +200,13 @@ def _ratings_section(ratings: dict | None) -> list[str]:
         return []
     bt, last = ratings["bradley_terry"], ratings["iterations"][-1]
     perm = ratings["per_iteration"][str(last)]["order_dependence"]
-    level = f"{bt['level']:.0%}"
+    level, first = f"{bt['level']:.0%}", ratings["iterations"][0]
+    span = f"iterations {first}-{last}" if first != last else f"iteration {last}"
     out = ["## Robust ratings", "",
            f"SPARTA rating: the sequential rule's rating after iteration {last}. BT: Bradley-Terry strength "
-           f"(log-odds, sum zero, P(i beats j) = σ(β_i − β_j)) over the {bt['duels']} decided duels of iterations "
-           f"{ratings['iterations'][0]}-{last} ({ratings['tie_convention']}: {bt['void']} void), with {level} "
-           f"bootstrap intervals ({bt['n_boot']} resamples). Orders: the {level} range of iteration {last}'s "
+           f"(log-odds, sum zero, P(i beats j) = σ(β_i − β_j)) over the {bt['duels']} decided duels of {span} "
+           f"(ties and below-margin duels count 1/2 a win to each side; {bt['void']} void duels left out), with "
+           f"{level} bootstrap intervals ({bt['n_boot']} resamples). Orders: the {level} range of iteration {last}'s "
            f"final rating over {perm['n_perm']} random orders of its {perm['duels']} duels from the same start "
            "(logged scores kept), and how often an order gives the member its logged rank.", "",
            f"| member | SPARTA rating | BT strength [{level}] | BT rank [{level}] | rating over orders [{level}] "
