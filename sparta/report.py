@@ -7,8 +7,10 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from .ratings import write_ratings
 from .records import read_json, read_jsonl
 from .tasks.catalog import TASKS, MissingUserData
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, normad_verdict
@@ -27,7 +29,9 @@ def write_report(root: Path, members: list[str]) -> Path:
     lines += _reputation_table(root, iterations, members)
     lines += _eval_tables(evals, members)
     lines += _agreement_section(root, iterations)
-    plots = [_plot_trajectories(root, trajectory)]
+    ratings = write_ratings(root, members, iterations) if iterations else None
+    lines += _ratings_section(ratings)
+    plots = [_plot_trajectories(root, trajectory), _plot_win_matrix(root, ratings)]
     plots += _plot_reputation_vs_accuracy(root, iterations, evals, members)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p] + [""]
     path = root / "report.md"
@@ -190,6 +194,38 @@ def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
     return out + [""]
 
 
+def _ratings_section(ratings: dict | None) -> list[str]:
+    """Bradley-Terry over every finished iteration and the order dependence of the last one (docs/ratings.md)."""
+    if ratings is None:
+        return []
+    bt, last = ratings["bradley_terry"], ratings["iterations"][-1]
+    perm = ratings["per_iteration"][str(last)]["order_dependence"]
+    level, first = f"{bt['level']:.0%}", ratings["iterations"][0]
+    span = f"iterations {first}-{last}" if first != last else f"iteration {last}"
+    out = ["## Robust ratings", "",
+           f"SPARTA rating: the sequential rule's rating after iteration {last}. BT: Bradley-Terry strength "
+           f"(log-odds, sum zero, P(i beats j) = σ(β_i − β_j)) over the {bt['duels']} decided duels of {span} "
+           f"(ties and below-margin duels count 1/2 a win to each side; {bt['void']} void duels left out), with "
+           f"{level} bootstrap intervals ({bt['n_boot']} resamples). Orders: the {level} range of iteration {last}'s "
+           f"final rating over {perm['n_perm']} random orders of its {perm['duels']} duels from the same start "
+           "(logged scores kept), and how often an order gives the member its logged rank.", "",
+           f"| member | SPARTA rating | BT strength [{level}] | BT rank [{level}] | rating over orders [{level}] "
+           "| same rank |", "|---|---|---|---|---|---|"]
+    for m in ratings["members"]:
+        b, p = bt["members"][m], perm["members"][m]
+        out.append(f"| {m} | {ratings['sequential'][m]:.3f} | {b['strength']:+.3f} [{b['ci'][0]:+.3f}, "
+                   f"{b['ci'][1]:+.3f}] | {b['rank']} [{b['rank_ci'][0]}-{b['rank_ci'][1]}] | "
+                   f"[{p['interval'][0]:.3f}, {p['interval'][1]:.3f}] | {p['same_rank']:.0%} |")
+    tau = perm["kendall_tau"]
+    tau_text = f"; Kendall τ with the logged ratings {tau['mean']:.2f} [{tau['interval'][0]:.2f}, " \
+               f"{tau['interval'][1]:.2f}]" if tau else ""
+    out += ["", f"Iteration {last}: {perm['same_ranking']:.0%} of random orders give the logged ranking{tau_text}."]
+    if not bt["mle_exists"]:
+        out.append("Some members never lost (or never won) against the rest: their BT strengths are set by the "
+                   f"ridge prior (λ = {bt['ridge']}), read them as bounds.")
+    return out + ["", "Per-iteration numbers are in `ratings.json`.", ""]
+
+
 def _trajectories(root: Path, iterations: list[int], members: list[str]) -> dict[str, list[tuple[int, float]]]:
     """Each member's rating after every duel it fought, indexed by the global duel count."""
     traj = {m: [(0, None)] for m in members}
@@ -230,6 +266,33 @@ def _plot_trajectories(root: Path, trajectory: dict) -> Path | None:
     ax.set_title("Reputation trajectories")
     ax.legend(fontsize=8)
     path = root / "reputations.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_win_matrix(root: Path, ratings: dict | None) -> Path | None:
+    """Row i, column j: i's share of the i-vs-j duels (colour) and i's wins / the duels (text)."""
+    if ratings is None:
+        return None
+    plt = _pyplot()
+    wins, members = np.array(ratings["wins"]), ratings["members"]
+    played = wins + wins.T
+    share = np.divide(wins, played, out=np.full_like(wins, np.nan), where=played > 0)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(members), 1.0 + 0.6 * len(members)))
+    image = ax.imshow(share, cmap="RdBu", vmin=0, vmax=1)
+    for i in range(len(members)):
+        for j in range(len(members)):
+            if played[i, j]:
+                ax.text(j, i, f"{wins[i, j]:g}/{played[i, j]:g}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(members)), members, rotation=45, ha="right")
+    ax.set_yticks(range(len(members)), members)
+    ax.set_xlabel("opponent")
+    ax.set_ylabel("member")
+    ax.set_title("Win share (ties count 1/2)")
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    path = root / "win_matrix.png"
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
