@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command check for a machine with a GPU (< 8 minutes on one GPU, no hub access needed): the vLLM parity tests
 # against the HF backend (real CUDA vLLM server, packaged SmolLM2, fp32), the real-scale HF tests, then a
-# two-iteration run of the demo pool on vLLM in bf16 with DPO on the GPU.
+# two-iteration run of the demo pool on vLLM in bf16 with DPO on the GPU, then the same on Ray: two workers sharing
+# the GPU (0.5 each), each with its own vLLM server, generation and judging sharded over them.
 #   bash bench/gpu_check.sh            (VLLM_SPEC=vllm==0.33.0 to choose the vLLM release)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,7 @@ export SPARTA_VLLM_PYTHON="$VENV/bin/python" SPARTA_REQUIRE_VLLM=1
 .venv/bin/sparta run sparta/configs/demo.yaml run_dir=runs/gpu_check iterations=2 data.prompts_per_iteration=16 \
   backend.kind=vllm backend.vllm.python="$VENV/bin/python" model.dtype=bfloat16
 cat runs/gpu_check/iter_02/metrics.json
+.venv/bin/sparta run sparta/configs/demo.yaml run_dir=runs/gpu_check_ray iterations=2 data.prompts_per_iteration=16 \
+  backend.kind=vllm backend.vllm.python="$VENV/bin/python" model.dtype=bfloat16 backend.vllm.gpu_memory_utilization=0.2 \
+  runtime.kind=ray runtime.workers=2 runtime.worker.num_gpus=0.5
+cat runs/gpu_check_ray/iter_02/metrics.json

@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    finally:
+        pipeline.close()  # `sparta eval` too: a vLLM server or Ray workers must not outlive the command
     return 0
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -50,6 +51,7 @@ class Worker:
                                                                                vllm.port + index)))
         self.index = index
         self.local = Path(tempfile.mkdtemp(prefix=f"sparta-worker{index}-"))  # adapters that came as objects
+        self.received: dict[str, Path] = {}  # Ray object id -> where its adapter was written
         shared = config.runtime.shared_storage
         self.log_path = Path(run_root) / f"vllm-server-{index}.log" if shared else self.local / "vllm-server.log"
         m = config.model
@@ -77,7 +79,9 @@ class Worker:
         travel = not self.c.runtime.shared_storage
         out = self.local / "trained" / job.member.name if travel else job.out_dir
         metrics = run_dpo_job(self.trainer, replace(job, member=self._here(job.member, files), out_dir=out))
-        return {"metrics": metrics, "files": pack(out) if travel else None, "node": socket.gethostname()}
+        return {"metrics": metrics, "files": pack(out) if travel else None,
+                "where": {"node": socket.gethostname(), "worker": self.index,
+                          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}}
 
     def close(self) -> None:
         if self.backend is not None:
@@ -88,14 +92,17 @@ class Worker:
         """The member with an adapter directory on this machine (written once from its files, if they came)."""
         if member.name not in files:
             return member
-        import ray
+        ref = files[member.name]
+        if ref.hex() not in self.received:  # fetched once, not at every stage's set_pool
+            import ray
 
-        blob = ray.get(files[member.name])
-        directory = self.local / "adapters" / hashlib.sha256(b"".join(
-            name.encode() + data for name, data in sorted(blob.items()))).hexdigest()[:16]
-        if not directory.exists():
-            unpack(blob, directory)
-        return replace(member, adapter_dir=directory)
+            blob = ray.get(ref)
+            directory = self.local / "adapters" / hashlib.sha256(b"".join(
+                name.encode() + data for name, data in sorted(blob.items()))).hexdigest()[:16]
+            if not directory.exists():
+                unpack(blob, directory)
+            self.received[ref.hex()] = directory
+        return replace(member, adapter_dir=self.received[ref.hex()])
 
 
 class Cluster:
@@ -150,6 +157,8 @@ class Cluster:
     def set_pool(self, members: list[MemberModel]) -> None:
         self.pool = [_absolute(m) for m in members]
         self.files = {} if self.r.shared_storage else {m.name: self._object(m) for m in self.pool if m.adapter_dir}
+        live = {adapter_stamp(m.adapter_dir) for m in self.pool}
+        self._objects = {k: v for k, v in self._objects.items() if k in live}  # frees earlier iterations' objects
         self._each(lambda w, i: w.set_pool.remote(self.pool, self.files))
 
     def tokenizer(self, member: str):
@@ -269,7 +278,7 @@ class Cluster:
                 unpack(result["files"], job.out_dir)
             if tick:
                 tick(1)
-            yield job, {**result["metrics"], "ray": {"node": result["node"], "attempts": attempt + 1}}
+            yield job, {**result["metrics"], "ray": {**result["where"], "attempts": attempt + 1}}
         if errors:
             raise BackendError(f"DPO failed on the Ray workers for {len(errors)} member(s) (the others are "
                                "kept): " + "; ".join(e.splitlines()[0][:300] for e in errors))

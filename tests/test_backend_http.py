@@ -14,7 +14,7 @@ from sparta.models import resolve_model
 
 
 class Scripted(BaseHTTPRequestHandler):
-    """Answers POSTs with server.replies[i] (status, body, delay) in turn; the last one repeats."""
+    """Answers POSTs with server.replies[i] (status, body or body(request), delay) in turn; the last one repeats."""
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         import time
@@ -22,6 +22,7 @@ class Scripted(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.seen.append((self.headers.get("Authorization"), body))
         status, reply, delay = self.server.replies[min(len(self.server.seen), len(self.server.replies)) - 1]
+        reply = reply(body) if callable(reply) else reply  # a reply made from the request
         time.sleep(delay)
         data = reply.encode() if isinstance(reply, str) else json.dumps(reply).encode()
         self.send_response(status)
@@ -176,3 +177,50 @@ def test_a_server_that_cannot_load_adapters_stops_the_run(member, server, tmp_pa
     server.replies = [(404, "Not Found", 0)]
     with pytest.raises(BackendError, match="could not load adapter"):
         backend(member, url(server)).set_pool([MemberModel("b", member.base, tmp_path / "ad")])
+
+
+def test_shards_ask_for_their_own_rows_each_seeded_as_in_one_call(member, server):
+    """sparta.cluster spreads a call over workers as shards (i, k): rows i mod k, each with its row's seed."""
+    from sparta.cluster import merge
+
+    server.replies = [(200, lambda body: ok_completion(f"seed {body['seed']}"), 0)]
+    be = backend(member, url(server))
+    kw = dict(max_new_tokens=4, temperature=0.7, top_p=0.9, batch_size=4, seed=10)
+    whole = be.generate(["a"] * 5, [[5, 6, i] for i in range(5)], **kw)
+    parts = [be.generate(["a"] * 5, [[5, 6, i] for i in range(5)], shard=(i, 2), **kw) for i in range(2)]
+    assert [g.text for g in whole] == [f"seed {10 + i}" for i in range(5)]
+    assert merge(parts, "generate") == whole
+    assert len(server.seen) == 10  # 5 for the whole call, then each row once over the two shards
+
+
+def test_a_vllm_server_dies_with_the_process_that_started_it():
+    """A SIGKILLed sparta run, or a Ray worker killed and replaced, must not leave its vLLM server holding the GPU:
+    the server's process is started with die_with_parent (here a sleeping stand-in for the server)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import subprocess, sys, time\n"
+              "from sparta.backends.vllm import die_with_parent\n"
+              "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True,"
+              " preexec_fn=die_with_parent)\n"
+              "print(p.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie is dead
+        except FileNotFoundError:
+            return False
+
+    deadline = time.time() + 10
+    while alive() and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive()

@@ -4,6 +4,7 @@ environment: `make vllm-env`), started and stopped by sparta. Tolerances are sta
 Skipped where `.venv-vllm` is missing, except when SPARTA_REQUIRE_VLLM=1 (set by .ci/run): then it is an error."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,38 @@ def test_two_iterations_on_vllm(smollm2, adapters, tmp_path):
         assert all((root / f"iter_{t:02d}" / "adapters" / m / "adapter_config.json").exists() for m in ("x", "y"))
     assert pipeline.backend is None or pipeline.backend.process is None  # the server was stopped
     assert "Application startup complete" in (root / "vllm-server.log").read_text()
+
+
+def test_ray_workers_serve_the_pool_from_their_own_vllm_servers(pools, smollm2, adapters, tmp_path):
+    """runtime.kind=ray with backend.kind=vllm: the worker starts a vLLM server of its own (in the Ray actor's
+    environment), answers as the local HF backend does, logs to RUN/vllm-server-0.log and stops it on close."""
+    ray = pytest.importorskip("ray")
+    from dataclasses import replace
+
+    from sparta.backends.vllm import _healthy
+    from sparta.cluster import Cluster
+    from sparta.config import Resources, RunConfig, RuntimeConfig
+
+    hf, _ = pools
+    c = RunConfig()
+    c = replace(c, model=ModelConfig(dtype="float32"), runtime=RuntimeConfig(kind="ray", workers=1,
+                                                                          worker=Resources(num_cpus=1)),
+                backend=replace(c.backend, kind="vllm", http=HTTPConfig(max_concurrency=8, retries=1),
+                                vllm=VLLMConfig(python=str(PYTHON), max_model_len=2048, max_loras=2, max_lora_rank=8,
+                                                extra_args=("--max-num-seqs", "16"))))
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    cluster = Cluster(c, tmp_path)
+    try:
+        cluster.set_pool([MemberModel("plain", smollm2, None), MemberModel("x", smollm2, adapters["x"])])
+        members = ["plain", "x"] * 2
+        prompts = [chat_ids(hf, m, q) for m, q in zip(members, QUESTIONS)]
+        kw = dict(max_new_tokens=16, temperature=0.0, top_p=1.0, batch_size=4, seed=0)
+        want, got = hf.generate(members, prompts, **kw), cluster.generate(members, prompts, **kw)
+        assert sum(w.text == g.text for w, g in zip(want, got)) >= len(got) - 1, [(w.text, g.text)
+                                                                                 for w, g in zip(want, got)]
+    finally:
+        cluster.close()
+        ray.shutdown()
+    served = re.search(r"http://127\.0\.0\.1:(\d+)", (tmp_path / "vllm-server-0.log").read_text())
+    assert served, "the worker's server did not log where it listened"
+    assert not _healthy(int(served.group(1)))  # stopped with the worker

@@ -12,11 +12,14 @@ does not set them; sparta's settings must be the only ones.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import replace
@@ -68,7 +71,7 @@ class VLLMBackend(HTTPBackend):
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         clock = time.perf_counter()
         self.process = subprocess.Popen(self._command(model), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=die_with_parent)
         deadline = clock + self.vcfg.startup_timeout_s
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
@@ -121,3 +124,10 @@ def _healthy(port: int) -> bool:
             return r.status == 200
     except OSError:
         return False
+
+
+def die_with_parent() -> None:
+    """Run in the server's process before it starts: the kernel sends it SIGTERM when sparta's process dies, however
+    it dies (a SIGKILLed run, or a Ray worker killed and replaced, would otherwise leave it holding the GPU)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
