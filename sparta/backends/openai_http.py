@@ -66,6 +66,7 @@ class HTTPBackend:
                 if old is not None and old not in self.loaded.values():
                     self._unload(old)
             self.members[m.name] = m
+            self._stops(m.name)  # tokenizer and stop ids loaded here, not by the request threads (racing imports)
 
     def _load(self, name: str, directory) -> None:
         try:
