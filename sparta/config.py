@@ -178,6 +178,9 @@ class ReputationConfig:
     # "fair" (every member at initial_rating) or a task name: the members' primary metric on that task's dev
     # split (eval.limit items), measured before iteration 1, z-scored to mean initial_rating, std 20 (SPARTA.md)
     initial: str = "fair"
+    # how the judges' scores are averaged: "reputation" (SPARTA.md 1d) or "uniform", equal weights (the
+    # paper's ablation without reputation weighting). Reputations still move: they drive match-making
+    weighting: str = "reputation"
 
     def __post_init__(self) -> None:
         # sigma_min > 0 keeps z = (R_a - R_b) / sqrt(sigma_a^2 + sigma_b^2) finite whatever the history.
@@ -185,6 +188,9 @@ class ReputationConfig:
         for name in ("steps", "scaling", "window", "sigma_min", "initial_sigma", "floor", "initial_rating"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"reputation.{name} must be > 0, got {getattr(self, name)!r}")
+        # checked here, not in validate(): the arena reads this object directly (EloParams)
+        if self.weighting not in ("reputation", "uniform"):
+            raise ConfigError(f"reputation.weighting must be 'reputation' or 'uniform', got {self.weighting!r}")
 
 
 @dataclass(frozen=True)

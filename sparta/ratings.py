@@ -20,6 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.special import expit
 from scipy.stats import kendalltau, rankdata
 
+from .arena.judging import judge_weights
 from .arena.reputation import EloParams, ReputationState, apply_duel, initial_state
 from .config import load_config
 from .records import Duel, read_json, read_jsonl, write_json_atomic
@@ -183,7 +184,8 @@ def order_dependence(duels: Sequence[Duel], start: ReputationState, params: EloP
     The replay keeps each duel's logged scores. Those were aggregated with the judges' reputations at the
     time (`weights`), which earlier duels of the iteration had moved; in another order the weights, hence the
     scores, would differ a little. That second-order effect is held fixed: `weights_moved` counts the duels
-    whose weights differ from the judges' start ratings."""
+    whose weights differ from the judges' start ratings (none with reputation.weighting=uniform: every weight
+    is 1)."""
     fought = [d for d in duels if d.update is not None]
     members = list(start.ratings)
     logged_vec = _replay(start, fought, params, check=True)
@@ -195,7 +197,7 @@ def order_dependence(duels: Sequence[Duel], start: ReputationState, params: EloP
     taus = np.array([kendalltau(f, logged_vec).statistic for f in finals])
     return {
         "duels": len(fought), "n_perm": n_perm, "seed": seed, "level": level,
-        "weights_moved": sum(any(w != start.ratings.get(j) for j, w in d.weights.items()) for d in fought),
+        "weights_moved": sum(d.weights != judge_weights(d.weights, start.ratings, params.weighting) for d in fought),
         "same_ranking": float(np.mean(np.all(ranks == logged_rank, axis=1))),
         # tau is undefined (nan) when every final rating is equal, e.g. no duel moved anyone
         "kendall_tau": None if np.isnan(taus).any() else {"mean": float(taus.mean()),

@@ -50,7 +50,7 @@ class Duel:
     response_a: Response
     response_b: Response
     judgments: list[Judgment] = field(default_factory=list)
-    weights: dict[str, float] = field(default_factory=dict)  # reputations of the judges counted
+    weights: dict[str, float] = field(default_factory=dict)  # the judges counted: reputations, or 1 (uniform)
     score_a: float | None = None
     score_b: float | None = None
     outcome: str = ""  # "a" | "b" | "tie" | "void:generation_failed" | "void:no_valid_judges"

@@ -161,6 +161,7 @@ def test_float_not_accepted_for_int():
     ("reputation.floor=0", "reputation.floor must be > 0"),  # aggregation divides by a sum of reputations
     ("reputation.initial_rating=-5", "reputation.initial_rating must be > 0"),
     ("reputation.initial_rating=5", "reputation.initial_rating (5.0) must be >= reputation.floor (10.0)"),
+    ("reputation.weighting=equal", "reputation.weighting must be 'reputation' or 'uniform', got 'equal'"),
     ("model.dtype=float16", "model.dtype"),
     ("backend.kind=tgi", "backend.kind"),
     ("backend.kind=http", "backend.kind=http needs backend.http.base_url"),
@@ -214,7 +215,7 @@ def test_fingerprint_ignores_resumable_keys():
 
 
 @pytest.mark.parametrize("override", ["seed=1", "arena.alpha=0.3", "pool.lora.rank=4", "pool.members=[x, y, z]",
-                                      "training.pairs=own"])
+                                      "training.pairs=own", "reputation.weighting=uniform"])
 def test_fingerprint_changes_with_results_keys(override):
     assert fingerprint(load_config(None, [override])) != fingerprint(load_config(None))
 

@@ -29,6 +29,33 @@ def test_opponent_frequencies_match_alpha(alpha):
         assert picks[name] / DRAWS == pytest.approx((1 - alpha) / 3 + alpha / 9, abs=0.015)
 
 
+# Three ratings of the same 10 members that give m0 different nearest neighbours: m1-m3, m7-m9, all tied.
+NEAR_LOW = RATINGS
+NEAR_HIGH = {"m0": 100.0, **{f"m{i}": 100.0 + 10 * (10 - i) for i in range(1, 10)}}
+LEVEL = dict.fromkeys(RATINGS, 100.0)
+
+
+def draws(ratings: dict[str, float], alpha: float, seed: int = 42) -> list[str]:
+    """DRAWS opponents for leaders cycling through the pool, from one seeded generator."""
+    rng, leaders = random.Random(seed), sorted(ratings)
+    return [pick_opponent(leaders[n % len(leaders)], ratings, alpha, 3, rng) for n in range(DRAWS)]
+
+
+def test_alpha_one_is_uniform_random_matching_whatever_the_ratings():
+    """arena.alpha = 1, the paper's ablation without reputation-based match-making: seed for seed the same
+    opponents whatever the ratings, each of the 9 others drawn 1/9 of the time (standard error 0.007 over
+    the 2,000 draws per leader: 0.03 is > 4 of them)."""
+    uniform = draws(NEAR_LOW, 1.0)
+    assert draws(NEAR_HIGH, 1.0) == uniform and draws(LEVEL, 1.0) == uniform
+    assert draws(NEAR_LOW, 0.2) != draws(NEAR_HIGH, 0.2)  # these ratings do change what reputation picks
+    leaders = sorted(RATINGS)
+    for i, leader in enumerate(leaders):
+        picks = Counter(uniform[i :: len(leaders)])
+        assert set(picks) == set(leaders) - {leader}
+        for count in picks.values():
+            assert count / (DRAWS / len(leaders)) == pytest.approx(1 / 9, abs=0.03)
+
+
 def test_alpha_zero_always_picks_among_the_k_nearest():
     rng = random.Random(7)
     ratings = {f"m{i}": rng.uniform(50, 150) for i in range(12)}

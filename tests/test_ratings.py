@@ -161,6 +161,17 @@ def test_a_crafted_log_depends_on_order():
     assert order_dependence(log, start, PARAMS, n_perm=200, seed=1) == result  # seeded
 
 
+def test_uniform_weights_never_count_as_moved():
+    """With reputation.weighting=uniform every judge weighs 1 whatever the ratings, so no duel's weights moved
+    (compared with the start ratings instead, all would count)."""
+    uniform = EloParams(weighting="uniform")
+    start = initial_state(["a", "b", "c"], uniform)
+    log = fought(start.copy(), [("a", "b", 9.0, 1.0)] * 6 + [("a", "c", 5.0, 6.0)] * 2 + [("b", "a", 9.0, 1.0)] * 6)
+    for d in log:
+        d.weights = dict.fromkeys(d.weights, 1.0)
+    assert order_dependence(log, start, uniform, n_perm=10)["weights_moved"] == 0
+
+
 def test_replay_from_the_wrong_start_state_is_refused():
     start = initial_state(["a", "b", "c"], PARAMS)
     log = fought(start.copy(), [("a", "b", 9.0, 1.0), ("b", "c", 3.0, 2.0)])

@@ -1,7 +1,8 @@
 """One round of duels: both contestants answer, every other member judges both answers, reputations move.
 
 Generation and judging are batched across all duels of the round; the verdicts and reputation updates
-are then applied in duel order, so the weights of a duel are the judges' reputations at that point.
+are then applied in duel order, so the weights of a duel are the judges' reputations at that point (or 1
+each with reputation.weighting=uniform).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def _decide(duel: Duel, state: ReputationState, elo: EloParams, min_margin: floa
     valid = [j for j in duel.judgments if j.status == "ok"]
     scores_a = {j.judge: j.score for j in valid if j.target == "a"}
     scores_b = {j.judge: j.score for j in valid if j.target == "b"}
-    agg = aggregate(scores_a, scores_b, state.ratings)
+    agg = aggregate(scores_a, scores_b, state.ratings, elo.weighting)
     if agg is None:
         duel.outcome = "void:no_valid_judges"
         return

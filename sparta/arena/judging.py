@@ -1,4 +1,5 @@
-"""Judging: every non-contestant scores each response 1-10 on its own; scores are reputation-weighted.
+"""Judging: every non-contestant scores each response 1-10 on its own; scores are reputation-weighted
+(or equally weighted, reputation.weighting=uniform: the paper's ablation).
 
 Two modes:
 - `generate`: the judge writes an answer to the authors' prompt; we parse JSON, then fallbacks. An
@@ -114,14 +115,25 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 # ---- aggregation ---------------------------------------------------------------------------------
 
-def aggregate(scores_a: dict[str, float], scores_b: dict[str, float], reputations: dict[str, float]
-              ) -> tuple[float, float, dict[str, float]] | None:
-    """Reputation-weighted mean score of each response over the judges valid for both (SPARTA.md 1d):
-    s̄ = Σ_j R_j s_j / Σ_j R_j. Returns (s̄_a, s̄_b, weights used), or None when no judge is valid for both."""
+def judge_weights(judges, reputations: dict[str, float], weighting: str = "reputation") -> dict[str, float]:
+    """What each judge's score counts for: its reputation (SPARTA.md 1d), or 1 for every judge with
+    weighting "uniform" (the paper's ablation without reputation weighting)."""
+    if weighting == "reputation":
+        return {j: reputations[j] for j in judges}
+    if weighting == "uniform":
+        return dict.fromkeys(judges, 1.0)
+    raise ValueError(f"judge_weights: weighting must be 'reputation' or 'uniform', got {weighting!r}")
+
+
+def aggregate(scores_a: dict[str, float], scores_b: dict[str, float], reputations: dict[str, float],
+              weighting: str = "reputation") -> tuple[float, float, dict[str, float]] | None:
+    """Weighted mean score of each response over the judges valid for both (SPARTA.md 1d):
+    s̄ = Σ_j w_j s_j / Σ_j w_j, w_j = R_j (or 1: `judge_weights`). Returns (s̄_a, s̄_b, weights used), or None
+    when no judge is valid for both."""
     judges = sorted(set(scores_a) & set(scores_b))
     if not judges:
         return None
-    weights = {j: reputations[j] for j in judges}
+    weights = judge_weights(judges, reputations, weighting)
     total = sum(weights.values())
     mean_a = sum(weights[j] * scores_a[j] for j in judges) / total
     mean_b = sum(weights[j] * scores_b[j] for j in judges) / total
