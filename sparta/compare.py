@@ -237,8 +237,9 @@ HEADER = """\
 
 Every number is a task's primary metric on the {split} split (accuracy; COM2 and Alpaca: the mean 1-10 judged
 score), with its 95% bootstrap interval, `n` scored examples and `failed` ones (a generation or a judgment that
-failed: counted, never scored as wrong or right). **Where two 95% intervals overlap, the difference between them
-is noise at this sample size**; such gains are marked "CIs overlap".
+failed: counted, never scored as wrong or right).
+**Where two 95% intervals overlap, the difference between them is noise at this sample size**;
+such gains are marked "CIs overlap".
 
 - **best initial**: the member with the highest score before iteration 1 (picked on this split, like the paper's
   "best initial expert").
