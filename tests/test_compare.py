@@ -118,8 +118,9 @@ def test_compare_eval_overrides(tiny_config):
     ("shared run_dir", "share run_dir"), ("arms and sweep", "not both"), ("unknown task", "unknown task 'nope'"),
     ("no tasks", "no tasks to compare on"), ("same name", "arm names must be unique")])
 def test_bad_plans_are_config_errors_before_anything_runs(tiny_config, tmp_path, capsys, case, message):
-    a = write_config(tmp_path / "a.yaml", tiny_config(run_dir=tmp_path / "runs" / "a"))
-    b = write_config(tmp_path / "sub" / "a.yaml", tiny_config("arena.alpha=1", run_dir=tmp_path / "runs" / "a"))
+    # small arms and --limit 1: if a check broke, the arms would run, and that should fail fast, not take minutes
+    a = write_config(tmp_path / "a.yaml", tiny_config(*SMALL, run_dir=tmp_path / "runs" / "a"))
+    b = write_config(tmp_path / "sub" / "a.yaml", tiny_config(*SMALL, "arena.alpha=1", run_dir=tmp_path / "runs" / "a"))
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({"arms": {"x": {"config": "a.yaml"}}, "tasks": ["medqa"]}))
     args = {"shared run_dir": [str(a), f"other={b}", "--tasks", "medqa"],
@@ -127,7 +128,7 @@ def test_bad_plans_are_config_errors_before_anything_runs(tiny_config, tmp_path,
             "unknown task": [str(a), "--tasks", "nope"],
             "no tasks": [str(a)],
             "same name": [str(a), str(b), "--tasks", "medqa"]}[case]
-    assert cli.main(["compare", *args, "--out", str(tmp_path / "out")]) == 2
+    assert cli.main(["compare", *args, "--limit", "1", "--out", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
