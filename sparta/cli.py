@@ -1,4 +1,4 @@
-"""`sparta run | validate | experts` — the only module that prints or draws progress."""
+"""`sparta run | validate | experts | report | eval | compare` — the only module that prints or draws progress."""
 
 from __future__ import annotations
 
@@ -33,7 +33,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluator", help="alpaca, com2: who scores free-text answers 1-10, a member or a model spec "
                    "(packaged:NAME, a .gguf, an HF dir, tiny[:SEED], a hub id); default: eval.evaluator, else the "
                    "member with the top reputation")
+    _add_compare(sub)
     return parser
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="run (or resume) several arms and write the paper's comparison table")
+    p.add_argument("arms", nargs="*", metavar="ARM",
+                   help="a YAML config, or NAME=CONFIG (default name: the file's stem); each arm needs its own run_dir")
+    p.add_argument("--sweep", help="a YAML file instead of ARMs: {arms: {NAME: {config: PATH, overrides: [k=v, ...]}}, "
+                   "tasks: [...], split: test, limit: N}; config paths relative to the file")
+    p.add_argument("--tasks", nargs="+", help="task names (docs/tasks.md); default: the sweep's")
+    p.add_argument("--split", choices=["dev", "test"], help="default: the sweep's, else test")
+    p.add_argument("--limit", type=int, help="only the first N examples (default: the sweep's, else each arm's "
+                   "eval.limit; 0 = all)")
+    p.add_argument("--out", default="compare", help="where compare.md and compare.json go (default: ./compare)")
 
 
 class Bars:
@@ -94,6 +108,8 @@ def print_eval(task: str, split: str, results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "compare":
+        return _compare(args)
     from .config import ConfigError, dump_yaml, load_config
 
     config_path, overrides = args.config, list(args.overrides)
@@ -133,6 +149,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         pipeline.close()  # `sparta eval` too: a vLLM server or Ray workers must not outlive the command
+    return 0
+
+
+def _compare(args) -> int:
+    """Every arm is loaded and checked before any runs; the tables are written from the run directories."""
+    from .compare import arm_configs, collect, make_plan, render_summary, run_arms, write_comparison
+    from .config import ConfigError
+
+    try:
+        plan = make_plan(args.arms, args.sweep, args.tasks, args.split, args.limit)
+        configs = arm_configs(plan)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    bars = Bars()
+    try:
+        run_arms(configs, progress=bars, on_iteration=lambda summary: (bars.close(), print_summary(summary)),
+                 on_arm=lambda name, c: print(f"\n=== arm {name}: {c.run_dir}", flush=True))
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        bars.close()
+    table = collect({name: (Path(c.run_dir), c.iterations) for name, c in configs.items()}, plan.tasks, plan.split)
+    md, js = write_comparison(Path(args.out), table)
+    print("\n" + "\n".join(render_summary(table)))
+    print(f"wrote {md} and {js}")
     return 0
 
 

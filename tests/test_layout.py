@@ -1,5 +1,5 @@
 """Imports flow one way (records/config → models → backend → arena → pairs → training → ratings → report →
-pipeline → cli), and importing the package or the CLI stays light (no torch until a model is needed)."""
+pipeline → compare → cli), and importing the package or the CLI stays light (no torch until a model is needed)."""
 
 import ast
 import subprocess
@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "mixed_lora", "backends",
-         "arena", "pairs", "training", "cluster", "experts", "evaluation", "ratings", "report", "pipeline", "cli"]
+         "arena", "pairs", "training", "cluster", "experts", "evaluation", "ratings", "report", "pipeline",
+         "compare", "cli"]
 
 
 def layer(module: str) -> int:

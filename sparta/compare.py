@@ -1,0 +1,317 @@
+"""`sparta compare`: run (or resume) several arms and tabulate the paper's comparison from their run directories.
+
+An arm is a config plus overrides, run exactly as `sparta run` runs it, with the compared tasks put into `eval`
+so they are scored on the pool before iteration 1 and after the last one. `eval` may change on an existing run
+directory, so comparing finished runs only evaluates them. The tables are read from the run directories alone
+(RUN/eval/iter_NN/TASK-SPLIT.json, RUN/iter_NN/reputations.json), so they can be rebuilt at any time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, RunConfig, load_config, validate
+from .pipeline import Pipeline
+from .records import read_json, write_json_atomic
+from .tasks.catalog import get_task
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    config: Path
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    arms: tuple[Arm, ...]
+    tasks: tuple[str, ...]
+    split: str = "test"
+    limit: int | None = None  # None: each arm's own eval.limit
+
+
+# ---- the plan: arms and what they are compared on ---------------------------------------------------------
+
+def parse_arm(text: str) -> Arm:
+    """PATH, or NAME=PATH; the name defaults to the file's stem."""
+    name, sep, path = text.partition("=")
+    if sep and _NAME.fullmatch(name):
+        return Arm(name, Path(path))
+    return Arm(Path(text).stem, Path(text))
+
+
+def load_sweep(path: Path) -> Plan:
+    """A sweep file: {arms: {NAME: {config: PATH, overrides: [key=value, ...]}}, tasks, split, limit}; config
+    paths are relative to the sweep file."""
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    data = yaml.safe_load(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("arms"), dict) or not data["arms"]:
+        raise ConfigError(f"{path}: a sweep needs `arms: {{NAME: {{config: PATH, overrides: [key=value, ...]}}}}`")
+    unknown = sorted(set(data) - {"arms", "tasks", "split", "limit"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r} (known: arms, tasks, split, limit)")
+    tasks = data.get("tasks") or []
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        raise ConfigError(f"{path}: tasks must be a list of task names, got {tasks!r}")
+    arms = []
+    for name, spec in data["arms"].items():
+        overrides = (spec.get("overrides") or []) if isinstance(spec, dict) else None
+        if (not isinstance(spec, dict) or not isinstance(spec.get("config"), str) or set(spec) - {"config", "overrides"}
+                or not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides)):
+            raise ConfigError(f"{path}: arms.{name} must be {{config: PATH, overrides: [key=value, ...]}}")
+        arms.append(Arm(str(name), path.parent / spec["config"], tuple(overrides)))
+    return Plan(tuple(arms), tuple(tasks), data.get("split", "test"), data.get("limit"))
+
+
+def make_plan(arms: list[str], sweep: str | None, tasks: list[str] | None, split: str | None,
+              limit: int | None) -> Plan:
+    """The command line's plan: ARMs or a sweep file; --tasks, --split and --limit win over the sweep's."""
+    if bool(arms) == bool(sweep):
+        raise ConfigError("give the arms as CONFIG (or NAME=CONFIG) arguments, or one --sweep FILE, not both")
+    plan = load_sweep(Path(sweep)) if sweep else Plan(tuple(parse_arm(a) for a in arms), ())
+    plan = replace(plan, tasks=tuple(tasks or plan.tasks), split=split or plan.split,
+                               limit=plan.limit if limit is None else limit)
+    check_plan(plan)
+    return plan
+
+
+def check_plan(plan: Plan) -> None:
+    names = [a.name for a in plan.arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"arm names must be unique, got {names} (name them: NAME=CONFIG)")
+    if not plan.tasks:
+        raise ConfigError("no tasks to compare on: --tasks T ... (or `tasks:` in the sweep file)")
+    try:
+        for task in plan.tasks:
+            get_task(task)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if plan.split not in ("dev", "test"):
+        raise ConfigError(f"split must be dev or test, got {plan.split!r}")
+    if plan.limit is not None and (type(plan.limit) is not int or plan.limit < 0):
+        raise ConfigError(f"limit must be an integer >= 0 (0 = all), got {plan.limit!r}")
+
+
+def arm_configs(plan: Plan) -> dict[str, RunConfig]:
+    """Each arm's config with the compared evaluation; two arms may not share a run directory."""
+    configs = {a.name: with_compare_eval(load_config(a.config, a.overrides), plan) for a in plan.arms}
+    by_dir: dict[Path, list[str]] = {}
+    for name, c in configs.items():
+        by_dir.setdefault(Path(c.run_dir).resolve(), []).append(name)
+    for root, names in by_dir.items():
+        if len(names) > 1:
+            raise ConfigError(f"arms {', '.join(names)} share run_dir {root}: give each its own (a run_dir=... "
+                              "override)")
+    return configs
+
+
+def with_compare_eval(c: RunConfig, plan: Plan) -> RunConfig:
+    """The compared tasks on the compared split, scored before iteration 1 and after the last (eval.every =
+    iterations: nothing in between, so an arm costs two evaluations per task)."""
+    e = replace(c.eval, tasks=plan.tasks, splits=(plan.split,), every=c.iterations,
+                limit=c.eval.limit if plan.limit is None else plan.limit)
+    c = replace(c, eval=e)
+    validate(c)
+    return c
+
+
+def run_arms(configs: dict[str, RunConfig], progress=None, on_iteration=None, on_arm=None) -> None:
+    """Run or resume each arm in turn. Every arm is checked first, so a bad one fails before any is run."""
+    for c in configs.values():
+        Pipeline(c).check()
+    for name, c in configs.items():
+        if on_arm:
+            on_arm(name, c)
+        Pipeline(c, progress=progress, on_iteration=on_iteration).run_all()
+
+
+# ---- reading run directories ------------------------------------------------------------------------------
+
+def collect(runs: dict[str, tuple[Path, int]], tasks: tuple[str, ...], split: str) -> dict:
+    """The comparison (compare.json) of arms {name: (run directory, the iteration compared with iteration 0)}."""
+    arms = {}
+    for name, (root, iteration) in runs.items():
+        rows = {task: task_row(Path(root), iteration, task, split) for task in tasks}
+        gains = [r["relative_gain"] for r in rows.values() if r["relative_gain"] is not None]
+        arms[name] = {"run_dir": str(root), "iteration": iteration, "tasks": rows,
+                      "mean_relative_gain": sum(gains) / len(gains) if gains else None, "tasks_with_gain": len(gains)}
+    return {"split": split, "tasks": list(tasks), "arms": arms}
+
+
+def task_row(root: Path, iteration: int, task: str, split: str) -> dict:
+    """Best initial member, best member and top-reputation member after `iteration`, and the relative gain.
+    A cell that has no number says why ({"missing": reason})."""
+    initial = _eval_file(root, 0, task, split)
+    finished = (root / f"iter_{iteration:02d}" / "done" / "iteration").exists()
+    after = _eval_file(root, iteration, task, split) if finished else None
+    metric = _primary(initial or after)
+    if after is not None:
+        best, top = _best(after, metric), _top_reputation(root, iteration, after, metric)
+    else:
+        why = f"not evaluated after iteration {iteration}" if finished else f"iteration {iteration} not finished"
+        best = top = {"missing": why}
+    best_initial = _best(initial, metric) if initial else {"missing": "not evaluated at iteration 0"}
+    return {"metric": metric, "best_initial": best_initial, "best": best, "top_reputation": top,
+            "relative_gain": _gain(best_initial, best), "cis_overlap": _overlap(best_initial, best),
+            "notes": _notes(initial, after) if initial and after else []}
+
+
+def _eval_file(root: Path, t: int, task: str, split: str) -> dict | None:
+    path = root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json"
+    return read_json(path) if path.exists() else None
+
+
+def _primary(data: dict | None) -> str | None:
+    """The file's primary metric (the same for every member of a file)."""
+    return next((r["primary"] for r in data["results"].values()), None) if data else None
+
+
+def _score(member: str, result: dict | None, metric: str) -> dict:
+    m = (result or {}).get("metrics", {}).get(metric)
+    if m is None:
+        return {"member": member, "missing": f"{member} not scored on {metric}"}
+    if not m["n"]:  # every example failed: a NaN mean, never a number to compare
+        return {"member": member, "missing": f"{member}: no scored example", "failed": m["failed"]}
+    extra = {"excluded": m["excluded"]} if "excluded" in m else {}
+    return {"member": member, "value": m["value"], "ci95": list(m["ci95"]), "n": m["n"], "failed": m["failed"],
+            **extra}
+
+
+def _best(data: dict, metric: str) -> dict:
+    # a model from outside the pool (`sparta eval --members SPEC` rewrites the file) is never a pool's best
+    outside = {m for m, record in data.get("models", {}).items() if not record.get("member", True)}
+    scored = [s for s in (_score(m, r, metric) for m, r in data["results"].items() if m not in outside)
+              if "value" in s]
+    if not scored:
+        return {"missing": "no member has a scored example"}
+    return max(scored, key=lambda s: s["value"])  # ties: the first member in the file's (the pool's) order
+
+
+def _top_reputation(root: Path, iteration: int, after: dict, metric: str) -> dict:
+    path = root / f"iter_{iteration:02d}" / "reputations.json"
+    if not path.exists():
+        return {"missing": f"no reputations after iteration {iteration}"}
+    ratings = read_json(path)["ratings"]
+    top = max(ratings, key=ratings.get)
+    return {**_score(top, after["results"].get(top), metric), "reputation": ratings[top]}
+
+
+def _gain(before: dict, after: dict) -> float | None:
+    """The paper's relative gain over the best initial member; undefined from a best initial of 0."""
+    if "value" not in before or "value" not in after or before["value"] == 0:
+        return None
+    return (after["value"] - before["value"]) / before["value"]
+
+
+def _overlap(a: dict, b: dict) -> bool | None:
+    if "ci95" not in a or "ci95" not in b:
+        return None
+    return a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]
+
+
+def _notes(initial: dict, after: dict) -> list[str]:
+    """What makes the two files less comparable than they look."""
+    notes = []
+    if initial["n_examples"] != after["n_examples"]:  # made by runs with different eval.limit
+        notes.append(f"iteration 0 and {after['iteration']} were scored on different numbers of examples "
+                     f"({initial['n_examples']} vs {after['n_examples']})")
+    judges = [(d.get("evaluator") or {}).get("name") for d in (initial, after)]
+    if any(judges):
+        same = "" if judges[0] == judges[1] else " (a different evaluator: scores are on different scales)"
+        notes.append(f"scored 1-10 by {judges[0]} at iteration 0 and by {judges[1]} after{same}")
+    return notes
+
+
+# ---- writing ----------------------------------------------------------------------------------------------
+
+HEADER = """\
+# SPARTA comparison ({split} split)
+
+Every number is a task's primary metric on the {split} split (accuracy; COM2 and Alpaca: the mean 1-10 judged
+score), with its 95% bootstrap interval, `n` scored examples and `failed` ones (a generation or a judgment that
+failed: counted, never scored as wrong or right).
+**Where two 95% intervals overlap, the difference between them is noise at this sample size**;
+such gains are marked "CIs overlap".
+
+- **best initial**: the member with the highest score before iteration 1 (picked on this split, like the paper's
+  "best initial expert").
+- **best after**: the member with the highest score after the arm's last iteration (picked the same way).
+- **top reputation**: the member with the highest reputation after the last iteration, picked without looking
+  at any evaluation.
+- **gain**: (best after - best initial) / best initial, the paper's "relative gain over best initial".
+"""
+
+
+def render_markdown(table: dict) -> str:
+    lines = [HEADER.format(split=table["split"])]
+    for name, arm in table["arms"].items():
+        lines.append(f"- arm `{name}`: `{arm['run_dir']}`, iteration {arm['iteration']}")
+    lines.append("")
+    for task in table["tasks"]:
+        lines += _task_table(table, task)
+    return "\n".join(lines + render_summary(table)) + "\n"
+
+
+def _task_table(table: dict, task: str) -> list[str]:
+    rows = {name: arm["tasks"][task] for name, arm in table["arms"].items()}
+    metrics = sorted({r["metric"] for r in rows.values() if r["metric"]})
+    out = [f"## {task} ({', '.join(metrics) or 'not evaluated'})", "",
+           "| arm | best initial | best after | top reputation | gain |", "|---|---|---|---|---|"]
+    notes = []
+    for name, r in rows.items():
+        top = r["top_reputation"]
+        rep = f" (reputation {top['reputation']:.1f})" if "reputation" in top else ""
+        out.append(f"| {name} | {_cell(r['best_initial'])} | {_cell(r['best'])} | {_cell(top)}{rep} | "
+                   f"{_gain_cell(r)} |")
+        notes += [f"- {name}: {n}" for n in r["notes"]]
+    return out + [""] + (notes + [""] if notes else [])
+
+
+def _cell(s: dict) -> str:
+    if "value" not in s:
+        return s["missing"] + (f" (failed {s['failed']})" if s.get("failed") else "")
+    excluded = f", excluded {s['excluded']}" if s.get("excluded") else ""
+    return (f"{s['member']} {s['value']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] "
+            f"(n={s['n']}, failed {s['failed']}{excluded})")
+
+
+def _gain_cell(row: dict) -> str:
+    if row["relative_gain"] is None:
+        return "undefined (best initial is 0)" if row["best_initial"].get("value") == 0 else "-"
+    return f"{row['relative_gain']:+.1%}" + (" (CIs overlap)" if row["cis_overlap"] else "")
+
+
+def render_summary(table: dict) -> list[str]:
+    """Arms x tasks: the relative gain of the best member, and its mean over the tasks that have one."""
+    tasks = table["tasks"]
+    out = ["## Summary: relative gain over the best initial member", "",
+           "`~`: the two 95% intervals overlap, the gain is within noise.", "",
+           "| arm | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
+    for name, arm in table["arms"].items():
+        cells = [_summary_cell(arm["tasks"][t]) for t in tasks]
+        k = arm["tasks_with_gain"]
+        mean = f"{arm['mean_relative_gain']:+.1%} ({k} of {len(tasks)} tasks)" if k else "-"
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    return out + [""]
+
+
+def _summary_cell(row: dict) -> str:
+    if row["relative_gain"] is not None:
+        return f"{row['relative_gain']:+.1%}" + (" ~" if row["cis_overlap"] else "")
+    missing = next((s["missing"] for s in (row["best_initial"], row["best"]) if "value" not in s), None)
+    return missing or _gain_cell(row)
+
+
+def write_comparison(out: Path, table: dict) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "compare.json", table)
+    (out / "compare.md").write_text(render_markdown(table))
+    return out / "compare.md", out / "compare.json"

@@ -1,0 +1,223 @@
+"""`sparta compare`: the tables from hand-built run directories (exact numbers, missing cells, failed counts),
+the plan's checks, and two tiny arms end to end through the CLI (written, resumed as a no-op, and as a sweep)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparta import cli
+from sparta.compare import Plan, collect, make_plan, render_markdown, with_compare_eval, write_comparison
+from sparta.config import ConfigError, dump_yaml
+from sparta.records import write_json_atomic
+
+
+def result(value: float, n: int, lo: float, hi: float, failed: int = 0, metric: str = "letter") -> dict:
+    return {"primary": metric, "metrics": {metric: {"value": value, "n": n, "failed": failed, "ci95": [lo, hi]}}}
+
+
+def write_eval(root: Path, t: int, task: str, results: dict, n_examples: int = 10, models: dict | None = None):
+    write_json_atomic(root / "eval" / f"iter_{t:02d}" / f"{task}-test.json",
+                      {"task": task, "split": "test", "iteration": t, "n_examples": n_examples, "evaluator": None,
+                       "models": models or {}, "results": results})
+
+
+def finish(root: Path, t: int, ratings: dict) -> None:
+    write_json_atomic(root / f"iter_{t:02d}" / "reputations.json",
+                      {"ratings": ratings, "sigmas": dict.fromkeys(ratings, 0.5)})
+    (root / f"iter_{t:02d}" / "done").mkdir(parents=True)
+    (root / f"iter_{t:02d}" / "done" / "iteration").write_text("")
+
+
+@pytest.fixture
+def table(tmp_path):
+    """Three arms: one with a full medqa row and gsm8k only at iteration 0, one with a loss and a zero start,
+    one never evaluated."""
+    sparta, alpha, empty = tmp_path / "sparta", tmp_path / "alpha1", tmp_path / "empty"
+    # c failed every example (NaN mean): it must never be picked as best, even placed first
+    write_eval(sparta, 0, "medqa", {"c": result(float("nan"), 0, float("nan"), float("nan"), failed=10),
+                                    "a": result(0.5, 10, 0.3, 0.7), "b": result(0.6, 9, 0.4, 0.8, failed=1)})
+    # tiny:1 is a model from outside the pool (sparta eval --members SPEC): never the pool's best
+    write_eval(sparta, 2, "medqa", {"c": result(0.2, 10, 0.0, 0.4), "a": result(0.75, 10, 0.6, 0.9),
+                                    "b": result(0.7, 9, 0.5, 0.85, failed=1), "tiny:1": result(0.9, 10, 0.8, 1.0)},
+               models={m: {"member": True} for m in "abc"} | {"tiny:1": {"member": False}})
+    write_eval(sparta, 0, "gsm8k", {"a": result(0.3, 10, 0.1, 0.5, metric="flexible")})
+    finish(sparta, 1, {"a": 100.0, "b": 100.0, "c": 100.0})
+    finish(sparta, 2, {"a": 110.0, "b": 120.0, "c": 70.0})
+    write_eval(alpha, 0, "medqa", {"a": result(0.4, 100, 0.35, 0.45)})
+    write_eval(alpha, 1, "medqa", {"a": result(0.3, 100, 0.25, 0.34)})
+    write_eval(alpha, 0, "gsm8k", {"a": result(0.0, 10, 0.0, 0.0, metric="flexible")})
+    write_eval(alpha, 1, "gsm8k", {"a": result(0.2, 5, 0.0, 0.6, metric="flexible")}, n_examples=5)
+    finish(alpha, 1, {"a": 100.0})
+    return collect({"sparta": (sparta, 2), "alpha1": (alpha, 1), "empty": (empty, 1)}, ("medqa", "gsm8k"), "test")
+
+
+def test_table_numbers_from_run_directories(table):
+    row = table["arms"]["sparta"]["tasks"]["medqa"]
+    assert row["metric"] == "letter"
+    assert row["best_initial"] == {"member": "b", "value": 0.6, "ci95": [0.4, 0.8], "n": 9, "failed": 1}
+    assert row["best"] == {"member": "a", "value": 0.75, "ci95": [0.6, 0.9], "n": 10, "failed": 0}
+    assert row["top_reputation"] == {"member": "b", "value": 0.7, "ci95": [0.5, 0.85], "n": 9, "failed": 1,
+                                     "reputation": 120.0}
+    assert row["relative_gain"] == pytest.approx((0.75 - 0.6) / 0.6) and row["cis_overlap"] is True
+    loss = table["arms"]["alpha1"]["tasks"]["medqa"]
+    assert loss["relative_gain"] == pytest.approx(-0.25) and loss["cis_overlap"] is False
+    assert table["arms"]["sparta"]["mean_relative_gain"] == pytest.approx(0.25)
+    assert table["arms"]["sparta"]["tasks_with_gain"] == 1
+
+
+def test_missing_evaluations_are_said_never_invented(table):
+    gsm = table["arms"]["sparta"]["tasks"]["gsm8k"]
+    assert gsm["best_initial"]["value"] == 0.3
+    assert gsm["best"] == gsm["top_reputation"] == {"missing": "not evaluated after iteration 2"}
+    assert gsm["relative_gain"] is None
+    empty = table["arms"]["empty"]
+    assert empty["tasks"]["medqa"]["best_initial"] == {"missing": "not evaluated at iteration 0"}
+    assert empty["tasks"]["medqa"]["best"] == {"missing": "iteration 1 not finished"}
+    assert empty["mean_relative_gain"] is None
+    zero = table["arms"]["alpha1"]["tasks"]["gsm8k"]
+    assert zero["relative_gain"] is None and zero["best"]["value"] == 0.2  # a gain from 0 is undefined
+    assert zero["notes"] == ["iteration 0 and 1 were scored on different numbers of examples (10 vs 5)"]
+
+
+def test_markdown_shows_cells_failed_counts_and_the_noise_rule(table, tmp_path):
+    md_path, json_path = write_comparison(tmp_path / "out", table)
+    md = md_path.read_text()
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(table))
+    assert "the difference between them is noise" in md
+    assert ("| sparta | b 0.600 [0.400, 0.800] (n=9, failed 1) | a 0.750 [0.600, 0.900] (n=10, failed 0) | "
+            "b 0.700 [0.500, 0.850] (n=9, failed 1) (reputation 120.0) | +25.0% (CIs overlap) |") in md
+    assert "| alpha1 | a 0.400 [0.350, 0.450] (n=100, failed 0) | a 0.300 [0.250, 0.340] (n=100, failed 0) | " in md
+    assert "(reputation 100.0) | -25.0% |" in md  # no overlap: no noise mark
+    assert ("| sparta | a 0.300 [0.100, 0.500] (n=10, failed 0) | not evaluated after iteration 2 | "
+            "not evaluated after iteration 2 | - |") in md
+    assert "| empty | not evaluated at iteration 0 | iteration 1 not finished | iteration 1 not finished | - |" in md
+    assert "- alpha1: iteration 0 and 1 were scored on different numbers of examples (10 vs 5)" in md
+    summary = md[md.index("## Summary"):]
+    assert "| arm | medqa | gsm8k | mean |" in summary
+    assert "| sparta | +25.0% ~ | not evaluated after iteration 2 | +25.0% (1 of 2 tasks) |" in summary
+    assert "| alpha1 | -25.0% | undefined (best initial is 0) | -25.0% (1 of 2 tasks) |" in summary
+    assert "| empty | not evaluated at iteration 0 | not evaluated at iteration 0 | - |" in summary
+    assert render_markdown(table) == md  # the markdown is a function of the table alone
+
+
+# ---- the plan ---------------------------------------------------------------------------------------------
+
+def test_compare_eval_overrides(tiny_config):
+    plan = Plan((), ("medqa", "gsm8k"), "test", 7)
+    c = with_compare_eval(tiny_config("iterations=3", "eval.tasks=[alpaca]", "eval.limit=2"), plan)
+    assert (c.eval.tasks, c.eval.splits, c.eval.every, c.eval.limit) == (("medqa", "gsm8k"), ("test",), 3, 7)
+    kept = with_compare_eval(tiny_config("eval.limit=2"), Plan((), ("medqa",)))
+    assert kept.eval.limit == 2  # no --limit: the arm's own
+
+
+@pytest.mark.parametrize("case,message", [
+    ("shared run_dir", "share run_dir"), ("arms and sweep", "not both"), ("unknown task", "unknown task 'nope'"),
+    ("no tasks", "no tasks to compare on"), ("same name", "arm names must be unique")])
+def test_bad_plans_are_config_errors_before_anything_runs(tiny_config, tmp_path, capsys, case, message):
+    # small arms and --limit 1: if a check broke, the arms would run, and that should fail fast, not take minutes
+    a = write_config(tmp_path / "a.yaml", tiny_config(*SMALL, run_dir=tmp_path / "runs" / "a"))
+    b = write_config(tmp_path / "sub" / "a.yaml", tiny_config(*SMALL, "arena.alpha=1", run_dir=tmp_path / "runs" / "a"))
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({"arms": {"x": {"config": "a.yaml"}}, "tasks": ["medqa"]}))
+    args = {"shared run_dir": [str(a), f"other={b}", "--tasks", "medqa"],
+            "arms and sweep": [str(a), "--sweep", str(sweep)],
+            "unknown task": [str(a), "--tasks", "nope"],
+            "no tasks": [str(a)],
+            "same name": [str(a), str(b), "--tasks", "medqa"]}[case]
+    assert cli.main(["compare", *args, "--limit", "1", "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+
+
+def test_sweep_paths_are_relative_to_the_sweep_file(tmp_path):
+    (tmp_path / "sweeps").mkdir()
+    sweep = tmp_path / "sweeps" / "s.yaml"
+    sweep.write_text(yaml.safe_dump({"arms": {"x": {"config": "../c.yaml", "overrides": ["arena.alpha=1"]}},
+                                     "tasks": ["gsm8k"], "limit": 3}))
+    plan = make_plan([], str(sweep), None, None, None)
+    assert plan.arms[0].config.resolve() == (tmp_path / "c.yaml").resolve()
+    assert (plan.arms[0].overrides, plan.tasks, plan.split, plan.limit) == (("arena.alpha=1",), ("gsm8k",), "test", 3)
+    assert make_plan([], str(sweep), ["medqa"], "dev", 0).tasks == ("medqa",)  # the command line wins
+    sweep.write_text(yaml.safe_dump({"arms": {"x": {"config": "c.yaml", "override": []}}}))
+    with pytest.raises(ConfigError, match="arms.x must be"):
+        make_plan([], str(sweep), ["medqa"], None, None)
+
+
+# ---- end to end -------------------------------------------------------------------------------------------
+
+SMALL = ("iterations=1", "data.prompts_per_iteration=3", "arena.k=1")
+
+
+def write_config(path: Path, config) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_yaml(config))
+    return path
+
+
+class Recorder:
+    """Stands in for the CLI's progress bars: records every stage that starts."""
+
+    stages: list[str] = []
+
+    def __call__(self, stage: str, total: int):
+        Recorder.stages.append(stage)
+
+    def close(self) -> None:
+        pass
+
+
+def run_files(runs: Path) -> dict[Path, int]:
+    """The mtime of every stage output and evaluation (report.md, ratings.json, plots are rewritten each run)."""
+    return {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file() and
+            any(part.startswith(("iter_", "eval")) for part in p.relative_to(runs).parts)}
+
+
+def test_two_tiny_arms_end_to_end_resume_and_sweep(tiny_config, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    base = write_config(tmp_path / "sparta.yaml", tiny_config(*SMALL, run_dir=runs / "sparta"))
+    alpha = write_config(tmp_path / "alpha1.yaml", tiny_config(*SMALL, "arena.alpha=1", run_dir=runs / "alpha1"))
+    monkeypatch.setattr(cli, "Bars", Recorder)
+    monkeypatch.setattr(Recorder, "stages", [])
+    out = tmp_path / "out"
+    assert cli.main(["compare", str(base), f"alpha1={alpha}", "--tasks", "medqa", "--limit", "2",
+                     "--out", str(out)]) == 0
+    assert "eval a" in Recorder.stages and "dpo d" in Recorder.stages  # both arms ran: evaluated and trained
+    printed = capsys.readouterr().out
+    assert "=== arm sparta" in printed and "=== arm alpha1" in printed and "## Summary" in printed
+    table = json.loads((out / "compare.json").read_text())
+    assert list(table["arms"]) == ["sparta", "alpha1"] and table["split"] == "test"
+    for name in ("sparta", "alpha1"):
+        root = runs / name
+        assert not (root / "eval" / "iter_00" / "medqa-dev.json").exists()  # the compared split only
+        after = json.loads((root / "eval" / "iter_01" / "medqa-test.json").read_text())
+        assert after["n_examples"] == 2 and set(after["results"]) == set("abcd")
+        row = table["arms"][name]["tasks"]["medqa"]
+        assert row["metric"] == "letter" and row["best"]["n"] + row["best"]["failed"] == 2
+        assert row["best"]["value"] == max(r["metrics"]["letter"]["value"] for r in after["results"].values())
+        ratings = json.loads((root / "iter_01" / "reputations.json").read_text())["ratings"]
+        assert row["top_reputation"]["member"] == max(ratings, key=ratings.get)
+    assert yaml.safe_load((runs / "alpha1" / "config.yaml").read_text())["arena"]["alpha"] == 1.0
+    md = (out / "compare.md").read_text()
+    assert "## medqa (letter)" in md and "| sparta | " in md and "| alpha1 | " in md
+
+    stamps, first = run_files(runs), (out / "compare.json").read_text()
+    Recorder.stages.clear()
+    assert cli.main(["compare", str(base), f"alpha1={alpha}", "--tasks", "medqa", "--limit", "2",
+                     "--out", str(out)]) == 0
+    assert Recorder.stages == [] and run_files(runs) == stamps  # resumed: nothing evaluated or trained again
+    assert (out / "compare.json").read_text() == first
+
+    # the same two arms as a sweep: one config plus overrides, paths relative to the sweep file
+    (tmp_path / "sweeps").mkdir()
+    sweep = tmp_path / "sweeps" / "paper.yaml"
+    sweep.write_text(yaml.safe_dump({"arms": {
+        "sparta": {"config": "../sparta.yaml"},
+        "alpha1": {"config": "../sparta.yaml", "overrides": ["arena.alpha=1", f"run_dir={runs / 'alpha1'}"]}},
+        "tasks": ["medqa"], "limit": 2}, sort_keys=False))
+    assert cli.main(["compare", "--sweep", str(sweep), "--out", str(tmp_path / "out2")]) == 0
+    assert Recorder.stages == [] and run_files(runs) == stamps  # the sweep's arms are the runs already made
+    assert (tmp_path / "out2" / "compare.json").read_text() == first
