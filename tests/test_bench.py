@@ -63,3 +63,16 @@ def test_judging_section_scores_the_same_pairs_both_ways(tmp_path):
     result = judging(backend, members, backend.tokenizer("w"), 3)
     assert result["n"] == 3 and result["authors_generate"]["max_new_tokens"] == 256
     assert 0 <= result["authors_generate"]["parsed"] <= 1 and result["logprob"]["judgments_per_s"] > 0
+
+
+def test_cluster_benchmark_compares_logs_and_adapters_byte_for_byte(tmp_path):
+    from bench.cluster import same_results
+
+    for run in ("a", "b"):
+        (tmp_path / run / "iter_01" / "adapters" / "m").mkdir(parents=True)
+        (tmp_path / run / "iter_01" / "combat.jsonl").write_text('{"duel": 1}\n')
+        (tmp_path / run / "iter_01" / "adapters" / "m" / "adapter_model.safetensors").write_bytes(b"\x00\x01")
+    assert same_results(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "b" / "iter_01" / "adapters" / "m" / "adapter_model.safetensors").write_bytes(b"\x00\x02")
+    assert not same_results(tmp_path / "a", tmp_path / "b")
+    assert not same_results(tmp_path / "empty", tmp_path / "b")  # nothing compared is not "the same"
