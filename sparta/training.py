@@ -1,9 +1,11 @@
-"""DPO for one member (and SFT, for building experts), on the member's own LoRA adapter.
+"""DPO and SPPO for one member (and SFT, for building experts), on the member's own LoRA adapter.
 
 Our own DPO loss (Rafailov et al. 2023, eq. 7; the same as trl's `sigmoid` loss, cross-checked in a test):
     L = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])
+SPPO's (Wu et al. 2024, arXiv 2405.00675; docs/sppo.md), a regression of each sample's log-ratio on its win rate:
+    L = mean over samples of (log π(y|x) - log π_ref(y|x) - η (P̂(y ≻ π_ref | x) - 1/2))²
 The reference is the member as it was at the start of the iteration: its log-probs are computed once per
-pair, before the first update, with the same adapter — no second model, no reload.
+sequence, before the first update, with the same adapter — no second model, no reload.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,27 @@ def run_dpo_job(trainer, job: DPOJob, progress=None) -> dict:
     """Train a copy of the member's adapter (trainer: a backends.hf.HFTrainer), write it to job.out_dir; metrics."""
     with trainer.slot(job.member) as slot:
         metrics = train_dpo(slot, job.member.name, job.pairs, job.optim, job.beta, job.epochs, job.seed, progress)
+        slot.save(job.out_dir)
+    return metrics
+
+
+@dataclass(frozen=True)
+class SPPOJob:
+    """One member's SPPO in an iteration (see DPOJob): its own samples, each with its estimated win rate."""
+
+    member: MemberModel
+    samples: list[dict]
+    optim: OptimSettings
+    eta: float
+    epochs: int
+    seed: int
+    out_dir: Path
+
+
+def run_sppo_job(trainer, job: SPPOJob, progress=None) -> dict:
+    """As run_dpo_job, for SPPO."""
+    with trainer.slot(job.member) as slot:
+        metrics = train_sppo(slot, job.member.name, job.samples, job.optim, job.eta, job.epochs, job.seed, progress)
         slot.save(job.out_dir)
     return metrics
 
@@ -126,6 +150,15 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     return loss, chosen_reward.detach(), rejected_reward.detach()
 
 
+def sppo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, win_prob: torch.Tensor, eta: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean SPPO loss (log-ratio − η (P̂ − ½))² and the log-ratios log π − log π_ref. The paper's log-partition
+    term is approximated by the constant η/2, which is what centres the target at P̂ = ½."""
+    log_ratios = policy_logps - ref_logps
+    loss = ((log_ratios - eta * (win_prob - 0.5)) ** 2).mean()
+    return loss, log_ratios.detach()
+
+
 def _prepare(slot, member: str, seed: int, tag: str):
     model = slot.model
     model.set_adapter(slot.adapter)
@@ -188,6 +221,57 @@ def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress, d
     return history
 
 
+@contextmanager
+def _phase(slot, seconds: dict, name: str):
+    """Run a block in the slot's compute context and record its wall time under `name`."""
+    clock = time.perf_counter()
+    with slot.compute():
+        yield
+    seconds[name] = time.perf_counter() - clock
+
+
+@dataclass
+class _Fit:
+    history: list[dict]
+    reference: dict  # micro-batch (a tuple of indices) -> its reference log-probs
+    after: dict  # the same for the trained adapter, over first_epoch
+    first_epoch: list[tuple[int, ...]]  # every example once, in the steps' micro-batches
+    seconds: dict
+
+
+def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[int], s: OptimSettings, epochs: int,
+                           rng: random.Random, progress) -> _Fit:
+    """The part DPO and SPPO share: reference log-probs, the steps, and one no-grad pass after them.
+    `logps(indices)` scores examples with the current adapter; `loss_of(indices, policy, reference)` gives a
+    micro-batch's (mean loss, stats)."""
+    batches = _batches(len(lengths), s.batch_size, epochs, rng)
+    # a step's gradient is the mean over its examples whatever their grouping: micro-batch by length (less padding)
+    batches = [sorted(batch, key=lengths.__getitem__) for batch in batches]
+    micro = [tuple(b[i:i + s.micro_batch_size]) for b in batches for i in range(0, len(b), s.micro_batch_size)]
+    first_epoch = micro[:len(micro) // epochs]
+
+    def no_grad_logps(layouts):
+        with torch.inference_mode():
+            return {rows: logps(list(rows)) for rows in dict.fromkeys(layouts)}
+
+    # The reference is this adapter before any update, computed in exactly the micro-batches the steps use:
+    # in bf16 a sequence's log-prob moves with its batch's padding by about the size of DPO's rewards.
+    seconds: dict[str, float] = {}
+    with _phase(slot, seconds, "reference"):
+        reference = no_grad_logps(micro)
+
+    def micro_loss(indices, weight):
+        loss, stats = loss_of(indices, logps(indices), reference[tuple(indices)])
+        (loss * weight).backward()
+        return {"loss": loss.item(), **stats}
+
+    with _phase(slot, seconds, "steps"):
+        history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
+    with _phase(slot, seconds, "after"):
+        after = no_grad_logps(first_epoch)
+    return _Fit(history, reference, after, first_epoch, seconds)
+
+
 def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: float, epochs: int, seed: int,
               progress=None) -> dict:
     """DPO-train `member`'s adapter (a backends.hf.TrainSlot) on `pairs` (trl conversational format).
@@ -196,9 +280,7 @@ def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: floa
         return {"member": member, "pairs": 0, "steps": 0}
     model, params = _prepare(slot, member, seed, "dpo")
     tok = slot.tokenizer
-    device = slot.device
-
-    examples, counts = _encode_pairs(tok, pairs, s)
+    examples, counts = _encode_rows(tok, pairs, ("chosen", "rejected"), s)
     pairs = [p for p, e in zip(pairs, examples) if e is not None]
     examples = [e for e in examples if e is not None]
     if not pairs:
@@ -206,71 +288,99 @@ def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: floa
 
     def logps(indices):
         seqs = [examples[i][0] for i in indices] + [examples[i][1] for i in indices]
-        total, _ = sequence_logprobs(model, seqs, tok.pad_token_id, device)
+        total, _ = sequence_logprobs(model, seqs, tok.pad_token_id, slot.device)
         return total[:len(indices)], total[len(indices):]
 
-    def length(i):
-        return max(len(examples[i][0][0]), len(examples[i][1][0]))
+    def loss_of(indices, policy, ref):
+        loss, rc, rr = dpo_loss(*policy, *ref, beta)
+        return loss, {"reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
+                      "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
-    batches = _batches(len(pairs), s.batch_size, epochs, random.Random(derive_seed(seed, "dpo-order", member)))
-    # a step's gradient is the mean over its pairs whatever their grouping: micro-batch by length (less padding)
-    batches = [sorted(batch, key=length) for batch in batches]
-    micro = [tuple(b[i:i + s.micro_batch_size]) for b in batches for i in range(0, len(b), s.micro_batch_size)]
-    first_epoch = micro[:len(micro) // epochs]  # every pair once
-
-    def no_grad_logps(layouts):
-        with torch.inference_mode():
-            return {rows: logps(list(rows)) for rows in dict.fromkeys(layouts)}
-
-    # The reference is this adapter before any update, computed in exactly the micro-batches the steps use:
-    # in bf16 a sequence's log-prob moves with its batch's padding by about the size of DPO's rewards.
-    clock = time.perf_counter()
-    with slot.compute():
-        reference = no_grad_logps(micro)
-    seconds = {"reference": time.perf_counter() - clock}
-
-    def micro_loss(indices, weight):
-        chosen, rejected = logps(indices)
-        ref_chosen, ref_rejected = reference[tuple(indices)]
-        loss, rc, rr = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta)
-        (loss * weight).backward()
-        return {"loss": loss.item(), "reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
-                "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
-
-    clock = time.perf_counter()
-    with slot.compute():
-        history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
-    seconds["steps"] = time.perf_counter() - clock
+    lengths = [max(len(chosen[0]), len(rejected[0])) for chosen, rejected in examples]
+    rng = random.Random(derive_seed(seed, "dpo-order", member))
+    fit = _fit_against_reference(slot, model, params, logps, loss_of, lengths, s, epochs, rng, progress)
     # One more pass over the pairs after training: did the member learn to prefer the chosen responses?
-    clock = time.perf_counter()
-    with slot.compute():
-        after = no_grad_logps(first_epoch)
-    stacked = [torch.cat([d[rows][k] for rows in first_epoch]) for d in (after, reference) for k in (0, 1)]
+    stacked = [torch.cat([d[rows][k] for rows in fit.first_epoch]) for d in (fit.after, fit.reference) for k in (0, 1)]
     loss, rc, rr = dpo_loss(*stacked, beta)
-    seconds["after"] = time.perf_counter() - clock
-    return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history, "seconds": seconds,
-            **counts,
+    history = fit.history
+    return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
+            "seconds": fit.seconds, **counts,
             "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
             "after": {"loss": loss.item(), "reward_margin": (rc - rr).mean().item(),
                       "reward_accuracy": (rc > rr).float().mean().item()}}
 
 
-def _encode_pairs(tok, pairs: list[dict], s: OptimSettings):
-    """Each pair's (chosen, rejected) encodings, None for a pair whose prompt does not fit; and the counts of
-    pairs with a response cut short, with a shortened prompt, and left out."""
+def train_sppo(slot, member: str, samples: list[dict], s: OptimSettings, eta: float, epochs: int, seed: int,
+               progress=None) -> dict:
+    """SPPO-train `member`'s adapter (a TrainSlot) on its own samples: trl prompt-completion dicts
+    {"prompt": [user message], "completion": [assistant message], "win_prob": P̂(y ≻ π_t | x)}
+    (sparta.pairs.win_probabilities). A sample whose win rate is None (nobody could compare it) is left out
+    and counted. Returns metrics; "after" measures, on every sample, how close the log-ratios came to their
+    targets η (P̂ − ½)."""
+    kept = [x for x in samples if x["win_prob"] is not None]
+    counts = {"skipped_no_win_prob": len(samples) - len(kept)}
+    tok = slot.tokenizer
+    examples, encode_counts = _encode_rows(tok, kept, ("completion",), s)
+    counts |= encode_counts
+    kept = [x for x, e in zip(kept, examples) if e is not None]
+    examples = [e[0] for e in examples if e is not None]
+    if not kept:
+        return {"member": member, "samples": 0, "steps": 0, **counts}
+    model, params = _prepare(slot, member, seed, "sppo")
+    win = torch.tensor([x["win_prob"] for x in kept], dtype=torch.float32, device=slot.device)
+
+    def logps(indices):
+        total, _ = sequence_logprobs(model, [examples[i] for i in indices], tok.pad_token_id, slot.device)
+        return total
+
+    def loss_of(indices, policy, ref):
+        loss, log_ratios = sppo_loss(policy, ref, win[list(indices)], eta)
+        return loss, {"log_ratio": log_ratios.mean().item()}
+
+    rng = random.Random(derive_seed(seed, "sppo-order", member))
+    fit = _fit_against_reference(slot, model, params, logps, loss_of, [len(e[0]) for e in examples], s, epochs,
+                                 rng, progress)
+    order = [i for rows in fit.first_epoch for i in rows]
+    after, reference = (torch.cat([d[rows] for rows in fit.first_epoch]) for d in (fit.after, fit.reference))
+    history = fit.history
+    return {"member": member, "samples": len(kept), "steps": len(history), "history": history,
+            "seconds": fit.seconds, **counts,
+            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
+            "after": _sppo_after(after, reference, win[order], eta)}
+
+
+def _sppo_after(after: torch.Tensor, reference: torch.Tensor, win: torch.Tensor, eta: float) -> dict:
+    """How far the trained log-ratios are from their targets, and whether they follow the win rates."""
+    loss, log_ratios = sppo_loss(after, reference, win, eta)
+    # a correlation needs both to vary (e.g. not all samples at P̂ = ½)
+    varies = len(win) > 1 and bool(win.std() > 0) and bool(log_ratios.std() > 0)
+    return {"loss": loss.item(), "target_error": (log_ratios - eta * (win - 0.5)).abs().mean().item(),
+            "correlation": torch.corrcoef(torch.stack([log_ratios, win]))[0, 1].item() if varies else None,
+            "log_ratio_above_half": _mean_or_none(log_ratios[win > 0.5]),
+            "log_ratio_below_half": _mean_or_none(log_ratios[win < 0.5])}
+
+
+def _mean_or_none(x: torch.Tensor) -> float | None:
+    return x.mean().item() if len(x) else None
+
+
+def _encode_rows(tok, rows: list[dict], sides: tuple[str, ...], s: OptimSettings):
+    """Each row's encodings of its `sides` (one response message each) after the shared prompt, None for a row
+    whose prompt does not fit; and the counts of rows with a response cut short, with a shortened prompt, and
+    left out."""
     examples, counts = [], {"truncated": 0, "prompt_shortened": 0, "skipped_prompt_too_long": 0}
-    for p in pairs:
-        prompt = p["prompt"][0]["content"]
+    for row in rows:
+        prompt = row["prompt"][0]["content"]
         try:
-            chosen, rejected = (encode_truncated(tok, prompt, p[side][0]["content"], s.max_length, s.max_prompt_tokens)
-                                for side in ("chosen", "rejected"))
+            encoded = [encode_truncated(tok, prompt, row[side][0]["content"], s.max_length, s.max_prompt_tokens)
+                       for side in sides]
         except PromptTooLong:
             examples.append(None)
             counts["skipped_prompt_too_long"] += 1
             continue
-        counts["truncated"] += chosen[2] or rejected[2]
-        counts["prompt_shortened"] += chosen[3]
-        examples.append((chosen[:2], rejected[:2]))
+        counts["truncated"] += any(e[2] for e in encoded)
+        counts["prompt_shortened"] += encoded[0][3]  # one prompt turn for every side
+        examples.append(tuple(e[:2] for e in encoded))
     return examples, counts
 
 
