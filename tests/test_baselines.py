@@ -48,14 +48,16 @@ def test_self_rewarding_skips_ties_and_gaps_below_the_margin():
     assert [p["member"] for p in pairs] == ["c"]
     assert skipped == {"fewer_than_2_scored": 0, "tie": 1, "below_margin": 1}
     assert len(best_vs_worst(close, 1, 0.0)[0]) == 1  # no margin: any gap makes a pair
+    assert best_vs_worst(tie, 1, 0.0) == ([], {"fewer_than_2_scored": 0, "tie": 1, "below_margin": 0})
 
 
 def test_self_rewarding_never_pairs_failed_or_unreadable_samples():
     # the failed generation and the unparsed / failed judgments carry no score: the pair is 6 over 4, and a
     # prompt left with one scored sample makes no pair
+    # (the status is the gate: a judgment that is not ok never counts, whatever score it carries)
     samples = [sample("a", "p", 0, None, "generation_failed"), sample("a", "p", 1, 6.0),
-               sample("a", "p", 2, None, "judgment_unparsed"), sample("a", "p", 3, 4.0),
-               sample("b", "p", 0, 9.0), sample("b", "p", 1, None, "judgment_failed")]
+               sample("a", "p", 2, 9.5, "judgment_unparsed"), sample("a", "p", 3, 4.0),
+               sample("b", "p", 0, 9.0), sample("b", "p", 1, 1.0, "judgment_failed")]
     pairs, skipped = best_vs_worst(samples, 1, 0.0)
     assert [(p["chosen_sample"], p["rejected_sample"]) for p in pairs] == [(1, 3)]
     assert skipped["fewer_than_2_scored"] == 1

@@ -20,8 +20,9 @@ def judge_own(backend, samples: list[Sample], settings: ArenaSettings, seed: int
     asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id)
             for i in todo]
     out = list(samples)
-    for i, (score, status, raw, shortened) in zip(todo, judge_responses(backend, asks, settings, seed, progress)):
-        out[i] = replace(samples[i], judgment=Judgment(samples[i].member, "self", score, status, raw, shortened),
+    verdicts = judge_responses(backend, asks, settings, seed, progress)
+    for i, ask, (score, status, raw, shortened) in zip(todo, asks, verdicts):
+        out[i] = replace(samples[i], judgment=Judgment(ask.judge, "self", score, status, raw, shortened),
                          status=STATUS[status])
     return out
 
