@@ -72,9 +72,15 @@ class Bars:
 
 def print_summary(summary: dict) -> None:
     m = summary["metrics"]
-    print(f"\n== iteration {summary['iteration']}: {m['duels']} duels, {m['pairs']} pairs, "
-          f"tie rate {m['tie_rate']:.2f}, judge parse failures {m['judgments']['parse_failure_rate']:.1%}, "
-          f"failed generations {m['responses']['failed']}")
+    if "method" in m:  # a baseline iteration: samples instead of duels
+        skipped = ", ".join(f"{k} {v}" for k, v in m["skipped"].items() if v) or "none"
+        print(f"\n== iteration {summary['iteration']} ({m['method']}): {m['samples']} samples, {m['pairs']} pairs, "
+              f"failed generations {m['failed']}, judge parse failures {m['judgments']['parse_failure_rate']:.1%}, "
+              f"skipped: {skipped}")
+    else:
+        print(f"\n== iteration {summary['iteration']}: {m['duels']} duels, {m['pairs']} pairs, "
+              f"tie rate {m['tie_rate']:.2f}, judge parse failures {m['judgments']['parse_failure_rate']:.1%}, "
+              f"failed generations {m['responses']['failed']}")
     print(f"{'member':<16}{'reputation':>11}{'sigma':>7}{'W':>4}{'L':>4}{'T':>4}{'void':>5}{'chosen':>8}"
           f"{'rejected':>9}  DPO loss on its pairs (before→after, reward acc.)")
     for row in summary["leaderboard"]:

@@ -17,6 +17,7 @@ import yaml
 from .config import ConfigError, RunConfig, load_config, validate
 from .pipeline import Pipeline
 from .records import read_json, write_json_atomic
+from .rundir import method_of
 from .tasks.catalog import get_task
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -196,6 +197,9 @@ def _best(data: dict, metric: str) -> dict:
 
 
 def _top_reputation(root: Path, iteration: int, after: dict, metric: str) -> dict:
+    method = method_of(root)
+    if method != "sparta":  # its reputations.json files only carry the start state forward
+        return {"missing": f"method {method} has no reputations"}
     path = root / f"iter_{iteration:02d}" / "reputations.json"
     if not path.exists():
         return {"missing": f"no reputations after iteration {iteration}"}

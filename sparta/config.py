@@ -230,8 +230,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """The self-alignment baselines (method != sparta, docs/baselines.md): each member trains on its own samples."""
+
+    samples: int = 4  # self_rewarding: responses per prompt and member, the member judges each (paper: 4)
+
+
+METHODS = ("sparta", "self_rewarding", "spin")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     run_dir: str = "runs/demo"
+    # sparta (combat) or a self-alignment baseline of the paper's table: self_rewarding, spin (docs/baselines.md)
+    method: str = "sparta"
     seed: int = 0
     iterations: int = 3  # paper: 8
     threads: int = 0  # torch threads; 0 = all cores
@@ -247,6 +259,7 @@ class RunConfig:
     reputation: ReputationConfig = ReputationConfig()
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
+    baseline: BaselineConfig = BaselineConfig()
 
 
 # Keys that may change between invocations on the same run directory without invalidating it.
@@ -340,6 +353,9 @@ def validate(c: RunConfig) -> None:
     """Cheap checks on values; checks that need the disk (model paths, data files) live with their loaders."""
     names = [m.name for m in c.pool.members]
     checks = [
+        (c.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {c.method!r}"),
+        (c.baseline.samples >= 2, f"baseline.samples must be >= 2 (a pair needs two scored samples), "
+                                  f"got {c.baseline.samples}"),
         (len(names) >= 3, f"pool.members: a pool needs at least 3 members (2 fight, 1 judges); got {len(names)}"),
         (len(set(names)) == len(names), f"pool.members: member names must be unique, got {names}"),
         (all(n and n.replace("_", "").replace("-", "").isalnum() for n in names),

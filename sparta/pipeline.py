@@ -1,4 +1,5 @@
-"""The SPARTA loop: one iteration is prompts → combat rounds → pairs → DPO for every member.
+"""The SPARTA loop: one iteration is prompts → combat rounds → pairs → DPO for every member. With `method` a
+baseline (sparta.baselines), samples → each member's own pairs replace combat → pairs.
 
 Every stage writes its output atomically and then a done-marker; combat is journaled a round at a time.
 Rerunning on the same run directory skips what is done and replays the journal, so a resumed run gives
@@ -19,12 +20,15 @@ from .arena.judging import JUDGE_PROMPT
 from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
 from .arena.reputation import ReputationState, apply_duel, initial_state
 from .backends import BackendError, MemberModel, build_backend
+from .baselines.samples import Sample, draw_samples, own_pairs, to_row
+from .baselines.self_rewarding import best_vs_worst, judge_own
+from .baselines.spin import check_references, reference_vs_own
 from .config import RunConfig
 from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
 from .models import ModelSpecError, default_cache_dir, resolve_adapter, resolve_model
 from .pairs import pairs_for, preference_pairs
-from .prompts import load_prompts, sample_prompts
+from .prompts import load_prompts, load_references, sample_prompts
 from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
 from .report import write_report
 from .rundir import RunDir, RunDirError
@@ -60,6 +64,9 @@ class Pipeline:
         """Every check that needs no model: data, recipes, adapter and model paths."""
         c = self.c
         self.prompt_pool = load_prompts(c.data.prompts, c.data.user_data or None)
+        if c.method == "spin":
+            self.references = load_references(c.data.prompts, c.data.user_data or None)
+            check_references(self.prompt_pool, self.references, c.data.prompts)
         check_recipes([m.expert for m in c.pool.members if m.expert])
         for name in c.eval.tasks:
             get_task(name).examples(c.eval.splits[0], c.data.user_data or None)  # unknown task / missing data
@@ -185,19 +192,30 @@ class Pipeline:
         clock = time.perf_counter()
         prompts = self._prompts(t)
         timings["prompts"] = time.perf_counter() - clock
-        state, duels = self._combat(t, prompts, timings)
-        clock = time.perf_counter()
-        if not run.is_done(t, "pairs"):
-            write_jsonl_atomic(run.iteration(t) / "pairs.jsonl", preference_pairs(duels))
-            run.mark_done(t, "pairs")
-        pairs = read_jsonl(run.iteration(t) / "pairs.jsonl")
-        timings["pairs"] = time.perf_counter() - clock
+        if self.c.method == "sparta":
+            duels = self._combat(t, prompts, timings)[1]
+            pairs = self._pairs(t, preference_pairs(duels), timings)
+        else:
+            samples = self._samples(t, prompts, timings)
+            made, skipped = self._pair_rule(t, samples)
+            pairs = self._pairs(t, made, timings)
         clock = time.perf_counter()
         self._train(t, pairs)
         timings["dpo"] = time.perf_counter() - clock
-        write_json_atomic(run.iteration(t) / "metrics.json", iteration_metrics(duels, pairs, self._training(t),
-                                                                               timings))
+        training = self._training(t)
+        metrics = (iteration_metrics(duels, pairs, training, timings) if self.c.method == "sparta"
+                   else baseline_metrics(self.c.method, samples, pairs, skipped, training, timings))
+        write_json_atomic(run.iteration(t) / "metrics.json", metrics)
         run.mark_done(t, "iteration")
+
+    def _pairs(self, t: int, made: list[dict], timings: dict) -> list[dict]:
+        """iter_t/pairs.jsonl, written once; read back from the file, so a resumed run trains on the same pairs."""
+        clock = time.perf_counter()
+        if not self.run.is_done(t, "pairs"):
+            write_jsonl_atomic(self.run.iteration(t) / "pairs.jsonl", made)
+            self.run.mark_done(t, "pairs")
+        timings["pairs"] = time.perf_counter() - clock
+        return read_jsonl(self.run.iteration(t) / "pairs.jsonl")
 
     def _prompts(self, t: int) -> list[Prompt]:
         path = self.run.iteration(t) / "prompts.jsonl"
@@ -296,6 +314,45 @@ class Pipeline:
             if tick:
                 tick(len(new))
 
+    # ---- the baselines (method != sparta): each member's own samples instead of combat -----------------
+
+    def _samples(self, t: int, prompts: list[Prompt], timings: dict) -> list[Sample]:
+        """iter_t/samples.jsonl: written after sampling (stage "generate"), rewritten with the members' own
+        verdicts (self_rewarding, stage "judge"). Each stage's output is whole or absent, so a kill redoes at most
+        the stage it cut short, with the same seeds. Baselines have no reputations: iter_t/reputations.json is the
+        iteration's start state, unchanged, so everything that reads reputations still finds them."""
+        c, run = self.c, self.run
+        path = run.iteration(t) / "samples.jsonl"
+        n = c.baseline.samples if c.method == "self_rewarding" else 1
+        settings = arena_settings(c)
+        if not run.is_done(t, "generate"):
+            clock = time.perf_counter()
+            samples = draw_samples(self._load_backend(t), self.members, prompts, n, settings,
+                                   derive_seed(c.seed, t, "samples"), self.progress)
+            _check_samples(samples)
+            write_jsonl_atomic(path, [to_row(s) for s in samples])
+            run.mark_done(t, "generate")
+            timings["generate"] = time.perf_counter() - clock
+        samples = [Sample.from_dict(row) for row in read_jsonl(path)]
+        if c.method == "self_rewarding" and not run.is_done(t, "judge"):
+            clock = time.perf_counter()
+            samples = judge_own(self._load_backend(t), samples, settings, derive_seed(c.seed, t, "self-judge"),
+                                self.progress)
+            write_jsonl_atomic(path, [to_row(s) for s in samples])
+            run.mark_done(t, "judge")
+            timings["judge"] = time.perf_counter() - clock
+        if not run.is_done(t, "reputations"):
+            write_json_atomic(run.iteration(t) / "reputations.json", self._start_state(t).to_dict())
+            run.mark_done(t, "reputations")
+        return samples
+
+    def _pair_rule(self, t: int, samples: list[Sample]) -> tuple[list[dict], dict[str, int]]:
+        """The method's pairs and its skip counts: a pure function of the samples (a resumed run recounts the
+        same skips; the pairs it trains on are read from pairs.jsonl)."""
+        if self.c.method == "self_rewarding":
+            return best_vs_worst(samples, t, self.c.arena.min_margin)
+        return reference_vs_own(samples, self.references, t)
+
     def _train(self, t: int, pairs: list[dict]) -> None:
         """Each member trains a copy of its adapter at the start of iteration t and writes iter_t/adapters/NAME."""
         c, run = self.c, self.run
@@ -303,7 +360,9 @@ class Pipeline:
         optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
                               warmup_ratio=tr.warmup_ratio, max_length=tr.max_length,
                               max_prompt_tokens=c.generation.max_prompt_tokens)
-        jobs = [DPOJob(member, pairs_for(member.name, pairs, tr.pairs), optim, tr.beta, tr.epochs,
+        select = (lambda name: pairs_for(name, pairs, tr.pairs)) if c.method == "sparta" else (
+            lambda name: own_pairs(name, pairs))  # a baseline: self-alignment, whatever training.pairs says
+        jobs = [DPOJob(member, select(member.name), optim, tr.beta, tr.epochs,
                        derive_seed(c.seed, t), run.adapter_dir(t, member.name))
                 for member in self._pool(t) if not run.is_done(t, f"train-{member.name}")]
         for job, metrics in self._run_jobs(jobs):  # in the order they finish
@@ -434,6 +493,13 @@ def _check_generations(duels: list[Duel]) -> None:
                            "nothing to judge or train on")
 
 
+def _check_samples(samples: list[Sample]) -> None:
+    """As _check_generations: a baseline iteration whose every sample failed stops, naming the cause."""
+    if samples and all(s.response.text is None for s in samples):
+        raise BackendError(f"all {len(samples)} generations of the iteration failed (first: "
+                           f"{samples[0].response.error}); nothing to judge or train on")
+
+
 def arena_settings(c: RunConfig) -> ArenaSettings:
     g, j = c.generation, c.judge
     return ArenaSettings(g.max_new_tokens, g.temperature, g.top_p, g.batch_size, g.max_prompt_tokens, j.mode,
@@ -460,21 +526,47 @@ def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], p
 def iteration_metrics(duels: list[Duel], pairs: list[dict], training: dict[str, dict], timings: dict) -> dict:
     responses = [r for d in duels for r in (d.response_a, d.response_b)]
     judgments = [j for d in duels for j in d.judgments]
-    status = {s: sum(j.status == s for j in judgments) for s in ("ok", "unparsed", "failed")}
     outcomes: dict[str, int] = {}
     for d in duels:
         outcomes[d.outcome] = outcomes.get(d.outcome, 0) + 1
-    readable = status["ok"] + status["unparsed"]
     return {
         "duels": len(duels), "outcomes": outcomes, "pairs": len(pairs),
         "tie_rate": outcomes.get("tie", 0) / len(duels) if duels else 0.0,
-        "responses": {"total": len(responses), "failed": sum(r.text is None for r in responses),
-                      "hit_max_new_tokens": sum(r.finish_reason == "length" for r in responses),
-                      "prompt_shortened": sum(r.prompt_shortened for r in responses),
-                      "mean_tokens": sum(r.n_tokens for r in responses) / max(1, len(responses))},
-        "judgments": {"total": len(judgments), **status,
-                      "parse_failure_rate": status["unparsed"] / readable if readable else 0.0,
-                      "prompt_shortened": sum(j.prompt_shortened for j in judgments)},
+        "responses": _response_counts(responses), "judgments": _judgment_counts(judgments),
+        **_training_and_costs(training, timings),
+    }
+
+
+def baseline_metrics(method: str, samples: list[Sample], pairs: list[dict], skipped: dict[str, int],
+                     training: dict[str, dict], timings: dict) -> dict:
+    """A baseline iteration's counts: samples (failed ones among them), pairs, prompts skipped and why."""
+    responses = [s.response for s in samples]
+    return {
+        "method": method, "samples": len(samples), "failed": sum(r.text is None for r in responses),
+        "pairs": len(pairs), "skipped": skipped,
+        "responses": _response_counts(responses),
+        "judgments": _judgment_counts([s.judgment for s in samples if s.judgment is not None]),
+        **_training_and_costs(training, timings),
+    }
+
+
+def _response_counts(responses: list) -> dict:
+    return {"total": len(responses), "failed": sum(r.text is None for r in responses),
+            "hit_max_new_tokens": sum(r.finish_reason == "length" for r in responses),
+            "prompt_shortened": sum(r.prompt_shortened for r in responses),
+            "mean_tokens": sum(r.n_tokens for r in responses) / max(1, len(responses))}
+
+
+def _judgment_counts(judgments: list) -> dict:
+    status = {s: sum(j.status == s for j in judgments) for s in ("ok", "unparsed", "failed")}
+    readable = status["ok"] + status["unparsed"]
+    return {"total": len(judgments), **status,
+            "parse_failure_rate": status["unparsed"] / readable if readable else 0.0,
+            "prompt_shortened": sum(j.prompt_shortened for j in judgments)}
+
+
+def _training_and_costs(training: dict[str, dict], timings: dict) -> dict:
+    return {
         "training": {m: {k: v for k, v in t.items() if k != "history"} for m, t in training.items()},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process, so far

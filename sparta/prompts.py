@@ -36,7 +36,23 @@ def load_prompts(source: str, user_data: str | Path | None = None) -> list[Promp
     return prompts
 
 
+def load_references(source: str, user_data: str | Path | None = None) -> dict[str, str]:
+    """Reference answers of a prompt pool, by prompt id (those that have one): a task's gold answers
+    (`Task.combat_references`), the Self-Instruct seeds' outputs, or a file row's `output` text (Alpaca's field)."""
+    if source == "self_instruct":
+        return {f"self_instruct:{i}": output for i, (_, output) in enumerate(self_instruct_seeds().values())}
+    if source in TASKS:
+        return get_task(source).combat_references(Path(user_data) if user_data else None)
+    name = Path(source).stem
+    return {f"{name}:{i}": row["output"] for i, row in enumerate(_read_rows(Path(source)))
+            if isinstance(row, dict) and isinstance(row.get("output"), str) and row["output"].strip()}
+
+
 def _read_file(path: Path) -> list[str]:
+    return [_row_text(row, path, i) for i, row in enumerate(_read_rows(path))]
+
+
+def _read_rows(path: Path) -> list:
     if not path.is_file():
         raise ValueError(f"data.prompts: {path} is neither a built-in pool ({', '.join(BUILTIN)}) nor a file")
     text = path.read_text()
@@ -46,7 +62,7 @@ def _read_file(path: Path) -> list[str]:
         raise ValueError(f"data.prompts: {path} is not valid JSON/JSONL: {e}") from None
     if not isinstance(rows, list):
         raise ValueError(f"data.prompts: {path} must hold a list of prompts")
-    return [_row_text(row, path, i) for i, row in enumerate(rows)]
+    return rows
 
 
 def _row_text(row: object, path: Path, i: int) -> str:

@@ -12,6 +12,7 @@ import yaml
 
 from .ratings import write_ratings
 from .records import read_json, read_jsonl
+from .rundir import method_of
 from .tasks.catalog import TASKS, MissingUserData
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, normad_verdict
 
@@ -21,10 +22,18 @@ _OPTION_LINE = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
 def write_report(root: Path, members: list[str]) -> Path:
     root = Path(root)
     iterations = sorted(int(p.name[5:]) for p in root.glob("iter_*") if (p / "done" / "iteration").exists())
-    trajectory = _trajectories(root, iterations, members)
+    method = method_of(root)
     evals = _evals(root)
-    lines = [f"# SPARTA run `{root}`", "", f"Members: {', '.join(members)}. Iterations finished: {len(iterations)}.",
-             ""]
+    lines = [f"# SPARTA run `{root}`", "", f"Method: {method}. Members: {', '.join(members)}. "
+             f"Iterations finished: {len(iterations)}.", ""]
+    if method != "sparta":  # a baseline: no combat log and no reputations, so only what its samples support
+        lines += _baseline_table(root, iterations)
+        lines += [f"Method {method} has no combat and no reputations (each iteration's reputations.json is the "
+                  "start state, unchanged): the reputation table, judge agreement, robust ratings and the "
+                  "reputation plots are left out (docs/baselines.md).", ""]
+        lines += _eval_tables(evals, members)
+        return _write(root, lines)
+    trajectory = _trajectories(root, iterations, members)
     lines += _iteration_table(root, iterations)
     lines += _reputation_table(root, iterations, members)
     lines += _eval_tables(evals, members)
@@ -34,9 +43,26 @@ def write_report(root: Path, members: list[str]) -> Path:
     plots = [_plot_trajectories(root, trajectory), _plot_win_matrix(root, ratings)]
     plots += _plot_reputation_vs_accuracy(root, iterations, evals, members)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p] + [""]
+    return _write(root, lines)
+
+
+def _write(root: Path, lines: list[str]) -> Path:
     path = root / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _baseline_table(root: Path, iterations: list[int]) -> list[str]:
+    out = ["## Iterations", "", "| iter | samples | failed generations | self-judgments | judge parse failures | "
+           "pairs | skipped prompts | generate s | judge s | DPO s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for t in iterations:
+        m = read_json(root / f"iter_{t:02d}" / "metrics.json")
+        s, j = m["timings_s"], m["judgments"]
+        skipped = ", ".join(f"{k} {v}" for k, v in m["skipped"].items() if v) or "-"
+        out.append(f"| {t} | {m['samples']} | {m['failed']} | {j['total']} | {j['parse_failure_rate']:.1%} | "
+                   f"{m['pairs']} | {skipped} | {s.get('generate', 0):.0f} | {s.get('judge', 0):.0f} | "
+                   f"{s.get('dpo', 0):.0f} |")
+    return out + [""]
 
 
 def _iteration_table(root: Path, iterations: list[int]) -> list[str]:

@@ -4,8 +4,9 @@
     RUN/run.json                seed, config fingerprint, package versions, creation time
     RUN/iter_01/prompts.jsonl   the iteration's sampled prompts
     RUN/iter_01/combat.jsonl    journal: one row per duel, appended a round at a time
+    RUN/iter_01/samples.jsonl   a baseline's samples instead (method != sparta): text or failure, self-judgment
     RUN/iter_01/pairs.jsonl     preference pairs in trl's conversational format (+ metadata columns)
-    RUN/iter_01/reputations.json
+    RUN/iter_01/reputations.json   (a baseline: the start state, unchanged)
     RUN/iter_01/adapters/NAME/  each member's LoRA adapter after the iteration's DPO
     RUN/iter_01/training/NAME.json   DPO metrics per member
     RUN/iter_01/metrics.json    counts, rates and stage timings
@@ -83,6 +84,13 @@ class RunDir:
 
     def adapter_dir(self, t: int, member: str) -> Path:
         return self.iteration(t) / "adapters" / member
+
+
+def method_of(root: Path) -> str:
+    """The run's `method` (sparta or a baseline) from its saved config; sparta for a run made before the key."""
+    path = Path(root) / "config.yaml"
+    saved = yaml.safe_load(path.read_text()) if path.exists() else None
+    return (saved or {}).get("method", "sparta")
 
 
 _MISSING = object()

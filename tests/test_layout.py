@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "mixed_lora", "backends",
-         "arena", "pairs", "training", "cluster", "experts", "evaluation", "ratings", "report", "pipeline",
+         "arena", "pairs", "baselines", "training", "cluster", "experts", "evaluation", "ratings", "report", "pipeline",
          "compare", "cli"]
 
 

@@ -68,33 +68,38 @@ def run_round(backend, matches: list[Match], members: list[str], state: Reputati
 
 
 def _combat(backend, matches, s: ArenaSettings, seed: int, progress) -> dict[tuple[int, str], Response]:
-    requests, keys, responses = [], [], {}
-    for m in matches:
-        for side, member in (("a", m.a), ("b", m.b)):
-            try:
-                enc = encode_chat(backend.tokenizer(member), [("user", "{0}")], [m.prompt.text],
-                                  max_tokens=s.max_prompt_tokens)
-            except PromptTooLong as e:
-                responses[(m.index, side)] = Response(member, None, error=str(e))
-                continue
-            requests.append((member, enc))
-            keys.append((m.index, side))
+    keys = [(m.index, side) for m in matches for side in ("a", "b")]
+    asks = [(member, m.prompt.text) for m in matches for member in (m.a, m.b)]
+    return dict(zip(keys, generate_responses(backend, asks, s, seed, progress)))
+
+
+def generate_responses(backend, asks: list[tuple[str, str]], s: ArenaSettings, seed: int, progress
+                       ) -> list[Response]:
+    """One sampled answer per (member, prompt text), in order, all in one batched call. A prompt that cannot be
+    encoded is a failed Response (never generated, never judged)."""
+    requests, positions = [], []
+    responses: list[Response | None] = [None] * len(asks)
+    for i, (member, text) in enumerate(asks):
+        try:
+            enc = encode_chat(backend.tokenizer(member), [("user", "{0}")], [text], max_tokens=s.max_prompt_tokens)
+        except PromptTooLong as e:
+            responses[i] = Response(member, None, error=str(e))
+            continue
+        requests.append((member, enc))
+        positions.append(i)
     generated = backend.generate([r[0] for r in requests], [r[1].ids for r in requests],
                                  max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
                                  batch_size=s.gen_batch_size, seed=seed,
                                  progress=progress and progress("generate", len(requests)))
-    for key, (member, enc), g in zip(keys, requests, generated):
-        responses[key] = Response(member, g.text, g.error, g.finish_reason, g.n_tokens, enc.shortened)
-    return responses
+    for i, (member, enc), g in zip(positions, requests, generated):
+        responses[i] = Response(member, g.text, g.error, g.finish_reason, g.n_tokens, enc.shortened)
+    return responses  # type: ignore[return-value]
 
 
 def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, progress
            ) -> dict[int, list[Judgment]]:
     """Every member that did not fight scores each response of every duel whose responses both exist."""
-    requests, keys = [], []
-    out: dict[int, list[Judgment]] = {}
-    prefix = ANSWER_PREFIX if s.judge_mode == "logprob" else ""
-    appended = {j: ScoreTokens(backend.tokenizer(j)).appended if s.judge_mode == "logprob" else [] for j in members}
+    asks, keys = [], []
     for m in matches:
         ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
         if ra.text is None or rb.text is None:
@@ -102,31 +107,59 @@ def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, pr
         for judge in members:
             if judge in (m.a, m.b):
                 continue
-            tok = backend.tokenizer(judge)
             for target, r in (("a", ra), ("b", rb)):
-                try:
-                    enc = encode_chat(tok, judge_messages(), [m.prompt.text, r.text],
-                                      max_tokens=s.judge_max_prompt_tokens - len(appended[judge]),
-                                      assistant_prefix=prefix)
-                except PromptTooLong as e:
-                    out.setdefault(m.index, []).append(Judgment(judge, target, None, "failed", str(e)))
-                    continue
-                requests.append((judge, enc.ids + appended[judge], enc.shortened))
+                asks.append(JudgeAsk(judge, m.prompt.text, r.text, m.index))
                 keys.append((m.index, judge, target))
-    judges, prompts = [r[0] for r in requests], [r[1] for r in requests]
-    tick = progress and progress("judge", len(requests))
-    if s.judge_mode == "logprob":
-        results = _logprob_scores(backend, judges, prompts, [k[:2] for k in keys], s, tick)
-    else:
-        results = _generated_scores(backend, judges, prompts, s, seed, tick)
-    for (index, judge, target), (_, _, shortened), (score, status, raw) in zip(keys, requests, results):
+    out: dict[int, list[Judgment]] = {}
+    for (index, judge, target), (score, status, raw, shortened) in zip(keys, judge_responses(backend, asks, s, seed,
+                                                                                             progress)):
         out.setdefault(index, []).append(Judgment(judge, target, score, status, raw, shortened))
     return out
 
 
+@dataclass(frozen=True)
+class JudgeAsk:
+    """One judgment to make: `judge` scores `response` to `question` on its own. Adjacent asks of one judge with
+    the same `group` share the question, so logprob mode runs their common prefix once."""
+
+    judge: str
+    question: str
+    response: str
+    group: object
+
+
+def judge_responses(backend, asks: list[JudgeAsk], s: ArenaSettings, seed: int, progress
+                    ) -> list[tuple[float | None, str, str | None, bool]]:
+    """(score, status, raw, prompt_shortened) per ask, in order: judge.mode logprob reads the expected score,
+    generate parses the written one (unparsed: None). A judge prompt that cannot be encoded is failed."""
+    prefix = ANSWER_PREFIX if s.judge_mode == "logprob" else ""
+    judges = {a.judge for a in asks}
+    appended = {j: ScoreTokens(backend.tokenizer(j)).appended if s.judge_mode == "logprob" else [] for j in judges}
+    results: list = [None] * len(asks)
+    requests, positions = [], []
+    for i, a in enumerate(asks):
+        try:
+            enc = encode_chat(backend.tokenizer(a.judge), judge_messages(), [a.question, a.response],
+                              max_tokens=s.judge_max_prompt_tokens - len(appended[a.judge]), assistant_prefix=prefix)
+        except PromptTooLong as e:
+            results[i] = (None, "failed", str(e), False)
+            continue
+        requests.append((a.judge, enc.ids + appended[a.judge], enc.shortened))
+        positions.append(i)
+    names, prompts = [r[0] for r in requests], [r[1] for r in requests]
+    tick = progress and progress("judge", len(requests))
+    if s.judge_mode == "logprob":
+        scored = _logprob_scores(backend, names, prompts, [(asks[i].group, asks[i].judge) for i in positions], s, tick)
+    else:
+        scored = _generated_scores(backend, names, prompts, s, seed, tick)
+    for i, (_, _, shortened), (score, status, raw) in zip(positions, requests, scored):
+        results[i] = (score, status, raw, shortened)
+    return results
+
+
 def _logprob_scores(backend, judges, prompts, duel_judge, s: ArenaSettings, tick):
-    """Expected scores. A judge's prompts for the two responses of a duel share the instructions and the
-    question: each such pair is one group, whose common prefix the backend runs once."""
+    """Expected scores. A judge's prompts for the responses of one group (a duel's two; a member's samples of a
+    prompt) share the instructions and the question: the backend runs their common prefix once."""
     tokens = {j: ScoreTokens(backend.tokenizer(j)) for j in set(judges)}
     # request indices; a duel's two requests for one judge are adjacent
     groups = [list(g) for _, g in groupby(range(len(prompts)), key=duel_judge.__getitem__)]

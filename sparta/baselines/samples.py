@@ -1,0 +1,58 @@
+"""What the baselines share: every member samples answers to the iteration's prompts, and pair rows name the
+member they belong to, so DPO trains each member on its own pairs only."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..arena.combat import ArenaSettings, generate_responses
+from ..records import Judgment, Prompt, Response
+
+
+@dataclass
+class Sample:
+    """One row of iter_t/samples.jsonl: a member's answer to a prompt and, for self_rewarding, its own verdict."""
+
+    member: str
+    prompt_id: str
+    prompt: str
+    sample: int  # 0.. per (member, prompt)
+    response: Response
+    judgment: Judgment | None = None  # the member judging its own answer (target "self")
+    status: str = ""  # "generated" | "generation_failed" | "scored" | "judgment_unparsed" | "judgment_failed"
+
+    @property
+    def score(self) -> float | None:
+        return self.judgment.score if self.status == "scored" else None
+
+    @staticmethod
+    def from_dict(d: dict) -> Sample:
+        d = dict(d, response=Response(**d["response"]))
+        d["judgment"] = Judgment(**d["judgment"]) if d["judgment"] else None
+        return Sample(**d)
+
+
+def draw_samples(backend, members: list[str], prompts: list[Prompt], n: int, settings: ArenaSettings, seed: int,
+                 progress=None) -> list[Sample]:
+    """n sampled answers per (prompt, member), in one batched call; a failed generation stays a failed sample."""
+    keys = [(p, m, k) for p in prompts for m in members for k in range(n)]
+    responses = generate_responses(backend, [(m, p.text) for p, m, _ in keys], settings, seed, progress)
+    return [Sample(m, p.id, p.text, k, r, status="generated" if r.text is not None else "generation_failed")
+            for (p, m, k), r in zip(keys, responses)]
+
+
+def pair_row(method: str, iteration: int, s: Sample, chosen: str, rejected: str, **columns) -> dict:
+    """A pair in trl's conversational format, with the member that trains on it and where it came from."""
+    return {"prompt": [{"role": "user", "content": s.prompt}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "prompt_id": s.prompt_id, "iteration": iteration, "method": method, "member": s.member, **columns}
+
+
+def own_pairs(member: str, pairs: list[dict]) -> list[dict]:
+    """Self-alignment: a member trains only on the pairs made from its own samples."""
+    return [p for p in pairs if p["member"] == member]
+
+
+def to_row(s: Sample) -> dict:
+    return asdict(s)
