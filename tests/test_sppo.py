@@ -27,14 +27,6 @@ from sparta.training import (
 from tests.test_training import changed, perturb_adapter, slot, snapshot, trainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return resolve_model("tiny", tmp_path_factory.mktemp("sppo-cache"))
