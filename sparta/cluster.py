@@ -31,7 +31,7 @@ from pathlib import Path
 from .backends import BackendError, MemberModel, adapter_stamp, build_backend
 from .config import RunConfig
 from .rundir import swap_in
-from .training import DPOJob, run_dpo_job
+from .training import DPOJob, SPPOJob, run_job
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +70,16 @@ class Worker:
         args, kwargs = payload
         return getattr(self.backend, method)(*args, **kwargs, shard=shard)
 
-    def train(self, job: DPOJob, files: dict) -> dict:
-        """Run one member's DPO; returns its metrics, where it ran, and the adapter's files when they must travel."""
+    def train(self, job: DPOJob | SPPOJob, files: dict) -> dict:
+        """Run one member's DPO or SPPO job; returns its metrics, where it ran, and the adapter's files when they
+        must travel."""
         from .backends.hf import HFTrainer
 
         if self.trainer is None:
             self.trainer = HFTrainer(self.c.pool.lora, self.c.seed, self.store, self.c.model.gradient_checkpointing)
         travel = not self.c.runtime.shared_storage
         out = self.local / "trained" / job.member.name if travel else job.out_dir
-        metrics = run_dpo_job(self.trainer, replace(job, member=self._here(job.member, files), out_dir=out))
+        metrics = run_job(self.trainer, replace(job, member=self._here(job.member, files), out_dir=out))
         return {"metrics": metrics, "files": pack(out) if travel else None,
                 "where": {"node": socket.gethostname(), "worker": self.index,
                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}}

@@ -233,16 +233,21 @@ class EvalConfig:
 class BaselineConfig:
     """The self-alignment baselines (method != sparta, docs/baselines.md): each member trains on its own samples."""
 
-    samples: int = 4  # self_rewarding: responses per prompt and member, the member judges each (paper: 4)
+    # self_rewarding and sppo: responses per prompt and member (self-rewarding paper: 4; SPPO paper: K = 5)
+    samples: int = 4
+    # sppo: η, the scale of the log-ratio targets η (P̂ − ½). Not the authors' 1000 (full fine-tuning, lr 5e-7):
+    # 1 / training.beta's default, so that SPPO's targets (±5 nats) are as strong a pull away from the start
+    # of the iteration as DPO's rewards, and reachable by a LoRA in one epoch (docs/sppo.md)
+    sppo_eta: float = 10.0
 
 
-METHODS = ("sparta", "self_rewarding", "spin")
+METHODS = ("sparta", "self_rewarding", "spin", "sppo")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     run_dir: str = "runs/demo"
-    # sparta (combat) or a self-alignment baseline of the paper's table: self_rewarding, spin (docs/baselines.md)
+    # sparta (combat) or a baseline of the paper's table: self_rewarding, spin, sppo (docs/baselines.md)
     method: str = "sparta"
     seed: int = 0
     iterations: int = 3  # paper: 8
@@ -356,6 +361,7 @@ def validate(c: RunConfig) -> None:
         (c.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {c.method!r}"),
         (c.baseline.samples >= 2, f"baseline.samples must be >= 2 (a pair needs two scored samples), "
                                   f"got {c.baseline.samples}"),
+        (c.baseline.sppo_eta > 0, f"baseline.sppo_eta must be > 0, got {c.baseline.sppo_eta}"),
         (len(names) >= 3, f"pool.members: a pool needs at least 3 members (2 fight, 1 judges); got {len(names)}"),
         (len(set(names)) == len(names), f"pool.members: member names must be unique, got {names}"),
         (all(n and n.replace("_", "").replace("-", "").isalnum() for n in names),

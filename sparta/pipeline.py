@@ -23,6 +23,7 @@ from .backends import BackendError, MemberModel, build_backend
 from .baselines.samples import Sample, draw_samples, own_pairs, to_row
 from .baselines.self_rewarding import best_vs_worst, judge_own
 from .baselines.spin import check_references, reference_vs_own
+from .baselines.sppo import judge_by_peers, sppo_rows
 from .config import RunConfig
 from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
@@ -34,7 +35,7 @@ from .report import write_report
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed, rng
 from .tasks.catalog import get_task
-from .training import DPOJob, OptimSettings, dpo_steps, run_dpo_job
+from .training import DPOJob, OptimSettings, SPPOJob, job_kind, job_steps, run_job
 
 log = logging.getLogger(__name__)
 
@@ -317,13 +318,14 @@ class Pipeline:
     # ---- the baselines (method != sparta): each member's own samples instead of combat -----------------
 
     def _samples(self, t: int, prompts: list[Prompt], timings: dict) -> list[Sample]:
-        """iter_t/samples.jsonl: written after sampling (stage "generate"), rewritten with the members' own
-        verdicts (self_rewarding, stage "judge"). Each stage's output is whole or absent, so a kill redoes at most
-        the stage it cut short, with the same seeds. Baselines have no reputations: iter_t/reputations.json is the
-        iteration's start state, unchanged, so everything that reads reputations still finds them."""
+        """iter_t/samples.jsonl: written after sampling (stage "generate"), rewritten with the verdicts (stage
+        "judge": self_rewarding's own; sppo's from the other members, with the win rates they give). Each stage's
+        output is whole or absent, so a kill redoes at most the stage it cut short, with the same seeds. Baselines
+        have no reputations: iter_t/reputations.json is the iteration's start state, unchanged, so everything that
+        reads reputations still finds them."""
         c, run = self.c, self.run
         path = run.iteration(t) / "samples.jsonl"
-        n = c.baseline.samples if c.method == "self_rewarding" else 1
+        n = 1 if c.method == "spin" else c.baseline.samples
         settings = arena_settings(c)
         if not run.is_done(t, "generate"):
             clock = time.perf_counter()
@@ -334,10 +336,9 @@ class Pipeline:
             run.mark_done(t, "generate")
             timings["generate"] = time.perf_counter() - clock
         samples = [Sample.from_dict(row) for row in read_jsonl(path)]
-        if c.method == "self_rewarding" and not run.is_done(t, "judge"):
+        if c.method != "spin" and not run.is_done(t, "judge"):
             clock = time.perf_counter()
-            samples = judge_own(self._load_backend(t), samples, settings, derive_seed(c.seed, t, "self-judge"),
-                                self.progress)
+            samples = self._judge_samples(t, samples, settings)
             write_jsonl_atomic(path, [to_row(s) for s in samples])
             run.mark_done(t, "judge")
             timings["judge"] = time.perf_counter() - clock
@@ -346,11 +347,20 @@ class Pipeline:
             run.mark_done(t, "reputations")
         return samples
 
+    def _judge_samples(self, t: int, samples: list[Sample], settings: ArenaSettings) -> list[Sample]:
+        backend = self._load_backend(t)
+        if self.c.method == "sppo":
+            return judge_by_peers(backend, samples, self.members, settings, derive_seed(self.c.seed, t, "peer-judge"),
+                                  self.progress)
+        return judge_own(backend, samples, settings, derive_seed(self.c.seed, t, "self-judge"), self.progress)
+
     def _pair_rule(self, t: int, samples: list[Sample]) -> tuple[list[dict], dict[str, int]]:
         """The method's pairs and its skip counts: a pure function of the samples (a resumed run recounts the
         same skips; the pairs it trains on are read from pairs.jsonl)."""
         if self.c.method == "self_rewarding":
             return best_vs_worst(samples, t, self.c.arena.min_margin)
+        if self.c.method == "sppo":  # not pairs: every own sample with its win rate
+            return sppo_rows(samples, t)
         return reference_vs_own(samples, self.references, t)
 
     def _train(self, t: int, pairs: list[dict]) -> None:
@@ -362,23 +372,29 @@ class Pipeline:
                               max_prompt_tokens=c.generation.max_prompt_tokens)
         select = (lambda name: pairs_for(name, pairs, tr.pairs)) if c.method == "sparta" else (
             lambda name: own_pairs(name, pairs))  # a baseline: self-alignment, whatever training.pairs says
-        jobs = [DPOJob(member, select(member.name), optim, tr.beta, tr.epochs,
-                       derive_seed(c.seed, t), run.adapter_dir(t, member.name))
+        jobs = [self._job(t, member, select(member.name), optim)
                 for member in self._pool(t) if not run.is_done(t, f"train-{member.name}")]
         for job, metrics in self._run_jobs(jobs):  # in the order they finish
             write_json_atomic(run.iteration(t) / "training" / f"{job.member.name}.json", metrics)
             run.mark_done(t, f"train-{job.member.name}")
 
-    def _run_jobs(self, jobs: list[DPOJob]):
-        """Yield (job, metrics) as each member's DPO finishes: here one after the other, or over the Ray workers
-        (every job is tried; a failure is raised after the others finished, so their adapters are kept)."""
-        if self.c.runtime.kind == "ray":
-            yield from self._cluster().train(jobs, self.progress("dpo (ray workers)", len(jobs)))
+    def _job(self, t: int, member: MemberModel, rows: list[dict], optim: OptimSettings) -> DPOJob | SPPOJob:
+        """The member's training job of iteration t: SPPO on its samples for method sppo, else DPO on its pairs."""
+        c = self.c
+        seed, out = derive_seed(c.seed, t), self.run.adapter_dir(t, member.name)
+        if c.method == "sppo":
+            return SPPOJob(member, rows, optim, c.baseline.sppo_eta, c.training.epochs, seed, out)
+        return DPOJob(member, rows, optim, c.training.beta, c.training.epochs, seed, out)
+
+    def _run_jobs(self, jobs: list[DPOJob | SPPOJob]):
+        """Yield (job, metrics) as each member's DPO or SPPO finishes: here one after the other, or over the Ray
+        workers (every job is tried; a failure is raised after the others finished, so their adapters are kept)."""
+        if self.c.runtime.kind == "ray" and jobs:
+            yield from self._cluster().train(jobs, self.progress(f"{job_kind(jobs[0])} (ray workers)", len(jobs)))
             return
-        tr = self.c.training
         for job in jobs:
-            tick = self.progress(f"dpo {job.member.name}", dpo_steps(len(job.pairs), tr.batch_size, tr.epochs))
-            yield job, run_dpo_job(self._trainer(), job, tick)
+            tick = self.progress(f"{job_kind(job)} {job.member.name}", job_steps(job))
+            yield job, run_job(self._trainer(), job, tick)
 
     def _training(self, t: int) -> dict[str, dict]:
         return {m: read_json(self.run.iteration(t) / "training" / f"{m}.json") for m in self.members}
@@ -517,8 +533,8 @@ def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], p
             "losses": sum(d.outcome in ("a", "b") and d.outcome != side[d.index] for d in fought),
             "ties": sum(d.outcome in ("tie", "below_margin") for d in fought),
             "void": sum(d.outcome.startswith("void") for d in fought),
-            "chosen": sum(p["chosen_model"] == m for p in pairs),
-            "rejected": sum(p["rejected_model"] == m for p in pairs),
+            "chosen": sum(p.get("chosen_model") == m for p in pairs),  # sppo's rows are samples, not pairs
+            "rejected": sum(p.get("rejected_model") == m for p in pairs),
         })
     return sorted(rows, key=lambda r: -r["reputation"])
 
@@ -545,7 +561,7 @@ def baseline_metrics(method: str, samples: list[Sample], pairs: list[dict], skip
         "method": method, "samples": len(samples), "failed": sum(r.text is None for r in responses),
         "pairs": len(pairs), "skipped": skipped,
         "responses": _response_counts(responses),
-        "judgments": _judgment_counts([s.judgment for s in samples if s.judgment is not None]),
+        "judgments": _judgment_counts([j for s in samples for j in s.verdicts]),
         **_training_and_costs(training, timings),
     }
 

@@ -29,7 +29,7 @@ class Response:
 @dataclass(frozen=True)
 class Judgment:
     judge: str
-    target: str  # "a" or "b" (combat); "self" (self_rewarding: a member judging its own sample)
+    target: str  # "a" or "b" (combat); "self" (self_rewarding: its own sample); "peer" (sppo: another's sample)
     score: float | None  # None unless status == "ok"
     status: str  # "ok" | "unparsed" (generate mode) | "failed"
     raw: str | None = None  # the judge's output text (generate) or its score distribution (logprob)

@@ -53,8 +53,9 @@ def _write(root: Path, lines: list[str]) -> Path:
 
 
 def _baseline_table(root: Path, iterations: list[int]) -> list[str]:
-    out = ["## Iterations", "", "| iter | samples | failed generations | self-judgments | judge parse failures | "
-           "pairs | skipped prompts | generate s | judge s | DPO s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    # "training rows": pairs for self_rewarding and spin, samples with their win rates for sppo
+    out = ["## Iterations", "", "| iter | samples | failed generations | judgments | judge parse failures | "
+           "training rows | skipped | generate s | judge s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in iterations:
         m = read_json(root / f"iter_{t:02d}" / "metrics.json")
         s, j = m["timings_s"], m["judgments"]

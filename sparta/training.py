@@ -78,6 +78,26 @@ def run_sppo_job(trainer, job: SPPOJob, progress=None) -> dict:
     return metrics
 
 
+# the one place that knows the job types, so the local pipeline and the Ray workers can never train differently
+_RUNNERS = {DPOJob: ("dpo", run_dpo_job), SPPOJob: ("sppo", run_sppo_job)}
+
+
+def run_job(trainer, job: DPOJob | SPPOJob, progress=None) -> dict:
+    """Run a DPO or an SPPO job (by its type) on `trainer`; its metrics."""
+    return _RUNNERS[type(job)][1](trainer, job, progress)
+
+
+def job_kind(job: DPOJob | SPPOJob) -> str:
+    """"dpo" or "sppo": the name of the job's progress stage."""
+    return _RUNNERS[type(job)][0]
+
+
+def job_steps(job: DPOJob | SPPOJob) -> int:
+    """The optimiser steps the job will take (for progress bars): SPPO leaves out samples without a win rate."""
+    n = len(job.pairs) if isinstance(job, DPOJob) else sum(x["win_prob"] is not None for x in job.samples)
+    return dpo_steps(n, job.optim.batch_size, job.epochs)
+
+
 def encode_example(tokenizer, prompt: str, response: str, max_length: int,
                    max_prompt_tokens: int | None = None) -> tuple[list[int], int]:
     """Token ids of the full chat (user prompt, assistant response) and where the response starts; see

@@ -102,11 +102,11 @@ def test_file_pool_references_are_the_rows_output(tmp_path):
 
 # ---- tiny runs -----------------------------------------------------------------------------------------------
 
-def base_snapshot(root):
+def base_snapshot(root, iterations=2):
     """Every file a baseline iteration writes (of metrics.json its counts: seconds and memory vary), and every
     adapter's weights."""
     out = {}
-    for t in (1, 2):
+    for t in range(1, iterations + 1):
         it = root / f"iter_{t:02d}"
         for name in ARTIFACTS:
             text = (it / name).read_text()

@@ -14,6 +14,7 @@ from sparta.backends.hf import HFBackend, LoraShape
 from sparta.cluster import merge
 from sparta.models import resolve_model
 from tests.conftest import tiny
+from tests.test_baselines import base_snapshot
 from tests.test_pipeline import assert_same, run_to_end, snapshot
 
 ray = pytest.importorskip("ray")
@@ -85,6 +86,19 @@ def test_ray_run_matches_local(cluster, reference, model_cache, tmp_path, storag
     placed = json.loads((root / "iter_01" / "training" / "a.json").read_text())["ray"]
     assert placed["attempts"] == 1 and placed["node"]
     assert not list(root.glob("**/.*.tmp*"))  # no half-written adapter left behind
+
+
+def test_an_sppo_run_on_ray_matches_local(cluster, model_cache, tmp_path):
+    """method=sppo: the workers train SPPO jobs through the same dispatcher as a local run, so the samples, their
+    peer judgments and win rates, and the adapters are the local run's, bit for bit."""
+    arm = ("method=sppo", "baseline.samples=3", "data.prompts_per_iteration=2", "iterations=1")
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    run_to_end(tiny(local, model_cache, *arm))
+    run_to_end(tiny(remote, model_cache, *arm, *RAY))
+    assert_same(base_snapshot(local, iterations=1), base_snapshot(remote, iterations=1))
+    for m in "abcd":
+        assert trained(remote, m) == trained(local, m) and trained(local, m)["samples"] > 0
+    assert json.loads((remote / "iter_01" / "training" / "a.json").read_text())["ray"]["attempts"] == 1
 
 
 def test_a_worker_killed_mid_dpo_is_replaced_and_its_member_retrained(cluster, reference, model_cache, tmp_path):

@@ -1,4 +1,5 @@
-"""Tests for the SPPO baseline's training half: the loss, the pool's win probabilities, train_sppo on the tiny model.
+"""Tests for the SPPO baseline: the loss, the pool's win probabilities, train_sppo on the tiny model, and the
+`method: sppo` arm end to end (peer judging, win rates, each member's own samples, kill/resume).
 
 SPPO (Wu et al. 2024, arXiv 2405.00675) regresses each sample's log-ratio log π(y|x) − log π_t(y|x) on
 η (P̂(y ≻ π_t | x) − ½); see docs/sppo.md.
@@ -6,15 +7,23 @@ SPPO (Wu et al. 2024, arXiv 2405.00675) regresses each sample's log-ratio log π
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from fractions import Fraction
+from itertools import groupby
 
 import pytest
 import torch
 
+from sparta.arena.combat import ArenaSettings
 from sparta.backends import MemberModel
-from sparta.backends.hf import ModelStore
+from sparta.backends.hf import HFBackend, LoraShape, ModelStore
+from sparta.baselines.samples import Sample
+from sparta.baselines.sppo import judge_by_peers
+from sparta.config import ConfigError, load_config
 from sparta.models import resolve_model
 from sparta.pairs import win_probabilities
+from sparta.records import Response, read_jsonl
 from sparta.training import (
     OptimSettings,
     SPPOJob,
@@ -24,6 +33,8 @@ from sparta.training import (
     sppo_loss,
     train_sppo,
 )
+from tests.test_baselines import base_snapshot
+from tests.test_pipeline import Killed, assert_same, kill_at, run_to_end
 from tests.test_training import changed, perturb_adapter, slot, snapshot, trainer
 
 
@@ -183,3 +194,119 @@ def test_train_sppo_leaves_out_and_counts_what_it_cannot_train_on(tiny):
     assert metrics["skipped_no_win_prob"] == 1 and metrics["skipped_prompt_too_long"] == 1
     assert metrics["truncated"] == 1
     assert nothing["samples"] == 0 and nothing["steps"] == 0 and nothing["skipped_no_win_prob"] == 1
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 4. method: sppo, the whole arm on the tiny pool
+
+# batch_size 8 >= a member's 2 x 3 samples: its first step sees all of them, so the first loss names what it trained on
+ARM = ("method=sppo", "baseline.samples=3", "data.prompts_per_iteration=2", "training.batch_size=8")
+ETA = 10.0  # baseline.sppo_eta's default
+
+
+def test_sppo_config():
+    c = load_config(None, ["method=sppo"])
+    assert (c.baseline.samples, c.baseline.sppo_eta) == (4, ETA)
+    with pytest.raises(ConfigError, match="baseline.sppo_eta must be > 0"):
+        load_config(None, ["method=sppo", "baseline.sppo_eta=0"])
+
+
+class GroupRecorder:
+    """An inference backend that records the groups of each grouped logprob call (one list of sizes per judge)."""
+
+    def __init__(self, backend):
+        self.backend, self.groups = backend, []
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def grouped_next_token_logprobs(self, members, groups, *args, **kwargs):
+        self.groups += [(m, len(g)) for m, g in zip(members, groups)]
+        return self.backend.grouped_next_token_logprobs(members, groups, *args, **kwargs)
+
+
+def test_peers_judge_each_prompt_in_one_group_per_judge(tiny):
+    """3 members x 2 samples of 2 prompts: each judge scores the other two members' 4 samples of a prompt in one
+    group (the judge prompt's prefix runs once), never its own; a failed generation is not judged."""
+    backend = GroupRecorder(HFBackend([MemberModel(n, tiny, None) for n in "abc"], LoraShape(), seed=0))
+    samples = [Sample(m, p, f"question {p}", k, Response(m, f"{m}{p}{k}"), status="generated")
+               for p in ("p", "q") for m in "abc" for k in range(2)]
+    samples[0] = replace(samples[0], response=Response("a", None, error="boom"), status="generation_failed")
+    settings = ArenaSettings(8, 1.0, 1.0, 8, 200, "logprob", 8, 0.0, 8, 400, 0.0)
+    judged = judge_by_peers(backend, samples, list("abc"), settings, seed=0)
+    assert sorted(backend.groups) == sorted([("a", 4), ("b", 3), ("c", 3)] + [(j, 4) for j in "abc"])
+    assert judged[0].judgments == [] and judged[0].win_prob is None
+    for s in judged[1:]:
+        assert s.status == "judged" and [j.judge for j in s.judgments] == [m for m in "abc" if m != s.member]
+        assert all(j.target == "peer" and j.status == "ok" for j in s.judgments)
+    assert judged[1].win_prob is None  # a's only other sample of p failed: nothing to compare with
+    assert all(s.win_prob is not None for s in judged[2:])
+
+
+def logged_win_probabilities(samples: list[dict]) -> list[float | None]:
+    """P̂ recomputed from the judgments samples.jsonl logged, per (member, prompt); only ok scores count."""
+    out = []
+    for _, group in groupby(samples, key=lambda s: (s["member"], s["prompt_id"])):
+        group = list(group)
+        judged = [s for s in group if s["status"] == "judged"]
+        won = iter(win_probabilities([{j["judge"]: j["score"] if j["status"] == "ok" else None
+                                       for j in s["judgments"]} for s in judged]))
+        out += [next(won) if s["status"] == "judged" else None for s in group]
+    return out
+
+
+@pytest.fixture(scope="module")
+def sppo_run(tmp_path_factory):
+    from tests.conftest import tiny as tiny_run
+
+    cache = tmp_path_factory.mktemp("sppo-run-cache")
+    config = tiny_run(tmp_path_factory.mktemp("sppo") / "run", cache, *ARM)
+    return config, run_to_end(config).root
+
+
+def test_sppo_run_judges_by_peers_and_trains_each_member_on_its_own_samples(sppo_run):
+    _, root = sppo_run
+    for t in (1, 2):
+        it = root / f"iter_{t:02d}"
+        samples = read_jsonl(it / "samples.jsonl")
+        assert len(samples) == 2 * 4 * 3  # prompts x members x K
+        for s in samples:
+            if s["status"] == "generation_failed":  # the tiny model's empty answers: never judged
+                assert s["judgments"] == [] and s["win_prob"] is None and s["response"]["text"] is None
+                continue
+            assert s["status"] == "judged" and s["judgment"] is None
+            assert [j["judge"] for j in s["judgments"]] == [m for m in "abcd" if m != s["member"]]
+            assert all(j["target"] == "peer" and 1 <= j["score"] <= 10 for j in s["judgments"])
+        assert [s["win_prob"] for s in samples] == logged_win_probabilities(samples)
+        assert len({s["win_prob"] for s in samples} - {None}) > 2  # the check has something to check
+
+        rows = read_jsonl(it / "pairs.jsonl")  # the training rows: every generated sample, with its P̂
+        generated = [s for s in samples if s["response"]["text"] is not None]
+        assert [(r["member"], r["prompt_id"], r["sample"], r["completion"][0]["content"], r["win_prob"])
+                for r in rows] == [(s["member"], s["prompt_id"], s["sample"], s["response"]["text"], s["win_prob"])
+                                   for s in generated]
+        metrics = json.loads((it / "metrics.json").read_text())
+        assert (metrics["method"], metrics["samples"], metrics["pairs"]) == ("sppo", 24, len(rows))
+        assert metrics["judgments"]["total"] == 3 * len(generated)  # m - 1 judges per generated sample
+        assert metrics["skipped"] == {"generation_failed": 24 - len(generated),
+                                      "no_win_prob": sum(s["win_prob"] is None for s in generated)}
+        for m in "abcd":
+            own = [s["win_prob"] for s in generated if s["member"] == m]
+            known = torch.tensor([p for p in own if p is not None])
+            trained = json.loads((it / "training" / f"{m}.json").read_text())
+            assert (trained["samples"], trained["skipped_no_win_prob"]) == (len(known), len(own) - len(known))
+            # one step over all its own samples, at log-ratio 0: the loss is mean (η (P̂ − ½))² of exactly those
+            assert trained["loss_first"] == pytest.approx((ETA * (known - 0.5)).pow(2).mean().item(), abs=1e-5)
+    assert "Method: sppo" in (root / "report.md").read_text()
+
+
+def test_sppo_killed_and_resumed_matches(sppo_run, tiny_config, tmp_path):
+    config, reference = sppo_run
+    killed = tiny_config(*ARM, run_dir=tmp_path / "killed")
+    # killed once per invocation, each later than the last: peer judging and SPPO of iteration 1, then sampling
+    # and SPPO of iteration 2; the last run resumes from there
+    for stage in ("judge", "sppo b", "generate", "sppo c"):
+        with pytest.raises(Killed):
+            run_to_end(killed, progress=kill_at(stage))
+    run_to_end(killed)
+    assert_same(base_snapshot(reference), base_snapshot(tmp_path / "killed"))

@@ -3,15 +3,16 @@ member they belong to, so DPO trains each member on its own pairs only."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from ..arena.combat import ArenaSettings, generate_responses
+from ..arena.combat import ArenaSettings, JudgeAsk, generate_responses, judge_responses
 from ..records import Judgment, Prompt, Response
 
 
 @dataclass
 class Sample:
-    """One row of iter_t/samples.jsonl: a member's answer to a prompt and, for self_rewarding, its own verdict."""
+    """One row of iter_t/samples.jsonl: a member's answer to a prompt and its verdicts: self_rewarding's own
+    (`judgment`), or sppo's from every other member (`judgments`) and the win rate they give it (`win_prob`)."""
 
     member: str
     prompt_id: str
@@ -19,16 +20,25 @@ class Sample:
     sample: int  # 0.. per (member, prompt)
     response: Response
     judgment: Judgment | None = None  # the member judging its own answer (target "self")
-    status: str = ""  # "generated" | "generation_failed" | "scored" | "judgment_unparsed" | "judgment_failed"
+    # "generated" | "generation_failed" | "scored" | "judgment_unparsed" | "judgment_failed" | "judged" (sppo)
+    status: str = ""
+    judgments: list[Judgment] = field(default_factory=list)  # sppo: the other members', target "peer"
+    win_prob: float | None = None  # sppo: P̂(y ≻ π_t | x) over the member's samples of the prompt
 
     @property
     def score(self) -> float | None:
         return self.judgment.score if self.status == "scored" else None
 
+    @property
+    def verdicts(self) -> list[Judgment]:
+        """Every judgment of this sample: its own (self_rewarding) or its peers' (sppo)."""
+        return ([self.judgment] if self.judgment else []) + self.judgments
+
     @staticmethod
     def from_dict(d: dict) -> Sample:
         d = dict(d, response=Response(**d["response"]))
         d["judgment"] = Judgment(**d["judgment"]) if d["judgment"] else None
+        d["judgments"] = [Judgment(**j) for j in d.get("judgments", [])]
         return Sample(**d)
 
 
@@ -39,6 +49,14 @@ def draw_samples(backend, members: list[str], prompts: list[Prompt], n: int, set
     responses = generate_responses(backend, [(m, p.text) for p, m, _ in keys], settings, seed, progress)
     return [Sample(m, p.id, p.text, k, r, status="generated" if r.text is not None else "generation_failed")
             for (p, m, k), r in zip(keys, responses)]
+
+
+def judge_asks(backend, asks: list[JudgeAsk], target: str, settings: ArenaSettings, seed: int, progress=None
+               ) -> list[Judgment]:
+    """The arena's judge on each ask, in order, as Judgments of `target`; an unreadable one is kept as data."""
+    return [Judgment(ask.judge, target, score, status, raw, shortened)
+            for ask, (score, status, raw, shortened) in zip(asks, judge_responses(backend, asks, settings, seed,
+                                                                                   progress))]
 
 
 def pair_row(method: str, iteration: int, s: Sample, chosen: str, rejected: str, **columns) -> dict:

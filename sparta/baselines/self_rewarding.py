@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings, JudgeAsk, judge_responses
-from ..records import Judgment
-from .samples import Sample, pair_row
+from ..arena.combat import ArenaSettings, JudgeAsk
+from .samples import Sample, judge_asks, pair_row
 
 STATUS = {"ok": "scored", "unparsed": "judgment_unparsed", "failed": "judgment_failed"}
 
@@ -20,10 +19,8 @@ def judge_own(backend, samples: list[Sample], settings: ArenaSettings, seed: int
     asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id)
             for i in todo]
     out = list(samples)
-    verdicts = judge_responses(backend, asks, settings, seed, progress)
-    for i, ask, (score, status, raw, shortened) in zip(todo, asks, verdicts):
-        out[i] = replace(samples[i], judgment=Judgment(ask.judge, "self", score, status, raw, shortened),
-                         status=STATUS[status])
+    for i, judgment in zip(todo, judge_asks(backend, asks, "self", settings, seed, progress)):
+        out[i] = replace(samples[i], judgment=judgment, status=STATUS[judgment.status])
     return out
 
 
