@@ -82,15 +82,23 @@ def print_summary(summary: dict) -> None:
               f"tie rate {m['tie_rate']:.2f}, judge parse failures {m['judgments']['parse_failure_rate']:.1%}, "
               f"failed generations {m['responses']['failed']}")
     print(f"{'member':<16}{'reputation':>11}{'sigma':>7}{'W':>4}{'L':>4}{'T':>4}{'void':>5}{'chosen':>8}"
-          f"{'rejected':>9}  DPO loss on its pairs (before→after, reward acc.)")
+          f"{'rejected':>9}  loss on its pairs or samples (before→after; DPO: reward acc., SPPO: target error)")
     for row in summary["leaderboard"]:
-        t = m["training"].get(row["member"], {})
-        after = t.get("after")
-        loss = f"{t['loss_first']:.3f}→{after['loss']:.3f}, acc {after['reward_accuracy']:.2f}" if after else "-"
+        loss = _training_cell(m["training"].get(row["member"], {}))
         print(f"{row['member']:<16}{row['reputation']:>11.3f}{row['sigma']:>7.3f}{row['wins']:>4}{row['losses']:>4}"
               f"{row['ties']:>4}{row['void']:>5}{row['chosen']:>8}{row['rejected']:>9}  {loss}")
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in m["timings_s"].items())
     print(f"stage times: {timings}; peak memory {m['peak_rss_mb']:.0f} MB", flush=True)
+
+
+def _training_cell(t: dict) -> str:
+    """A member's training, before→after: DPO's reward accuracy, or how far SPPO's log-ratios are from their targets."""
+    after = t.get("after")
+    if not after:
+        return "-"
+    fit = (f"acc {after['reward_accuracy']:.2f}" if "reward_accuracy" in after
+           else f"target error {after['target_error']:.3f}")
+    return f"{t['loss_first']:.3f}→{after['loss']:.3f}, {fit}"
 
 
 def print_eval(task: str, split: str, results: dict, path: Path) -> None:

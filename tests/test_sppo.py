@@ -310,3 +310,19 @@ def test_sppo_killed_and_resumed_matches(sppo_run, tiny_config, tmp_path):
             run_to_end(killed, progress=kill_at(stage))
     run_to_end(killed)
     assert_same(base_snapshot(reference), base_snapshot(tmp_path / "killed"))
+
+
+def test_sppo_summary_prints(sppo_run, capsys):
+    """`sparta run` prints a summary after each iteration: SPPO's metrics have no reward accuracy."""
+    from sparta.cli import print_summary
+    from sparta.pipeline import Pipeline
+    from sparta.rundir import RunDir
+
+    config, root = sppo_run
+    pipeline = Pipeline(config)
+    pipeline.run = RunDir(root)
+    print_summary(pipeline.summary(2))
+    out = capsys.readouterr().out
+    assert "(sppo): 24 samples" in out
+    rows = [line for line in out.splitlines() if line.split()[:1] in (["a"], ["b"], ["c"], ["d"])]
+    assert len(rows) == 4 and all("target error" in row for row in rows)  # one line per member
