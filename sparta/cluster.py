@@ -7,9 +7,9 @@ does, and serve the configured backend (HF in the worker, or a vLLM server it st
 - Inference: each backend call is cut into one shard per worker (sparta.backends: whole batches of the backend's
   own plan, numbered and seeded as in one call) and the shards merged, so the results are those of one local
   backend, bit for bit.
-- Training: each member's DPO is a `training.DPOJob` given to the next free worker; it writes
-  iter_t/adapters/NAME on shared storage, or (runtime.shared_storage=false) returns the files, which the driver
-  writes there. Adapters reach the workers the same way: as directories, or as Ray objects.
+- Training: each member's job (`training.DPOJob`, or `SPPOJob` for method=sppo) goes to the next free worker; it
+  writes iter_t/adapters/NAME on shared storage, or (runtime.shared_storage=false) returns the files, which the
+  driver writes there. Adapters reach the workers the same way: as directories, or as Ray objects.
 - Faults: a worker that dies (killed, out of memory, its node lost) is replaced in its bundle and its shard or job
   redone, up to runtime.max_retries times per call; the work is seeded, so a redo gives the same result. Past
   that, the call raises, after the other jobs of the stage finished: what is done stays done, and a resumed run
@@ -245,7 +245,7 @@ class Cluster:
 
     # ---- training ----------------------------------------------------------------------------------
 
-    def train(self, jobs: list[DPOJob], tick=None):
+    def train(self, jobs: list[DPOJob | SPPOJob], tick=None):
         """Yield (job, metrics) as each finishes, jobs given to workers as they free up. A worker that dies is
         replaced and its job redone (runtime.max_retries); an error is raised once every other job is over."""
         import ray
@@ -281,7 +281,7 @@ class Cluster:
                 tick(1)
             yield job, {**result["metrics"], "ray": {**result["where"], "attempts": attempt + 1}}
         if errors:
-            raise BackendError(f"DPO failed on the Ray workers for {len(errors)} member(s) (the others are "
+            raise BackendError(f"training failed on the Ray workers for {len(errors)} member(s) (the others are "
                                "kept): " + "; ".join(e.splitlines()[0][:300] for e in errors))
 
 
@@ -318,5 +318,5 @@ def _absolute(m: MemberModel) -> MemberModel:
     return replace(m, base=base, adapter_dir=Path(m.adapter_dir).resolve() if m.adapter_dir else None)
 
 
-def _absolute_job(job: DPOJob) -> DPOJob:
+def _absolute_job(job: DPOJob | SPPOJob) -> DPOJob | SPPOJob:
     return replace(job, member=_absolute(job.member), out_dir=Path(job.out_dir).resolve())
