@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from .backends import BackendError, MemberModel, adapter_stamp, build_backend
+from .backends import BackendError, MemberModel, adapter_stamp, build_backend, load_tokenizer
 from .config import RunConfig
 from .rundir import swap_in
 from .training import DPOJob, SPPOJob, run_job
@@ -54,8 +54,7 @@ class Worker:
         self.received: dict[str, Path] = {}  # Ray object id -> where its adapter was written
         shared = config.runtime.shared_storage
         self.log_path = Path(run_root) / f"vllm-server-{index}.log" if shared else self.local / "vllm-server.log"
-        m = config.model
-        self.store = ModelStore(dtype=m.dtype, attn_implementation=m.attn_implementation, device_map=m.device_map)
+        self.store = ModelStore.configured(config.model)
         self.backend = None
         self.trainer = None
 
@@ -133,7 +132,6 @@ class Cluster:
         self.pool: list[MemberModel] = []
         self.files: dict = {}  # member -> Ray object of its adapter's files (runtime.shared_storage=false)
         self._objects: dict = {}  # adapter_stamp -> that object (each adapter is put once)
-        self._tokenizers: dict[str, object] = {}
 
     def _start(self, i: int):
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -163,12 +161,7 @@ class Cluster:
         self._each(lambda w, i: w.set_pool.remote(self.pool, self.files))
 
     def tokenizer(self, member: str):
-        from transformers import AutoTokenizer
-
-        source = next(m.base.source for m in self.pool if m.name == member)
-        if source not in self._tokenizers:
-            self._tokenizers[source] = AutoTokenizer.from_pretrained(source)
-        return self._tokenizers[source]
+        return load_tokenizer(next(m.base.source for m in self.pool if m.name == member))
 
     def generate(self, members, prompts, *, progress=None, **kwargs):
         return self._sharded("generate", (members, prompts), kwargs, progress, lambda v: 1)

@@ -30,6 +30,7 @@ from .experts import build_experts, check_recipes
 from .models import ModelSpecError, default_cache_dir, resolve_adapter, resolve_model
 from .pairs import pairs_for, preference_pairs
 from .prompts import load_prompts, load_references, sample_prompts
+from .ratings import start_state
 from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
 from .report import write_report
 from .rundir import RunDir, RunDirError
@@ -126,8 +127,7 @@ class Pipeline:
         if self.store is None:
             from .backends.hf import ModelStore
 
-            m = self.c.model
-            self.store = ModelStore(dtype=m.dtype, attn_implementation=m.attn_implementation, device_map=m.device_map)
+            self.store = ModelStore.configured(self.c.model)
         return self.store
 
     def _pool(self, t: int) -> list[MemberModel]:
@@ -228,17 +228,15 @@ class Pipeline:
 
     def _start_state(self, t: int) -> ReputationState:
         if t == 1:
-            return self._initial_state()
-        return ReputationState.from_dict(read_json(self.run.iteration(t - 1) / "reputations.json"))
+            self._keep_initial_reputations()
+        return start_state(self.run.root, t, self.members, self.elo)
 
-    def _initial_state(self) -> ReputationState:
-        """Fair, or from the members' dev-split scores on the task `reputation.initial` names; computed once
+    def _keep_initial_reputations(self) -> None:
+        """With reputation.initial = a task: the ratings from the members' dev-split scores on it, computed once
         and kept in initial_reputations.json, so a resumed run starts from the same ratings."""
         task = self.c.reputation.initial
-        if task == "fair":
-            return initial_state(self.members, self.elo)
         path = self.run.root / "initial_reputations.json"
-        if not path.exists():
+        if task != "fair" and not path.exists():
             results = self._dev_results(task)
             scores = {m: results[m]["metrics"][results[m]["primary"]]["value"] for m in self.members}
             unscored = [m for m, v in scores.items() if v != v]  # NaN: every example failed
@@ -248,7 +246,6 @@ class Pipeline:
             write_json_atomic(path, {"task": task, "split": "dev", "metric": {m: results[m]["primary"]
                                                                                for m in self.members},
                                      "scores": scores, "state": state.to_dict()})
-        return ReputationState.from_dict(read_json(path)["state"])
 
     def _dev_results(self, task: str) -> dict:
         """The initial pool's dev results on `task`: the run's own file if it covers every member, else fresh."""
@@ -273,7 +270,7 @@ class Pipeline:
                                       "the run directory is corrupt or was made by other code")
         if not run.is_done(t, "combat"):
             self._fight(t, prompts, state, duels, journal, timings)
-            _check_generations(duels)
+            _check_generations([r for d in duels for r in (d.response_a, d.response_b)])
             write_json_atomic(run.iteration(t) / "reputations.json", state.to_dict())
             run.mark_done(t, "combat")
         return state, duels
@@ -331,7 +328,7 @@ class Pipeline:
             clock = time.perf_counter()
             samples = draw_samples(self._load_backend(t), self.members, prompts, n, settings,
                                    derive_seed(c.seed, t, "samples"), self.progress)
-            _check_samples(samples)
+            _check_generations([s.response for s in samples])
             write_jsonl_atomic(path, [to_row(s) for s in samples])
             run.mark_done(t, "generate")
             timings["generate"] = time.perf_counter() - clock
@@ -501,19 +498,12 @@ class Pipeline:
                 "metrics": read_json(it / "metrics.json")}
 
 
-def _check_generations(duels: list[Duel]) -> None:
-    """An iteration whose every generation failed has nothing to judge or train on: stop, naming the cause."""
-    responses = [r for d in duels for r in (d.response_a, d.response_b)]
+def _check_generations(responses: list) -> None:
+    """An iteration whose every generation (records.Response: duels' or baselines' samples) failed has nothing to
+    judge or train on: stop, naming the cause."""
     if responses and all(r.text is None for r in responses):
         raise BackendError(f"all {len(responses)} generations of the iteration failed (first: {responses[0].error}); "
                            "nothing to judge or train on")
-
-
-def _check_samples(samples: list[Sample]) -> None:
-    """As _check_generations: a baseline iteration whose every sample failed stops, naming the cause."""
-    if samples and all(s.response.text is None for s in samples):
-        raise BackendError(f"all {len(samples)} generations of the iteration failed (first: "
-                           f"{samples[0].response.error}); nothing to judge or train on")
 
 
 def arena_settings(c: RunConfig) -> ArenaSettings:

@@ -49,14 +49,6 @@ class DPOJob:
     out_dir: Path  # where the trained adapter is written (atomically)
 
 
-def run_dpo_job(trainer, job: DPOJob, progress=None) -> dict:
-    """Train a copy of the member's adapter (trainer: a backends.hf.HFTrainer), write it to job.out_dir; metrics."""
-    with trainer.slot(job.member) as slot:
-        metrics = train_dpo(slot, job.member.name, job.pairs, job.optim, job.beta, job.epochs, job.seed, progress)
-        slot.save(job.out_dir)
-    return metrics
-
-
 @dataclass(frozen=True)
 class SPPOJob:
     """One member's SPPO in an iteration (see DPOJob): its own samples, each with its estimated win rate."""
@@ -70,21 +62,25 @@ class SPPOJob:
     out_dir: Path
 
 
-def run_sppo_job(trainer, job: SPPOJob, progress=None) -> dict:
-    """As run_dpo_job, for SPPO."""
-    with trainer.slot(job.member) as slot:
-        metrics = train_sppo(slot, job.member.name, job.samples, job.optim, job.eta, job.epochs, job.seed, progress)
-        slot.save(job.out_dir)
-    return metrics
+def _dpo(slot, job: DPOJob, progress) -> dict:
+    return train_dpo(slot, job.member.name, job.pairs, job.optim, job.beta, job.epochs, job.seed, progress)
+
+
+def _sppo(slot, job: SPPOJob, progress) -> dict:
+    return train_sppo(slot, job.member.name, job.samples, job.optim, job.eta, job.epochs, job.seed, progress)
 
 
 # the one place that knows the job types, so the local pipeline and the Ray workers can never train differently
-_RUNNERS = {DPOJob: ("dpo", run_dpo_job), SPPOJob: ("sppo", run_sppo_job)}
+_RUNNERS = {DPOJob: ("dpo", _dpo), SPPOJob: ("sppo", _sppo)}
 
 
 def run_job(trainer, job: DPOJob | SPPOJob, progress=None) -> dict:
-    """Run a DPO or an SPPO job (by its type) on `trainer`; its metrics."""
-    return _RUNNERS[type(job)][1](trainer, job, progress)
+    """Train a copy of the member's adapter (trainer: a backends.hf.HFTrainer) by the job's method (its type),
+    write it to job.out_dir; its metrics."""
+    with trainer.slot(job.member) as slot:
+        metrics = _RUNNERS[type(job)][1](slot, job, progress)
+        slot.save(job.out_dir)
+    return metrics
 
 
 def job_kind(job: DPOJob | SPPOJob) -> str:

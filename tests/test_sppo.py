@@ -28,7 +28,7 @@ from sparta.training import (
     OptimSettings,
     SPPOJob,
     encode_example,
-    run_sppo_job,
+    run_job,
     sequence_logprobs,
     sppo_loss,
     train_sppo,
@@ -148,7 +148,7 @@ def test_train_sppo_moves_log_ratios_toward_their_targets(tiny, tmp_path):
     eta = 1.0
     s = OptimSettings(lr=1e-2, batch_size=len(SAMPLES), micro_batch_size=2, warmup_ratio=0.0)
     job = SPPOJob(MemberModel("a", tiny, None), SAMPLES, s, eta=eta, epochs=12, seed=3, out_dir=tmp_path / "a")
-    metrics = run_sppo_job(trainer(tiny), job)
+    metrics = run_job(trainer(tiny), job)
     target = torch.tensor(targets(SAMPLES, eta))
 
     assert metrics["samples"] == 6 and metrics["steps"] == 12 == len(metrics["history"])

@@ -21,6 +21,7 @@ other error (out of memory, a dead server, a bug) raises: the run stops loudly a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -103,6 +104,14 @@ def single_base(members: list[MemberModel], kind: str) -> ResolvedModel:
         raise BackendError(f"backend.kind={kind} serves one base model; this pool has {len(bases)} "
                            "(use backend.kind=hf for a heterogeneous pool)")
     return next(iter(bases.values()))
+
+
+@functools.cache
+def load_tokenizer(source: str):
+    """A base model's tokenizer, loaded once per process (server backends and the Ray driver encode with it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
 
 
 def in_shard(number: int, shard: tuple[int, int] | None) -> bool:

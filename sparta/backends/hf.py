@@ -138,6 +138,11 @@ class ModelStore:
         self.bases: dict[str, _Base] = {}
         self.loads = 0  # how many base models were loaded (tests check: one per distinct base)
 
+    @classmethod
+    def configured(cls, model) -> ModelStore:
+        """A store with config.model's precision, attention and device map (its device: a GPU if there is one)."""
+        return cls(dtype=model.dtype, attn_implementation=model.attn_implementation, device_map=model.device_map)
+
     def get(self, resolved: ResolvedModel) -> _Base:
         if resolved.fingerprint not in self.bases:
             self.bases[resolved.fingerprint] = _Base(resolved, self.device, self.dtype, self.attn_implementation,

@@ -23,7 +23,17 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import BackendError, Failure, Generated, MemberModel, adapter_stamp, context_error, in_shard, single_base
+from . import (
+    BackendError,
+    Failure,
+    Generated,
+    MemberModel,
+    adapter_stamp,
+    context_error,
+    in_shard,
+    load_tokenizer,
+    single_base,
+)
 
 log = logging.getLogger(__name__)
 RETRIED_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -48,7 +58,6 @@ class HTTPBackend:
         self.base_name = base_name or http.served_base or None
         self.members: dict[str, MemberModel] = {}
         self.loaded: dict[str, str | None] = {}  # member -> served LoRA name (None: the base itself)
-        self._tokenizers: dict[str, object] = {}
         self._stop_ids: dict[str, list[int]] = {}
         self.set_pool(members)
 
@@ -95,12 +104,7 @@ class HTTPBackend:
         return self.base_name
 
     def tokenizer(self, member: str):
-        source = self.members[member].base.source
-        if source not in self._tokenizers:
-            from transformers import AutoTokenizer
-
-            self._tokenizers[source] = AutoTokenizer.from_pretrained(source)
-        return self._tokenizers[source]
+        return load_tokenizer(self.members[member].base.source)
 
     def close(self) -> None:
         pass
