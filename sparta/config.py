@@ -239,15 +239,20 @@ class BaselineConfig:
     # 1 / training.beta's default, so that SPPO's targets (±5 nats) are as strong a pull away from the start
     # of the iteration as DPO's rewards, and reachable by a LoRA in one epoch (docs/sppo.md)
     sppo_eta: float = 10.0
+    # meta_rewarding: judgments per answer N, sampled at judge.temperature (self-rewarding averaged 3), and the
+    # length control's tolerance ρ: chosen = the shortest answer scored within ρ (max − min) of the best
+    judgments: int = 3
+    length_tolerance: float = 0.0
 
 
-METHODS = ("sparta", "self_rewarding", "spin", "sppo")
+METHODS = ("sparta", "self_rewarding", "meta_rewarding", "spin", "sppo")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     run_dir: str = "runs/demo"
-    # sparta (combat) or a baseline of the paper's table: self_rewarding, spin, sppo (docs/baselines.md)
+    # sparta (combat) or a baseline of the paper's table: self_rewarding, meta_rewarding, spin, sppo
+    # (docs/baselines.md)
     method: str = "sparta"
     seed: int = 0
     iterations: int = 3  # paper: 8
@@ -362,6 +367,7 @@ def validate(c: RunConfig) -> None:
         (c.baseline.samples >= 2, f"baseline.samples must be >= 2 (a pair needs two scored samples), "
                                   f"got {c.baseline.samples}"),
         (c.baseline.sppo_eta > 0, f"baseline.sppo_eta must be > 0, got {c.baseline.sppo_eta}"),
+        *_meta_rewarding_checks(c),
         (len(names) >= 3, f"pool.members: a pool needs at least 3 members (2 fight, 1 judges); got {len(names)}"),
         (len(set(names)) == len(names), f"pool.members: member names must be unique, got {names}"),
         (all(n and n.replace("_", "").replace("-", "").isalnum() for n in names),
@@ -410,6 +416,26 @@ def validate(c: RunConfig) -> None:
             raise ConfigError(message)
 
 
+def _meta_rewarding_checks(c: RunConfig) -> list[tuple[bool, str]]:
+    """Meta-rewarding trains the judge on its own written judgments, so they must be text and must differ."""
+    if c.method != "meta_rewarding":
+        return []
+    b, j = c.baseline, c.judge
+    duel = c.generation.max_prompt_tokens + c.generation.max_new_tokens
+    return [
+        (j.mode == "generate", f"method=meta_rewarding needs judge.mode=generate (its meta-judge reads and DPO "
+                               f"trains on written judgments), got {j.mode!r}"),
+        (j.temperature > 0, "method=meta_rewarding needs judge.temperature > 0: greedy judgments of one answer "
+                            "are all the same, and the meta-judge has nothing to compare"),
+        (b.judgments >= 2, f"baseline.judgments must be >= 2 (the meta-judge compares two), got {b.judgments}"),
+        (0 <= b.length_tolerance <= 1, f"baseline.length_tolerance must lie in [0, 1], got {b.length_tolerance}"),
+        (c.training.max_length >= duel + JUDGE_OVERHEAD + j.max_new_tokens,
+         f"training.max_length ({c.training.max_length}) < a judge pair's prompt and judgment "
+         f"({duel + JUDGE_OVERHEAD + j.max_new_tokens}: generation.max_prompt_tokens + generation.max_new_tokens + "
+         f"{JUDGE_OVERHEAD} + judge.max_new_tokens)"),
+    ]
+
+
 def _length_checks(c: RunConfig) -> list[tuple[bool, str]]:
     """Token budgets that must nest: a combat prompt and its response fit DPO's max_length and the judge's
     window (plus the judge's instructions), and every window fits the vLLM server's max_model_len."""
@@ -425,15 +451,18 @@ def _length_checks(c: RunConfig) -> list[tuple[bool, str]]:
          "judges would read shortened responses"),
     ]
     if c.backend.kind == "vllm":
-        need = max(j.max_prompt_tokens + (j.max_new_tokens if j.mode == "generate" else 2), duel,
+        meta = j.max_prompt_tokens + 2 * j.max_new_tokens + META_OVERHEAD + 1 if c.method == "meta_rewarding" else 0
+        need = max(j.max_prompt_tokens + (j.max_new_tokens if j.mode == "generate" else 2), duel, meta,
                    c.eval.max_new_tokens + 1024 if c.eval.tasks else 0)
         checks.append((c.backend.vllm.max_model_len >= need,
                        f"backend.vllm.max_model_len ({c.backend.vllm.max_model_len}) < {need}, the longest request "
-                       "(judge window, or combat prompt + response, or eval prompt of 1024 + eval.max_new_tokens)"))
+                       "(judge window, meta-judge window, or combat prompt + response, or eval prompt of 1024 + "
+                       "eval.max_new_tokens)"))
     return checks
 
 
 JUDGE_OVERHEAD = 96  # tokens of the judge prompt around the question and the response (authors' prompt: ~80)
+META_OVERHEAD = 96  # tokens of meta-rewarding's meta-judge prompt around its four slots
 
 
 def to_dict(c: RunConfig) -> dict:

@@ -20,10 +20,9 @@ from .arena.judging import JUDGE_PROMPT
 from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
 from .arena.reputation import ReputationState, apply_duel, initial_state
 from .backends import BackendError, MemberModel, build_backend
+from .baselines import BASELINES, Context
 from .baselines.samples import Sample, draw_samples, own_pairs, to_row
-from .baselines.self_rewarding import best_vs_worst, judge_own
-from .baselines.spin import check_references, reference_vs_own
-from .baselines.sppo import judge_by_peers, sppo_rows
+from .baselines.spin import check_references
 from .config import RunConfig
 from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
@@ -66,7 +65,8 @@ class Pipeline:
         """Every check that needs no model: data, recipes, adapter and model paths."""
         c = self.c
         self.prompt_pool = load_prompts(c.data.prompts, c.data.user_data or None)
-        if c.method == "spin":
+        self.references: dict[str, str] = {}
+        if c.method in BASELINES and BASELINES[c.method].needs_references:
             self.references = load_references(c.data.prompts, c.data.user_data or None)
             check_references(self.prompt_pool, self.references, c.data.prompts)
         check_recipes([m.expert for m in c.pool.members if m.expert])
@@ -202,7 +202,7 @@ class Pipeline:
             pairs = self._pairs(t, made, timings)
         clock = time.perf_counter()
         self._train(t, pairs)
-        timings["dpo"] = time.perf_counter() - clock
+        timings["sppo" if self._job_loss() == "sppo" else "dpo"] = time.perf_counter() - clock
         training = self._training(t)
         metrics = (iteration_metrics(duels, pairs, training, timings) if self.c.method == "sparta"
                    else baseline_metrics(self.c.method, samples, pairs, skipped, training, timings))
@@ -315,50 +315,43 @@ class Pipeline:
     # ---- the baselines (method != sparta): each member's own samples instead of combat -----------------
 
     def _samples(self, t: int, prompts: list[Prompt], timings: dict) -> list[Sample]:
-        """iter_t/samples.jsonl: written after sampling (stage "generate"), rewritten with the verdicts (stage
-        "judge": self_rewarding's own; sppo's from the other members, with the win rates they give). Each stage's
-        output is whole or absent, so a kill redoes at most the stage it cut short, with the same seeds. Baselines
-        have no reputations: iter_t/reputations.json is the iteration's start state, unchanged, so everything that
-        reads reputations still finds them."""
-        c, run = self.c, self.run
+        """iter_t/samples.jsonl: written after sampling (stage "generate"), then rewritten whole after each of the
+        method's stages (sparta.baselines.BASELINES: self_rewarding's own judgments; meta_rewarding's, then its
+        meta-judge's; sppo's peers', with the win rates they give). Each stage's output is whole or absent, so a
+        kill redoes at most the stage it cut short, with the same seeds. Baselines have no reputations:
+        iter_t/reputations.json is the iteration's start state, unchanged, so everything that reads reputations
+        still finds them."""
+        c, run, method = self.c, self.run, BASELINES[self.c.method]
         path = run.iteration(t) / "samples.jsonl"
-        n = 1 if c.method == "spin" else c.baseline.samples
-        settings = arena_settings(c)
+        context = self._context()
         if not run.is_done(t, "generate"):
             clock = time.perf_counter()
-            samples = draw_samples(self._load_backend(t), self.members, prompts, n, settings,
+            samples = draw_samples(self._load_backend(t), self.members, prompts, method.samples(c), context.settings,
                                    derive_seed(c.seed, t, "samples"), self.progress)
             _check_generations([s.response for s in samples])
             write_jsonl_atomic(path, [to_row(s) for s in samples])
             run.mark_done(t, "generate")
             timings["generate"] = time.perf_counter() - clock
         samples = [Sample.from_dict(row) for row in read_jsonl(path)]
-        if c.method != "spin" and not run.is_done(t, "judge"):
-            clock = time.perf_counter()
-            samples = self._judge_samples(t, samples, settings)
-            write_jsonl_atomic(path, [to_row(s) for s in samples])
-            run.mark_done(t, "judge")
-            timings["judge"] = time.perf_counter() - clock
+        for stage in method.stages:
+            if not run.is_done(t, stage.name):
+                clock = time.perf_counter()
+                samples = stage.run(self._load_backend(t), samples, context, derive_seed(c.seed, t, stage.seed_label))
+                write_jsonl_atomic(path, [to_row(s) for s in samples])
+                run.mark_done(t, stage.name)
+                timings[stage.name] = time.perf_counter() - clock
         if not run.is_done(t, "reputations"):
             write_json_atomic(run.iteration(t) / "reputations.json", self._start_state(t).to_dict())
             run.mark_done(t, "reputations")
         return samples
 
-    def _judge_samples(self, t: int, samples: list[Sample], settings: ArenaSettings) -> list[Sample]:
-        backend = self._load_backend(t)
-        if self.c.method == "sppo":
-            return judge_by_peers(backend, samples, self.members, settings, derive_seed(self.c.seed, t, "peer-judge"),
-                                  self.progress)
-        return judge_own(backend, samples, settings, derive_seed(self.c.seed, t, "self-judge"), self.progress)
+    def _context(self) -> Context:
+        return Context(self.c, self.members, arena_settings(self.c), self.references, self.progress)
 
     def _pair_rule(self, t: int, samples: list[Sample]) -> tuple[list[dict], dict[str, int]]:
-        """The method's pairs and its skip counts: a pure function of the samples (a resumed run recounts the
-        same skips; the pairs it trains on are read from pairs.jsonl)."""
-        if self.c.method == "self_rewarding":
-            return best_vs_worst(samples, t, self.c.arena.min_margin)
-        if self.c.method == "sppo":  # not pairs: every own sample with its win rate
-            return sppo_rows(samples, t)
-        return reference_vs_own(samples, self.references, t)
+        """The method's training rows (pairs; sppo: every own sample with its win rate) and its skip counts: a pure
+        function of the samples (a resumed run recounts the same skips; it trains on pairs.jsonl)."""
+        return BASELINES[self.c.method].rows(samples, t, self._context())
 
     def _train(self, t: int, pairs: list[dict]) -> None:
         """Each member trains a copy of its adapter at the start of iteration t and writes iter_t/adapters/NAME."""
@@ -379,9 +372,12 @@ class Pipeline:
         """The member's training job of iteration t: SPPO on its samples for method sppo, else DPO on its pairs."""
         c = self.c
         seed, out = derive_seed(c.seed, t), self.run.adapter_dir(t, member.name)
-        if c.method == "sppo":
+        if self._job_loss() == "sppo":
             return SPPOJob(member, rows, optim, c.baseline.sppo_eta, c.training.epochs, seed, out)
         return DPOJob(member, rows, optim, c.training.beta, c.training.epochs, seed, out)
+
+    def _job_loss(self) -> str:
+        return BASELINES[self.c.method].loss if self.c.method in BASELINES else "dpo"
 
     def _run_jobs(self, jobs: list[DPOJob | SPPOJob]):
         """Yield (job, metrics) as each member's DPO or SPPO finishes: here one after the other, or over the Ray
@@ -547,11 +543,17 @@ def baseline_metrics(method: str, samples: list[Sample], pairs: list[dict], skip
                      training: dict[str, dict], timings: dict) -> dict:
     """A baseline iteration's counts: samples (failed ones among them), pairs, prompts skipped and why."""
     responses = [s.response for s in samples]
+    battles = [b for s in samples if s.meta for b in s.meta["battles"]]
+    roles = {r: sum(p.get("role") == r for p in pairs) for r in ("actor", "judge")}  # meta_rewarding's two kinds
     return {
         "method": method, "samples": len(samples), "failed": sum(r.text is None for r in responses),
         "pairs": len(pairs), "skipped": skipped,
+        **({"pairs_by_role": roles} if any(roles.values()) else {}),
         "responses": _response_counts(responses),
         "judgments": _judgment_counts([j for s in samples for j in s.verdicts]),
+        **({"meta_judgments": {"samples": sum(s.meta is not None for s in samples), "battles": len(battles),
+                               "failed": sum(b["p_a"] is None for b in battles)}}
+           if method == "meta_rewarding" else {}),
         **_training_and_costs(training, timings),
     }
 

@@ -37,12 +37,13 @@ def load_prompts(source: str, user_data: str | Path | None = None) -> list[Promp
 
 
 def load_references(source: str, user_data: str | Path | None = None) -> dict[str, str]:
-    """Reference answers of a prompt pool, by prompt id (those that have one): a task's gold answers
-    (`Task.combat_references`), the Self-Instruct seeds' outputs, or a file row's `output` text (Alpaca's field)."""
+    """Reference answers of a prompt pool, by prompt id (those that have one), as SPIN's chosen answers: a task's
+    demonstrations (`Task.worked_references`: MATH's worked solutions, else its gold answers), the Self-Instruct
+    seeds' outputs, or a file row's `output` text (Alpaca's field)."""
     if source == "self_instruct":
         return {f"self_instruct:{i}": output for i, (_, output) in enumerate(self_instruct_seeds().values())}
     if source in TASKS:
-        return get_task(source).combat_references(Path(user_data) if user_data else None)
+        return get_task(source).worked_references(Path(user_data) if user_data else None)
     name = Path(source).stem
     return {f"{name}:{i}": row["output"] for i, row in enumerate(_read_rows(Path(source)))
             if isinstance(row, dict) and isinstance(row.get("output"), str) and row["output"].strip()}

@@ -53,7 +53,8 @@ def _write(root: Path, lines: list[str]) -> Path:
 
 
 def _baseline_table(root: Path, iterations: list[int]) -> list[str]:
-    # "training rows": pairs for self_rewarding and spin, samples with their win rates for sppo
+    # "training rows": pairs (meta_rewarding: actor and judge pairs), samples with their win rates for sppo;
+    # "judge s": meta_rewarding's judging and meta-judging
     out = ["## Iterations", "", "| iter | samples | failed generations | judgments | judge parse failures | "
            "training rows | skipped | generate s | judge s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in iterations:
@@ -61,8 +62,8 @@ def _baseline_table(root: Path, iterations: list[int]) -> list[str]:
         s, j = m["timings_s"], m["judgments"]
         skipped = ", ".join(f"{k} {v}" for k, v in m["skipped"].items() if v) or "-"
         out.append(f"| {t} | {m['samples']} | {m['failed']} | {j['total']} | {j['parse_failure_rate']:.1%} | "
-                   f"{m['pairs']} | {skipped} | {s.get('generate', 0):.0f} | {s.get('judge', 0):.0f} | "
-                   f"{s.get('dpo', 0):.0f} |")
+                   f"{m['pairs']} | {skipped} | {s.get('generate', 0):.0f} | "
+                   f"{s.get('judge', 0) + s.get('meta_judge', 0):.0f} | {s.get('dpo', s.get('sppo', 0)):.0f} |")
     return out + [""]
 
 

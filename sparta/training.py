@@ -383,12 +383,12 @@ def _mean_or_none(x: torch.Tensor) -> float | None:
 def _encode_rows(tok, rows: list[dict], sides: tuple[str, ...], s: OptimSettings):
     """Each row's encodings of its `sides` (one response message each) after the shared prompt, None for a row
     whose prompt does not fit; and the counts of rows with a response cut short, with a shortened prompt, and
-    left out."""
+    left out. A row's own `max_prompt_tokens` (meta-rewarding's judge pairs: the judge's window) overrides s's."""
     examples, counts = [], {"truncated": 0, "prompt_shortened": 0, "skipped_prompt_too_long": 0}
     for row in rows:
-        prompt = row["prompt"][0]["content"]
+        prompt, budget = row["prompt"][0]["content"], row.get("max_prompt_tokens") or s.max_prompt_tokens
         try:
-            encoded = [encode_truncated(tok, prompt, row[side][0]["content"], s.max_length, s.max_prompt_tokens)
+            encoded = [encode_truncated(tok, prompt, row[side][0]["content"], s.max_length, budget)
                        for side in sides]
         except PromptTooLong:
             examples.append(None)

@@ -82,7 +82,7 @@ def test_own_pairs_select_the_members_pairs():
 
 def test_method_is_validated():
     assert load_config(None).method == "sparta"
-    with pytest.raises(ConfigError, match="method must be one of sparta, self_rewarding, spin"):
+    with pytest.raises(ConfigError, match="method must be one of sparta, self_rewarding, meta_rewarding, spin, sppo"):
         load_config(None, ["method=self_rewrding"])
     with pytest.raises(ConfigError, match="baseline.samples must be >= 2"):
         load_config(None, ["baseline.samples=1"])
@@ -92,6 +92,18 @@ def test_spin_without_references_fails_at_check(tiny_config):
     # GSM8K's train questions ship without their solutions
     with pytest.raises(ValueError, match="method=spin needs a reference answer for every prompt.*gsm8k:0"):
         Pipeline(tiny_config("method=spin", "data.prompts=gsm8k")).check()
+
+
+def test_spin_references_are_math_worked_solutions():
+    """MATH ships worked solutions: SPIN's chosen answer is the solution, whose last box is the task's gold."""
+    from sparta.tasks.catalog import get_task
+    from sparta.tasks.graders import math_gold
+
+    worked, gold = load_references("math_medium"), get_task("math_medium").combat_references()
+    assert worked.keys() == gold.keys() and len(worked) == 1592
+    assert all(math_gold(worked[k]) == gold[k] for k in list(worked)[:200])
+    assert sum(len(worked[k]) > len(gold[k]) + 20 for k in worked) > 0.95 * len(worked)  # demonstrations
+    assert load_references("medqa") == get_task("medqa").combat_references()  # no demonstrations: the gold
 
 
 def test_file_pool_references_are_the_rows_output(tmp_path):

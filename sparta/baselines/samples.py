@@ -12,7 +12,8 @@ from ..records import Judgment, Prompt, Response
 @dataclass
 class Sample:
     """One row of iter_t/samples.jsonl: a member's answer to a prompt and its verdicts: self_rewarding's own
-    (`judgment`), or sppo's from every other member (`judgments`) and the win rate they give it (`win_prob`)."""
+    (`judgment`), meta_rewarding's N own (`judgments`, and `meta`: the round robin of its meta-judge), or sppo's
+    from every other member (`judgments`) and the win rate they give it (`win_prob`)."""
 
     member: str
     prompt_id: str
@@ -22,12 +23,18 @@ class Sample:
     judgment: Judgment | None = None  # the member judging its own answer (target "self")
     # "generated" | "generation_failed" | "scored" | "judgment_unparsed" | "judgment_failed" | "judged" (sppo)
     status: str = ""
-    judgments: list[Judgment] = field(default_factory=list)  # sppo: the other members', target "peer"
+    # sppo: the other members', target "peer"; meta_rewarding: its own N, target "self"
+    judgments: list[Judgment] = field(default_factory=list)
     win_prob: float | None = None  # sppo: P̂(y ≻ π_t | x) over the member's samples of the prompt
+    meta: dict | None = None  # meta_rewarding: battles and strengths of its judgments (the most disputed sample)
 
     @property
     def score(self) -> float | None:
-        return self.judgment.score if self.status == "scored" else None
+        """A scored sample's mean readable judgment (self_rewarding has one); None unless status is scored."""
+        if self.status != "scored":
+            return None
+        scores = [j.score for j in self.verdicts if j.status == "ok"]
+        return sum(scores) / len(scores) if scores else None
 
     @property
     def verdicts(self) -> list[Judgment]:
@@ -59,9 +66,11 @@ def judge_asks(backend, asks: list[JudgeAsk], target: str, settings: ArenaSettin
                                                                                    progress))]
 
 
-def pair_row(method: str, iteration: int, s: Sample, chosen: str, rejected: str, **columns) -> dict:
-    """A pair in trl's conversational format, with the member that trains on it and where it came from."""
-    return {"prompt": [{"role": "user", "content": s.prompt}],
+def pair_row(method: str, iteration: int, s: Sample, chosen: str, rejected: str, prompt: str | None = None,
+             **columns) -> dict:
+    """A pair in trl's conversational format (on the sample's prompt, or `prompt`), with the member that trains on
+    it and where it came from."""
+    return {"prompt": [{"role": "user", "content": s.prompt if prompt is None else prompt}],
             "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}],
             "prompt_id": s.prompt_id, "iteration": iteration, "method": method, "member": s.member, **columns}

@@ -104,6 +104,8 @@ class Task:
     # an mc task whose examples also have a free-text form, meta["free_text_question"] / meta["reference"],
     # scored 1-10 by an evaluator (COM2: the paper's number is that judged score)
     free_text: bool = False
+    # the combat prompts with worked solutions as references (MATH), for SPIN's chosen answers; None: the gold
+    worked_loader: Callable[[Path | None], CombatRows] | None = field(default=None, repr=False, compare=False)
 
     def combat_prompts(self, user_data: Path | str | None = None) -> list[Prompt]:
         """The combat prompt pool, ids `<task>:<key>` (stable across runs)."""
@@ -118,6 +120,13 @@ class Task:
         """Gold answers of the combat prompts that have one (prompt id -> answer: a number or LaTeX answer, an
         option letter, a NormAd label, a COM2 / Alpaca reference text), for judge-agreement checks."""
         return {f"{self.name}:{key}": ref for key, _, ref in self.combat_loader(_dir(user_data)) if ref}
+
+    def worked_references(self, user_data: Path | str | None = None) -> dict[str, str]:
+        """A demonstration per combat prompt where the data has one (MATH: the worked solution, its final answer
+        boxed), else `combat_references`: what SPIN trains toward."""
+        if self.worked_loader is None:
+            return self.combat_references(user_data)
+        return {f"{self.name}:{key}": ref for key, _, ref in self.worked_loader(_dir(user_data)) if ref}
 
     def examples(self, split: str, user_data: Path | str | None = None) -> list[Example]:
         if split not in SPLITS:
@@ -347,8 +356,9 @@ def _math500_problems() -> set[str]:
     return {_norm(r["problem"]) for r in _math500()}
 
 
-def _math_rows(path: Path, key_prefix: str, levels: tuple[int, ...] | None) -> CombatRows:
-    """MATH problems of `levels` (None: all) from a JSONL file, minus any problem that is in MATH-500."""
+def _math_rows(path: Path, key_prefix: str, levels: tuple[int, ...] | None, worked: bool = False) -> CombatRows:
+    """MATH problems of `levels` (None: all) from a JSONL file, minus any problem that is in MATH-500; the
+    reference is the final answer, or with `worked` the whole solution."""
     held_out = _math500_problems()
     out = []
     for i, row in enumerate(_read_jsonl(path)):
@@ -363,19 +373,20 @@ def _math_rows(path: Path, key_prefix: str, levels: tuple[int, ...] | None) -> C
         if _norm(problem) in held_out:
             continue
         answer = row.get("answer") if isinstance(row.get("answer"), str) else ""
-        reference = answer.strip() or _last_boxed(_text(row, "solution", where))
+        solution = _text(row, "solution", where)
+        reference = solution if worked else answer.strip() or _last_boxed(solution)
         out.append((f"{key_prefix}{i}", problem, reference))
     return out
 
 
-def _math_combat(task: str) -> Callable[[Path | None], CombatRows]:
+def _math_combat(task: str, worked: bool = False) -> Callable[[Path | None], CombatRows]:
     def load(user_data: Path | None) -> CombatRows:
         if task == "math_hard":
             user = _user_file(task, MATH_HARD_FILE, user_data, required=False)
             if user is not None:
-                return _math_rows(user, "user:", None)
-            return _math_rows(DATA / "math/test5000.jsonl", "", (4, 5))
-        return _math_rows(DATA / f"math/train_{task.removeprefix('math_')}.jsonl", "", None)
+                return _math_rows(user, "user:", None, worked)
+            return _math_rows(DATA / "math/test5000.jsonl", "", (4, 5), worked)
+        return _math_rows(DATA / f"math/train_{task.removeprefix('math_')}.jsonl", "", None, worked)
 
     return load
 
@@ -752,9 +763,9 @@ TASKS: dict[str, Task] = {
             + ("The paper's MATH-hard pool (MATH train L4-5) is not shipped; the default stand-in, the rest of "
                "the MATH test set (PRM800K's practice split), is disjoint from MATH-500 but is test-set material. "
                if name == "math_hard" else "")
-            + "Combat references: 'answer', else the last \\boxed{} of the solution.",
+            + "Combat references: 'answer', else the last \\boxed{} of the solution; SPIN's: the solution.",
             _math_combat(name), _math_examples(name),
-            user_files=(MATH_HARD_FILE,) if name == "math_hard" else (),
+            user_files=(MATH_HARD_FILE,) if name == "math_hard" else (), worked_loader=_math_combat(name, True),
         )
         for name in MATH_LEVELS
     },
