@@ -47,7 +47,11 @@ def _add_compare(sub) -> None:
     p.add_argument("--split", choices=["dev", "test"], help="default: the sweep's, else test")
     p.add_argument("--limit", type=int, help="only the first N examples (default: the sweep's, else each arm's "
                    "eval.limit; 0 = all)")
-    p.add_argument("--out", default="compare", help="where compare.md and compare.json go (default: ./compare)")
+    p.add_argument("--merge", nargs="+", metavar="COMPARE",
+                   help="instead of running arms: merge per-task compares (compare.json files, or the directories "
+                   "they are in) into the paper's table, OUT/table.md and OUT/table.json; reads json only")
+    p.add_argument("--out", default="compare", help="where compare.md and compare.json (with --merge: table.md and "
+                   "table.json) go (default: ./compare)")
 
 
 class Bars:
@@ -168,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compare(args) -> int:
     """Every arm is loaded and checked before any runs; the tables are written from the run directories."""
+    if args.merge:
+        return _merge(args)
     from .compare import arm_configs, collect, make_plan, render_summary, run_arms, write_comparison
     from .config import ConfigError
 
@@ -189,6 +195,26 @@ def _compare(args) -> int:
     table = collect({name: (Path(c.run_dir), c.iterations) for name, c in configs.items()}, plan.tasks, plan.split)
     md, js = write_comparison(Path(args.out), table)
     print("\n" + "\n".join(render_summary(table)))
+    print(f"wrote {md} and {js}")
+    return 0
+
+
+def _merge(args) -> int:
+    """Per-task compares into the paper's table from their compare.json files alone: nothing is run or loaded."""
+    from .compare import merge, read_compares, table_lines, write_table
+
+    given = [flag for flag, value in (("ARM", args.arms), ("--sweep", args.sweep), ("--tasks", args.tasks),
+                                      ("--split", args.split), ("--limit", args.limit)) if value not in (None, [])]
+    if given:
+        print(f"error: --merge reads compare.json files only; drop {', '.join(given)}", file=sys.stderr)
+        return 2
+    try:
+        table = merge(read_compares(args.merge))
+    except ValueError as e:
+        print(f"merge error: {e}", file=sys.stderr)
+        return 2
+    md, js = write_table(Path(args.out), table)
+    print("\n".join(table_lines(table)))
     print(f"wrote {md} and {js}")
     return 0
 

@@ -4,6 +4,8 @@ An arm is a config plus overrides, run exactly as `sparta run` runs it, with the
 so they are scored on the pool before iteration 1 and after the last one. `eval` may change on an existing run
 directory, so comparing finished runs only evaluates them. The tables are read from the run directories alone
 (RUN/eval/iter_NN/TASK-SPLIT.json, RUN/iter_NN/reputations.json), so they can be rebuilt at any time.
+`--merge` puts per-task compares (the paper trains one run per task) into the paper's one table, from their
+compare.json files alone.
 """
 
 from __future__ import annotations
@@ -141,10 +143,14 @@ def collect(runs: dict[str, tuple[Path, int]], tasks: tuple[str, ...], split: st
     arms = {}
     for name, (root, iteration) in runs.items():
         rows = {task: task_row(Path(root), iteration, task, split) for task in tasks}
-        gains = [r["relative_gain"] for r in rows.values() if r["relative_gain"] is not None]
-        arms[name] = {"run_dir": str(root), "iteration": iteration, "tasks": rows,
-                      "mean_relative_gain": sum(gains) / len(gains) if gains else None, "tasks_with_gain": len(gains)}
+        arms[name] = {"run_dir": str(root), "iteration": iteration, "tasks": rows, **_mean_gain(rows.values())}
     return {"split": split, "tasks": list(tasks), "arms": arms}
+
+
+def _mean_gain(rows) -> dict:
+    """The mean relative gain over the rows that have one, and how many do (a missing cell counts for nothing)."""
+    gains = [r["relative_gain"] for r in rows if r.get("relative_gain") is not None]
+    return {"mean_relative_gain": sum(gains) / len(gains) if gains else None, "tasks_with_gain": len(gains)}
 
 
 def task_row(root: Path, iteration: int, task: str, split: str) -> dict:
@@ -301,10 +307,13 @@ def render_summary(table: dict) -> list[str]:
            "| arm | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
     for name, arm in table["arms"].items():
         cells = [_summary_cell(arm["tasks"][t]) for t in tasks]
-        k = arm["tasks_with_gain"]
-        mean = f"{arm['mean_relative_gain']:+.1%} ({k} of {len(tasks)} tasks)" if k else "-"
-        out.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_cell(arm, len(tasks))} |")
     return out + [""]
+
+
+def _mean_cell(arm: dict, n_tasks: int) -> str:
+    k = arm["tasks_with_gain"]
+    return f"{arm['mean_relative_gain']:+.1%} ({k} of {n_tasks} tasks)" if k else "-"
 
 
 def _summary_cell(row: dict) -> str:
@@ -319,3 +328,139 @@ def write_comparison(out: Path, table: dict) -> tuple[Path, Path]:
     write_json_atomic(out / "compare.json", table)
     (out / "compare.md").write_text(render_markdown(table))
     return out / "compare.md", out / "compare.json"
+
+
+# ---- merging per-task compares into the paper's table -----------------------------------------------------
+
+# the paper's columns, in its order (its main table, sparta/_data/SOURCES.md); other tasks go after them
+PAPER_TASKS = ("medqa", "normad_country", "normad_value", "normad_rot", "knowledge_crosswords", "gsm8k", "com2",
+               "math_easy", "math_medium", "math_hard", "alpaca", "truthfulqa")
+
+
+def read_compares(paths: list[str]) -> list[tuple[str, dict]]:
+    """(path, compare.json) of each input, in the order given; a directory means DIR/compare.json. A list, not a
+    dict: the same file given twice must reach the duplicate check, not vanish."""
+    out = []
+    for given in map(Path, paths):
+        path = given / "compare.json" if given.is_dir() else given
+        if not path.is_file():
+            raise ValueError(f"{path} does not exist (give compare.json files, or the directories they are in)")
+        if not _is_compare(data := read_json(path)):
+            raise ValueError(f"{path} is not a compare.json (split, tasks, arms with run_dir, iteration, tasks)")
+        out.append((str(path), data))
+    return out
+
+
+def _is_compare(data: object) -> bool:
+    """collect()'s shape; a table.json (say, from a glob over compare/) has no run_dir per arm."""
+    return (isinstance(data, dict) and {"split", "tasks", "arms"} <= set(data) and isinstance(data["arms"], dict)
+            and all(isinstance(a, dict) and {"run_dir", "iteration", "tasks"} <= set(a) for a in data["arms"].values()))
+
+
+def merge(compares: list[tuple[str, dict]]) -> dict:
+    """The paper's table (table.json) from per-task compares: a row per arm, a column per task. Each cell is one
+    compare's row, copied with where it came from; a task of an arm in two compares is an error, never a pick."""
+    if not compares:
+        raise ValueError("nothing to merge")
+    splits = {c["split"] for _, c in compares}
+    if len(splits) > 1:
+        raise ValueError("the compares are on different splits: "
+                         + ", ".join(f"{path} ({c['split']})" for path, c in compares))
+    seen = dict.fromkeys(t for _, c in compares for t in c["tasks"])
+    tasks = [t for t in PAPER_TASKS if t in seen] + [t for t in seen if t not in PAPER_TASKS]
+    cells: dict[str, dict[str, dict]] = {}
+    for path, c in compares:
+        for name, arm in c["arms"].items():
+            for task, row in arm["tasks"].items():
+                if task in cells.setdefault(name, {}):
+                    raise ValueError(f"arm {name!r} has {task} in both {cells[name][task]['source']} and {path}: "
+                                     "give each task of an arm once")
+                cells[name][task] = {**row, "source": path, "run_dir": arm["run_dir"], "iteration": arm["iteration"]}
+    arms = {}
+    for name, rows in cells.items():
+        row = {t: rows.get(t, {"missing": f"not compared on {t}"}) for t in tasks}
+        arms[name] = {"tasks": row, **_mean_gain(row.values())}
+    best_initial, notes = _best_initials(arms, tasks)
+    return {"split": splits.pop(), "tasks": tasks, "inputs": [path for path, _ in compares],
+            "best_initial": best_initial, "arms": arms, "notes": notes}
+
+
+def _best_initials(arms: dict, tasks: list[str]) -> tuple[dict, list[str]]:
+    """The paper's "best initial expert" row: per task, the first arm's that has a number. Each arm scores its own
+    iteration 0, so arms that share a pool and seed agree; a note says where they do not."""
+    row, notes = {}, []
+    for task in tasks:
+        rows = {name: arm["tasks"][task] for name, arm in arms.items() if "best_initial" in arm["tasks"][task]}
+        scored = {name: r["best_initial"] for name, r in rows.items() if "value" in r["best_initial"]}
+        if not scored:
+            row[task] = next((r["best_initial"] for r in rows.values()), {"missing": f"no arm compared on {task}"})
+            continue
+        first = next(iter(scored))
+        row[task] = {**scored[first], "arm": first, "source": rows[first]["source"]}
+        if any(s != scored[first] for s in scored.values()):
+            each = ", ".join(f"{name} {s['member']} {s['value']:.3f} (n={s['n']})" for name, s in scored.items())
+            notes.append(f"{task}: the arms' best initial members differ ({each}); the row shows {first}'s")
+    return row, notes
+
+
+TABLE_HEADER = """\
+# SPARTA: the paper's table ({split} split)
+
+One column per task, in the paper's order, merged from one `sparta compare` per task (its `compare.md` has the
+members, `n`, `failed` counts and top-reputation cells). **best initial** is the member with the highest score
+before iteration 1 (the paper's "best initial expert"); an arm's cell is its best member after its last iteration:
+the task's primary metric with its 95% bootstrap interval, then the relative gain over that compare's best initial.
+`~`: the two 95% intervals overlap, the gain is within noise. A cell without a number says why.
+"""
+
+
+def render_table(table: dict) -> str:
+    inputs = [f"- `{path}`" for path in table["inputs"]]
+    return "\n".join([TABLE_HEADER.format(split=table["split"]), *inputs, "", *table_lines(table)]) + "\n"
+
+
+def table_lines(table: dict) -> list[str]:
+    """The table and its notes: what the command prints."""
+    tasks, arms = table["tasks"], table["arms"]
+    out = ["| method | " + " | ".join(_column(arms, t) for t in tasks) + " | mean gain |",
+           "|---" * (len(tasks) + 2) + "|",
+           "| best initial | " + " | ".join(_value(table["best_initial"][t]) for t in tasks) + " | |"]
+    for name, arm in arms.items():
+        cells = [_merged_cell(arm["tasks"][t]) for t in tasks]
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {_mean_cell(arm, len(tasks))} |")
+    notes = table["notes"] + [f"{name}, {t}: {note}" for name, arm in arms.items() for t in tasks
+                              for note in arm["tasks"][t].get("notes", [])]
+    return out + [""] + ([f"- {n}" for n in notes] + [""] if notes else [])
+
+
+def _column(arms: dict, task: str) -> str:
+    metrics = sorted({arm["tasks"][task].get("metric") for arm in arms.values()} - {None})
+    return f"{task} ({', '.join(metrics)})" if metrics else task
+
+
+def _value(s: dict) -> str:
+    if "value" not in s:
+        return s["missing"]
+    return f"{s['value']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+
+
+def _merged_cell(row: dict) -> str:
+    """Best after, its interval and the gain; without a best after, only why (never the best initial's number)."""
+    if "best" not in row:  # the arm is in no compare of this task
+        return row["missing"]
+    if "value" not in row["best"]:
+        return _cell(row["best"])
+    if row["relative_gain"] is not None:
+        gain = f"{row['relative_gain']:+.1%}" + (" ~" if row["cis_overlap"] else "")
+    elif row["best_initial"].get("value") == 0:
+        gain = "(gain undefined: best initial is 0)"
+    else:
+        gain = f"(no gain; best initial: {row['best_initial']['missing']})"
+    return f"{_value(row['best'])} {gain}"
+
+
+def write_table(out: Path, table: dict) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "table.json", table)
+    (out / "table.md").write_text(render_table(table))
+    return out / "table.md", out / "table.json"

@@ -10,9 +10,21 @@ import pytest
 import yaml
 
 from sparta import cli
-from sparta.compare import Plan, collect, make_plan, render_markdown, with_compare_eval, write_comparison
+from sparta.compare import (
+    PAPER_TASKS,
+    Plan,
+    collect,
+    make_plan,
+    merge,
+    read_compares,
+    render_markdown,
+    render_table,
+    with_compare_eval,
+    write_comparison,
+)
 from sparta.config import ConfigError, dump_yaml
 from sparta.records import write_json_atomic
+from sparta.tasks.catalog import TASKS
 
 
 def result(value: float, n: int, lo: float, hi: float, failed: int = 0, metric: str = "letter") -> dict:
@@ -221,3 +233,111 @@ def test_two_tiny_arms_end_to_end_resume_and_sweep(tiny_config, tmp_path, monkey
     assert cli.main(["compare", "--sweep", str(sweep), "--out", str(tmp_path / "out2")]) == 0
     assert Recorder.stages == [] and run_files(runs) == stamps  # the sweep's arms are the runs already made
     assert (tmp_path / "out2" / "compare.json").read_text() == first
+
+
+# ---- merging per-task compares ----------------------------------------------------------------------------
+
+def one_task_compare(out: Path, task: str, arms: dict[str, tuple[float | None, float | None]]) -> Path:
+    """OUT/compare.json of one task, written by collect() from real run directories: each arm's one member scores
+    v0 at iteration 0 and v1 after iteration 1 (None: not evaluated then), on 100 examples, CI ±0.05."""
+    runs = {}
+    for name, scores in arms.items():
+        run = out / "runs" / name
+        for t, v in enumerate(scores):
+            if v is not None:
+                write_eval(run, t, task, {"a": result(v, 100, v - 0.05, v + 0.05)}, n_examples=100)
+        finish(run, 1, {"a": 100.0})
+        runs[name] = (run, 1)
+    write_comparison(out, collect(runs, (task,), "test"))
+    return out
+
+
+@pytest.fixture
+def compares(tmp_path) -> list[Path]:
+    """Four per-task compares, given out of the paper's order; my_task is not a paper task."""
+    root = tmp_path / "compare"
+    return [one_task_compare(root / "truthfulqa", "truthfulqa", {"sparta": (0.41, None)}),
+            one_task_compare(root / "my_task", "my_task", {"spin": (0.5, 0.3), "sparta": (0.5, 0.55)}),
+            one_task_compare(root / "gsm8k", "gsm8k", {"sparta": (None, 0.81), "alpha1": (0.78, 0.8)}),
+            one_task_compare(root / "medqa", "medqa", {"sparta": (0.6, 0.72), "alpha1": (0.59, 0.58)})]
+
+
+def merged(paths: list[Path]) -> dict:
+    return merge(read_compares([str(p) for p in paths]))
+
+
+def test_merge_columns_in_the_papers_order_rows_in_first_seen_order(compares):
+    table = merged(compares)
+    assert table["tasks"] == ["medqa", "gsm8k", "truthfulqa", "my_task"]
+    assert list(table["arms"]) == ["sparta", "spin", "alpha1"]
+    assert table["split"] == "test" and table["inputs"] == [str(p / "compare.json") for p in compares]
+    md = render_table(table)
+    assert "| method | medqa (letter) | gsm8k (letter) | truthfulqa (letter) | my_task (letter) | mean gain |" in md
+    assert set(PAPER_TASKS) == set(TASKS)  # every task of the catalog has its column
+
+
+def test_merge_cells_and_missing_cells_say_why(compares):
+    table = merged(compares)
+    sparta, spin = table["arms"]["sparta"]["tasks"], table["arms"]["spin"]["tasks"]
+    assert spin["medqa"] == {"missing": "not compared on medqa"}
+    assert sparta["truthfulqa"]["best"] == {"missing": "not evaluated after iteration 1"}
+    assert sparta["medqa"]["best"]["value"] == 0.72 and sparta["medqa"]["source"] == str(compares[3] / "compare.json")
+    lines = render_table(table).splitlines()
+    # a best after without a best initial has no gain; a cell without a best after shows no number at all
+    assert ("| sparta | 0.720 [0.670, 0.770] +20.0% | 0.810 [0.760, 0.860] (no gain; best initial: not evaluated "
+            "at iteration 0) | not evaluated after iteration 1 | 0.550 [0.500, 0.600] +10.0% ~ | "
+            "+15.0% (2 of 4 tasks) |") in lines
+    assert ("| spin | not compared on medqa | not compared on gsm8k | not compared on truthfulqa | "
+            "0.300 [0.250, 0.350] -40.0% | -40.0% (1 of 4 tasks) |") in lines
+
+
+def test_merge_best_initial_row_from_the_first_arm_that_has_it(compares):
+    table = merged(compares)
+    assert table["best_initial"]["gsm8k"]["arm"] == "alpha1"  # sparta has no iteration-0 score on gsm8k
+    assert table["best_initial"]["medqa"]["arm"] == "sparta"
+    assert "| best initial | 0.600 [0.550, 0.650] | 0.780 [0.730, 0.830] | 0.410 [0.360, 0.460] | " \
+           "0.500 [0.450, 0.550] | |" in render_table(table)
+    # medqa's two arms disagree on it, my_task's agree
+    assert table["notes"] == ["medqa: the arms' best initial members differ (sparta a 0.600 (n=100), "
+                              "alpha1 a 0.590 (n=100)); the row shows sparta's"]
+
+
+def test_merge_mean_relative_gain_over_the_tasks_that_have_one(compares):
+    arms = merged(compares)["arms"]
+    assert arms["sparta"]["mean_relative_gain"] == pytest.approx((0.2 + 0.1) / 2)
+    assert arms["sparta"]["tasks_with_gain"] == 2
+    assert arms["alpha1"]["mean_relative_gain"] == pytest.approx(((0.58 - 0.59) / 0.59 + (0.8 - 0.78) / 0.78) / 2)
+    assert arms["spin"]["tasks_with_gain"] == 1
+
+
+def test_merge_refuses_a_task_of_an_arm_twice_and_mixed_splits(compares, tmp_path):
+    again = one_task_compare(tmp_path / "medqa2", "medqa", {"other": (0.6, 0.6), "sparta": (0.6, 0.7)})
+    with pytest.raises(ValueError, match=f"arm 'sparta' has medqa in both {compares[3] / 'compare.json'} and "
+                                         f"{again / 'compare.json'}"):
+        merged([*compares, again])
+    dev = json.loads((compares[0] / "compare.json").read_text()) | {"split": "dev"}
+    (tmp_path / "dev.json").write_text(json.dumps(dev))
+    with pytest.raises(ValueError, match="different splits: .*medqa/compare.json \\(test\\), .*dev.json \\(dev\\)"):
+        merged([compares[3], tmp_path / "dev.json"])
+
+
+def test_merge_cli_writes_the_table_from_json_alone(compares, tmp_path, capsys):
+    for runs in (p / "runs" for p in compares):  # no run directory is read
+        for f in sorted(runs.rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+    out = tmp_path / "table"
+    inputs = [str(compares[0] / "compare.json"), *map(str, compares[1:])]  # a file, or its directory
+    assert cli.main(["compare", "--merge", *inputs, "--out", str(out)]) == 0
+    table = json.loads((out / "table.json").read_text())
+    assert table == json.loads(json.dumps(merged(compares)))
+    assert (out / "table.md").read_text() == render_table(table)
+    assert "| sparta | 0.720 [0.670, 0.770] +20.0% |" in capsys.readouterr().out
+    assert cli.main(["compare", "--merge", *inputs, str(compares[3]), "--out", str(tmp_path / "bad")]) == 2
+    assert "has medqa in both" in capsys.readouterr().err
+    assert cli.main(["compare", "--merge", *inputs, "--tasks", "medqa", "--out", str(tmp_path / "bad")]) == 2
+    assert "drop --tasks" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert cli.main(["compare", "--merge", *inputs, str(out / "table.json"), "--out", str(tmp_path / "bad")]) == 2
+    assert "table.json is not a compare.json" in capsys.readouterr().err  # its own output is not an input
+    (tmp_path / "empty").mkdir()  # a directory means DIR/compare.json
+    assert cli.main(["compare", "--merge", str(tmp_path / "empty"), "--out", str(tmp_path / "bad")]) == 2
+    assert "empty/compare.json does not exist" in capsys.readouterr().err and not (tmp_path / "bad").exists()
