@@ -316,9 +316,14 @@ def _mean_cell(arm: dict, n_tasks: int) -> str:
     return f"{arm['mean_relative_gain']:+.1%} ({k} of {n_tasks} tasks)" if k else "-"
 
 
+def _gain_text(row: dict) -> str:
+    """A defined gain, marked `~` where the two intervals overlap."""
+    return f"{row['relative_gain']:+.1%}" + (" ~" if row["cis_overlap"] else "")
+
+
 def _summary_cell(row: dict) -> str:
     if row["relative_gain"] is not None:
-        return f"{row['relative_gain']:+.1%}" + (" ~" if row["cis_overlap"] else "")
+        return _gain_text(row)
     missing = next((s["missing"] for s in (row["best_initial"], row["best"]) if "value" not in s), None)
     return missing or _gain_cell(row)
 
@@ -451,7 +456,7 @@ def _merged_cell(row: dict) -> str:
     if "value" not in row["best"]:
         return _cell(row["best"])
     if row["relative_gain"] is not None:
-        gain = f"{row['relative_gain']:+.1%}" + (" ~" if row["cis_overlap"] else "")
+        gain = _gain_text(row)
     elif row["best_initial"].get("value") == 0:
         gain = "(gain undefined: best initial is 0)"
     else:

@@ -164,20 +164,33 @@ def _logprob_scores(backend, judges, prompts, duel_judge, s: ArenaSettings, tick
     # request indices; a duel's two requests for one judge are adjacent
     groups = [list(g) for _, g in groupby(range(len(prompts)), key=duel_judge.__getitem__)]
     results: list = [None] * len(prompts)
-    # candidate ids are per tokenizer, so ask per tokenizer (the backend groups rows by base)
-    for candidates, positions in {(tuple(t.candidates), t.positions) for t in tokens.values()}:
-        mine = [g for g in groups if tuple(tokens[judges[g[0]]].candidates) == candidates]
-        lps = backend.grouped_next_token_logprobs([judges[g[0]] for g in mine], [[prompts[i] for i in g] for g in mine],
-                                                  list(candidates), last=positions, batch_size=s.judge_batch_size,
-                                                  progress=tick)
-        for g, group_lps in zip(mine, lps):
-            for i, lp in zip(g, group_lps):
-                if isinstance(lp, Failure):  # a remote backend could not score it: a failed judgment
-                    results[i] = (None, "failed", lp.error)
-                    continue
-                dist = tokens[judges[i]].distribution(lp)
-                results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
+    lps = grouped_by_tokenizer(backend, [judges[g[0]] for g in groups], [[prompts[i] for i in g] for g in groups],
+                               lambda j: (tuple(tokens[j].candidates), tokens[j].positions), s.judge_batch_size, tick)
+    for g, group_lps in zip(groups, lps):
+        for i, lp in zip(g, group_lps):
+            if isinstance(lp, Failure):  # a remote backend could not score it: a failed judgment
+                results[i] = (None, "failed", lp.error)
+                continue
+            dist = tokens[judges[i]].distribution(lp)
+            results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
     return results
+
+
+def grouped_by_tokenizer(backend, members: list[str], groups: list[list[list[int]]], kind, batch_size: int,
+                         progress=None) -> list:
+    """`grouped_next_token_logprobs` for groups read by members of different tokenizers: `kind(member)` gives
+    the candidate ids and the number of positions, which are per tokenizer, so there is one call per kind (the
+    backend groups rows by base). out[g] in the order of `groups`."""
+    kinds = [kind(m) for m in members]
+    out: list = [None] * len(groups)
+    for candidates, last in dict.fromkeys(kinds):
+        mine = [g for g, k in enumerate(kinds) if k == (candidates, last)]
+        lps = backend.grouped_next_token_logprobs([members[g] for g in mine], [groups[g] for g in mine],
+                                                  list(candidates), last=last, batch_size=batch_size,
+                                                  progress=progress)
+        for g, group_lps in zip(mine, lps):
+            out[g] = group_lps
+    return out
 
 
 def _generated_scores(backend, judges, prompts, s: ArenaSettings, seed: int, tick):

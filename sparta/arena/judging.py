@@ -74,10 +74,10 @@ class ScoreTokens:
     positions in one forward pass — P(first digit) and P("0" | "1") — and split P("1") into 1 and 10."""
 
     def __init__(self, tokenizer):
-        prefix = _ids(tokenizer, ANSWER_PREFIX)
+        prefix = token_ids(tokenizer, ANSWER_PREFIX)
         conts = {}
         for s in SCORES:
-            full = _ids(tokenizer, ANSWER_PREFIX + str(s))
+            full = token_ids(tokenizer, ANSWER_PREFIX + str(s))
             if full[:len(prefix)] != prefix:
                 raise ValueError(f"logprob judging: the tokenizer merges {ANSWER_PREFIX!r} with the digit {s}; "
                                  "use judge.mode=generate for this model")
@@ -87,7 +87,7 @@ class ScoreTokens:
         self.digits = [conts[s][0] for s in SCORES[:9]]
         ten = conts[10]
         self.ten_single = len(ten) == 1
-        if not self.ten_single and ten != [self.digits[0], _ids(tokenizer, ANSWER_PREFIX + "0")[len(prefix)]]:
+        if not self.ten_single and ten != [self.digits[0], token_ids(tokenizer, ANSWER_PREFIX + "0")[len(prefix)]]:
             raise ValueError("logprob judging: cannot spell '10' as one token or as '1' then '0'")
         self.candidates = self.digits + [ten[0] if self.ten_single else ten[1]]
         self.appended = [] if self.ten_single else [self.digits[0]]  # tokens to append to the prompt
@@ -109,7 +109,7 @@ def expected_score(distribution: list[float]) -> float:
     return sum(s * p for s, p in zip(SCORES, distribution))
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

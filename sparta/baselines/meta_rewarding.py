@@ -11,8 +11,8 @@ import re
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings, JudgeAsk
-from ..arena.judging import JUDGE_PROMPT
+from ..arena.combat import ArenaSettings, JudgeAsk, grouped_by_tokenizer
+from ..arena.judging import JUDGE_PROMPT, token_ids
 from ..backends import Failure
 from ..chat import PromptTooLong, encode_chat
 from ..config import META_OVERHEAD
@@ -63,10 +63,10 @@ class LetterTokens:
     """The token ids of "A" and "B" right after META_PREFIX for one tokenizer (each must be one token)."""
 
     def __init__(self, tokenizer):
-        prefix = _ids(tokenizer, META_PREFIX)
+        prefix = token_ids(tokenizer, META_PREFIX)
         self.ids = []
         for letter in "AB":
-            full = _ids(tokenizer, META_PREFIX + letter)
+            full = token_ids(tokenizer, META_PREFIX + letter)
             if full[:len(prefix)] != prefix or len(full) != len(prefix) + 1:
                 raise ValueError(f"meta-judging: the tokenizer does not spell {META_PREFIX + letter!r} as "
                                  f"{META_PREFIX!r} then one token for {letter!r}")
@@ -112,15 +112,13 @@ def meta_judge(backend, samples: list[Sample], settings: ArenaSettings, progress
         asks.append((i, battles, encoded))
     tick = progress and progress("meta-judge", sum(len(b) for _, b, _ in asks))
     letters = {m: LetterTokens(backend.tokenizer(m)) for m in {samples[i].member for i, _, _ in asks}}
-    for ids in {tuple(t.ids) for t in letters.values()}:  # candidate ids are per tokenizer
-        mine = [a for a in asks if tuple(letters[samples[a[0]].member].ids) == ids]
-        # one group per answer: its battles share the instructions, the question and the answer
-        lps = backend.grouped_next_token_logprobs([samples[i].member for i, _, _ in mine],
-                                                  [[e.ids for e in encoded] for _, _, encoded in mine], list(ids),
-                                                  last=1, batch_size=settings.judge_batch_size, progress=tick)
-        for (i, battles, encoded), rows in zip(mine, lps):
-            out[i] = replace(samples[i], meta=round_robin(battles, rows, len(samples[i].judgments),
-                                                           any(e.shortened for e in encoded)))
+    # one group per answer: its battles share the instructions, the question and the answer
+    lps = grouped_by_tokenizer(backend, [samples[i].member for i, _, _ in asks],
+                               [[e.ids for e in encoded] for _, _, encoded in asks],
+                               lambda m: (tuple(letters[m].ids), 1), settings.judge_batch_size, tick)
+    for (i, battles, encoded), rows in zip(asks, lps):
+        out[i] = replace(samples[i], meta=round_robin(battles, rows, len(samples[i].judgments),
+                                                       any(e.shortened for e in encoded)))
     return out
 
 
@@ -215,6 +213,3 @@ def _variance(xs: list[float]) -> float:
     mean = sum(xs) / len(xs)
     return sum((x - mean) ** 2 for x in xs) / len(xs)
 
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
