@@ -216,7 +216,7 @@ def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress, d
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     scheduler = _schedule(optimizer, len(batches), s.warmup_ratio)
     history = []
-    model.train(dropout)
+    training_mode(model, dropout)
     try:
         for batch in batches:
             stats: dict[str, float] = {}
@@ -235,6 +235,19 @@ def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress, d
     finally:
         model.eval()
     return history
+
+
+def training_mode(model, dropout: bool) -> None:
+    """Put `model` in training mode; without dropout, only the decoder layers are (every other module evaluates).
+    transformers checkpoints a decoder layer only while that layer is training, so `model.train(False)` would
+    silently switch gradient checkpointing off; dropout, LoRA's included, lives in the layers' submodules (the
+    attention's `training` flag decides its dropout), which stay in eval mode."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    model.train(True)
+    if not dropout:
+        for module in model.modules():
+            module.training = isinstance(module, GradientCheckpointingLayer)
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 input stop the caller instead of becoming failed rows."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -98,23 +99,56 @@ def test_precision_attention_and_device_map_reach_the_loaded_model(tmp_path):
     assert ModelStore("cpu", dtype="auto").dtype == torch.float32  # auto on a CPU: fp32
 
 
-def test_gradient_checkpointing_gives_the_same_dpo_step(tmp_path):
-    """Recomputing activations in backward changes memory, not the result: same losses, same trained weights."""
+PAIRS = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+          "rejected": [{"role": "assistant", "content": r}]}
+         for q, c, r in [("2+2?", "4", "five"), ("Say hi.", "hi", "bye bye"), ("Sky?", "Blue.", "Green")]]
+
+
+def _dpo_counting_layer_calls(tiny, checkpointing: bool, lora_dropout: float = 0.0):
+    """A DPO run on the tiny model; (metrics, trained weights, how many times layer 0's attention ran)."""
     from sparta.backends.hf import HFTrainer, ModelStore
     from sparta.training import OptimSettings, train_dpo
 
-    tiny = resolve_model("tiny", tmp_path)
-    pairs = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
-              "rejected": [{"role": "assistant", "content": r}]}
-             for q, c, r in [("2+2?", "4", "five"), ("Say hi.", "hi", "bye bye"), ("Sky?", "Blue.", "Green")]]
     s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
-    runs = []
-    for checkpointing in (False, True):
-        trainer = HFTrainer(LoraShape(dropout=0.0), 3, ModelStore("cpu"), gradient_checkpointing=checkpointing)
-        with trainer.slot(MemberModel("a", tiny, None)) as slot:
-            metrics = train_dpo(slot, "a", pairs, s, beta=0.1, epochs=2, seed=1)
-            runs.append(([h["loss"] for h in metrics["history"]], [p.detach().clone() for p in slot.parameters()]))
-            assert slot.model.is_gradient_checkpointing == checkpointing
-    (loss_a, w_a), (loss_b, w_b) = runs
-    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    trainer = HFTrainer(LoraShape(dropout=lora_dropout), 3, ModelStore("cpu"), gradient_checkpointing=checkpointing)
+    with trainer.slot(MemberModel("a", tiny, None)) as slot:
+        calls = []
+        layer = slot.model.get_base_model().get_decoder().layers[0]
+        hook = layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
+        metrics = train_dpo(slot, "a", PAIRS, s, beta=0.1, epochs=2, seed=1)
+        hook.remove()
+        assert slot.model.is_gradient_checkpointing == checkpointing
+        return metrics, [p.detach().clone() for p in slot.parameters()], len(calls)
+
+
+def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_dpo_step(tmp_path):
+    """With checkpointing, backward runs every layer again (one extra call per micro-batch stepped); the result
+    does not change: same losses, same trained weights. (DPO once trained with every layer in eval mode, where
+    transformers does not checkpoint: the results matched and no activation was recomputed.)"""
+    tiny = resolve_model("tiny", tmp_path)
+    (m_a, w_a, calls_a), (m_b, w_b, calls_b) = (_dpo_counting_layer_calls(tiny, c) for c in (False, True))
+    micro_batches_stepped = 2 * 3  # two epochs of 3 pairs at micro-batch 1
+    assert calls_b - calls_a == micro_batches_stepped
+    assert [h["loss"] for h in m_a["history"]] == pytest.approx([h["loss"] for h in m_b["history"]], abs=1e-6)
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(w_a, w_b))
+
+
+def test_dpo_under_checkpointing_runs_without_dropout(tmp_path):
+    """The layers train (for checkpointing) but LoRA's dropout stays off: at step one the policy is the reference,
+    so the first loss is exactly log 2 even with lora dropout 0.5."""
+    metrics, _, _ = _dpo_counting_layer_calls(resolve_model("tiny", tmp_path), True, lora_dropout=0.5)
+    assert metrics["history"][0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_model_dtype_is_one_precision_for_the_vllm_server_and_the_hf_backend(monkeypatch):
+    """`model.dtype=auto` reaches vLLM as the precision the HF backend picks on the same machine (vLLM's own auto
+    keeps a converted model's fp32 on a GPU, while the HF backend and training use bf16)."""
+    from sparta.backends.hf import ModelStore
+    from sparta.backends.vllm import precision
+
+    for gpu in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+        hf = ModelStore("cuda" if gpu else "cpu", dtype="auto").dtype
+        assert precision("auto") == str(hf).removeprefix("torch.") == ("bfloat16" if gpu else "float32")
+        assert precision("float32") == "float32" and precision("bfloat16") == "bfloat16"

@@ -55,7 +55,8 @@ class VLLMBackend(HTTPBackend):
         v = self.vcfg
         return [v.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.base.source,
                 "--served-model-name", SERVED_BASE, "--host", "127.0.0.1", "--port", str(self.port),
-                "--dtype", model.dtype, "--max-model-len", str(v.max_model_len), "--generation-config", "vllm",
+                "--dtype", precision(model.dtype), "--max-model-len", str(v.max_model_len),
+                "--generation-config", "vllm",
                 "--enable-lora", "--max-loras", str(v.max_loras), "--max-lora-rank", str(v.max_lora_rank),
                 "--gpu-memory-utilization", str(v.gpu_memory_utilization), "--seed", "0",
                 # the adapters' own modules: a LoRA-wrapped lm_head breaks prompt_logprobs (vLLM #16668)
@@ -99,6 +100,18 @@ class VLLMBackend(HTTPBackend):
             raise BackendError(f"the vLLM server died (exit code {self.process.returncode})"
                                + (f"; its log: {self.log_path}" if self.log_path else ""))
         return super()._post(path, payload)
+
+
+def precision(dtype: str) -> str:
+    """`model.dtype` as vLLM's --dtype: the precision the HF backend and training use for the same setting on this
+    machine (auto: bf16 on a GPU that supports it, else fp32). vLLM's own `auto` would keep a converted model's fp32
+    on a GPU, so judges and trainer would read the same model at two precisions."""
+    import torch
+
+    from .hf import resolve_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve_dtype(dtype, device)).removeprefix("torch.")
 
 
 def _lora_targets(members: list[MemberModel]) -> list[str]:
