@@ -16,7 +16,7 @@ from .models import ResolvedModel
 from .seeding import rng
 from .tasks.catalog import DATA, self_instruct_seeds
 
-if TYPE_CHECKING:  # torch is imported only when an expert is actually built
+if TYPE_CHECKING:
     from .backends.hf import LoraShape
     from .training import OptimSettings
 
@@ -70,7 +70,11 @@ def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora
                   optim: OptimSettings, seed: int, progress=None, store=None) -> dict[str, dict]:
     """Build the experts not yet in the cache (loading the base once; `store`, if given, returns the
     backends.hf.ModelStore to load it into). Returns {recipe: {dir, metrics}}."""
-    settings = {"steps": steps, "lora": vars(lora), "optim": vars(optim)}
+    from .backends.hf import ModelStore
+
+    models = store() if store else ModelStore()
+    # an expert trained in bf16 on a GPU is another adapter than one trained in fp32 on a CPU
+    settings = {"steps": steps, "lora": vars(lora), "optim": vars(optim), "precision": models.precision}
     dirs = {r: expert_dir(cache_dir, base, r, settings, seed) for r in recipes}
     missing = [r for r in recipes if not (dirs[r] / "adapter_config.json").exists()]
     results = {r: {"dir": dirs[r], "cached": r not in missing} for r in recipes}
@@ -80,7 +84,7 @@ def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora
     from .backends.hf import HFTrainer
     from .training import train_sft
 
-    trainer = HFTrainer(lora, seed, store() if store else None)
+    trainer = HFTrainer(lora, seed, models)
     for recipe in missing:
         examples = expert_examples(recipe, steps * optim.batch_size, seed)
         tick = progress and progress(f"expert {recipe}", steps)

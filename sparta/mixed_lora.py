@@ -37,9 +37,9 @@ def _supported(model, adapters: set[str]) -> bool:
     return True
 
 
-def _stacked(layer, rows: list[str]):
+def _stacked(layer, rows: list[str], masks: dict):
     """(A_cat [sum r, d_in], B_cat scaled [d_out, sum r], mask [rows, 1, sum r] or None) for the adapters of
-    `rows` that this layer has; None if it has none of them."""
+    `rows` that this layer has; None if it has none of them. `masks` caches the masks of this batch by layout."""
     present = [a for a in dict.fromkeys(rows) if a in layer.lora_A]
     if not present:
         return None
@@ -47,16 +47,23 @@ def _stacked(layer, rows: list[str]):
     b_cat = torch.cat([layer.lora_B[a].weight * layer.scaling[a] for a in present], dim=1)
     if len(present) == 1 and len(set(rows)) == 1:
         return a_cat, b_cat, None  # one adapter for every row: no mask
-    slots, start = {}, 0
-    for a in present:
-        width = layer.lora_A[a].weight.shape[0]
-        slots[a] = (start, start + width)
+    widths = tuple((a, layer.lora_A[a].weight.shape[0]) for a in present)
+    key = (widths, a_cat.dtype, a_cat.device)
+    if key not in masks:  # most layers share a layout: one mask, one host-to-device copy, per batch
+        masks[key] = _row_mask(rows, dict(widths)).to(a_cat.device, a_cat.dtype)
+    return a_cat, b_cat, masks[key]
+
+
+def _row_mask(rows: list[str], widths: dict[str, int]) -> torch.Tensor:
+    """[rows, 1, sum of widths] on the CPU: 1 in row i's own adapter's rank slots (none if its adapter is absent).
+    Built as a list and made a tensor in one op: filled on the GPU it cost one small kernel per row per layer."""
+    slot, start = {}, 0
+    for a, width in widths.items():
+        slot[a] = (start, start + width)
         start += width
-    mask = torch.zeros(len(rows), 1, start, dtype=a_cat.dtype, device=a_cat.device)
-    for i, a in enumerate(rows):
-        if a in slots:  # a row whose adapter skips this layer gets no delta here
-            mask[i, 0, slots[a][0]:slots[a][1]] = 1
-    return a_cat, b_cat, mask
+    # a row whose adapter skips this layer gets no delta here
+    mask = [[float(a in slot and slot[a][0] <= j < slot[a][1]) for j in range(start)] for a in rows]
+    return torch.tensor(mask).unsqueeze(1)
 
 
 @contextmanager
@@ -69,10 +76,10 @@ def row_lora(model, rows: list[str]):
     if not _supported(model, set(rows)):
         yield False
         return
-    hooks, disabled = [], []
+    hooks, disabled, masks = [], [], {}
     try:
         for layer in layers:
-            stacked = _stacked(layer, rows)
+            stacked = _stacked(layer, rows, masks)
             # PEFT's own LoRA add is switched off (its flag, not enable_adapters(): that resets requires_grad)
             disabled.append((layer, layer._disable_adapters))
             layer._disable_adapters = True

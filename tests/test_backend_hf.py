@@ -152,3 +152,24 @@ def test_model_dtype_is_one_precision_for_the_vllm_server_and_the_hf_backend(mon
         hf = ModelStore("cuda" if gpu else "cpu", dtype="auto").dtype
         assert precision("auto") == str(hf).removeprefix("torch.") == ("bfloat16" if gpu else "float32")
         assert precision("float32") == "float32" and precision("bfloat16") == "bfloat16"
+
+
+def test_a_base_is_loaded_onto_its_device_not_moved_there(tmp_path, monkeypatch):
+    """from_pretrained places the weights on the store's device (device_map); the loaded model is never moved
+    afterwards (loading on the host first would take a 7B bf16 base's 15 GB of host memory on the way to a GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    from sparta.backends.hf import ModelStore
+
+    load, asked = AutoModelForCausalLM.from_pretrained, []
+
+    def placed(source, **kwargs):
+        asked.append(kwargs.get("device_map"))
+        model = load(source, **kwargs)
+        model.to = model.cuda = lambda *a, **k: pytest.fail(f"the loaded model was moved: .to{a}")
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", placed)
+    store = ModelStore("cpu")
+    HFBackend([MemberModel("a", resolve_model("tiny", tmp_path), None)], LoraShape(), seed=0, store=store)
+    assert asked == ["cpu"]

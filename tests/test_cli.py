@@ -198,3 +198,16 @@ def test_run_prints_leaderboard_and_resumes_as_a_no_op(tmp_path, cache, capsys):
     assert "== iteration 1" in first and "reputation" in first and "run complete" in first
     assert main(["run", str(path)]) == 0
     assert "== iteration 1" in capsys.readouterr().out  # the summary is shown again, nothing is recomputed
+
+
+def test_experts_trained_at_another_precision_are_other_experts(tmp_path, capsys):
+    """The experts cache key holds the precision and device kind: an fp32 CPU expert is not reused for bf16."""
+    cache = tmp_path / "cache"
+    members = [{"name": "m", "expert": "normad"}, "plain", "other"]
+    for dtype in ("float32", "bfloat16"):
+        path = write_config(tmp_path, cache, pool={"base": "tiny", "members": members, "experts": {"steps": 1}},
+                            model={"dtype": dtype})
+        assert main(["experts", str(path)]) == 0
+    built = sorted((cache / "experts").iterdir())
+    assert len(built) == 2
+    assert {json.loads((p / "sft_metrics.json").read_text())["steps"] for p in built} == {1}

@@ -129,3 +129,26 @@ def test_grouped_logprobs_equal_scoring_each_prompt_whole(tmp_path):
     got = torch.tensor([row for g in grouped for row in g])
     torch.testing.assert_close(got, torch.tensor(flat), atol=1e-4, rtol=1e-4)
     assert (got[0] - got[1]).abs().max() > 1e-3  # different prompts really were scored apart
+
+
+@torch.inference_mode()
+def test_stacking_costs_the_same_device_work_whatever_the_number_of_rows(peft_pool):
+    """Entering row_lora runs a fixed number of tensor ops per layer, not one per row per layer: on a GPU each op
+    is a kernel launch, and the row mask was once filled row by row in every layer (thousands per batch)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    counts = []
+    for rows in (["big", "small", "q_only"], ["big", "small", "q_only"] * 8):
+        with Count() as count, row_lora(peft_pool, rows):
+            pass
+        counts.append(count.ops)
+    assert counts[0] == counts[1]

@@ -48,8 +48,8 @@ class _Base:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        if device_map:
-            extra["device_map"] = device_map
+        # straight onto the device: loaded on the host and then moved, a 7B bf16 base takes 15 GB of host memory
+        extra["device_map"] = device_map or device
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(resolved.source)
             model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=dtype, **extra)
@@ -57,7 +57,7 @@ class _Base:
             raise RuntimeError(f"could not load model {resolved.spec!r} from {resolved.source}: {e}") from None
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.base = model if device_map else model.to(device)
+        self.base = model
         self.device = self.base.get_input_embeddings().weight.device
         self.model = None  # the PeftModel, created with the first adapter
         eos = model.generation_config.eos_token_id
@@ -137,6 +137,11 @@ class ModelStore:
         self.attn_implementation, self.device_map = attn_implementation, device_map
         self.bases: dict[str, _Base] = {}
         self.loads = 0  # how many base models were loaded (tests check: one per distinct base)
+
+    @property
+    def precision(self) -> str:
+        """What a model trained here is trained in, e.g. "bfloat16 on cuda" (device kind, not index)."""
+        return f"{str(self.dtype).removeprefix('torch.')} on {torch.device(self.device).type}"
 
     @classmethod
     def configured(cls, model) -> ModelStore:
