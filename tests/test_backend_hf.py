@@ -173,3 +173,27 @@ def test_a_base_is_loaded_onto_its_device_not_moved_there(tmp_path, monkeypatch)
     store = ModelStore("cpu")
     HFBackend([MemberModel("a", resolve_model("tiny", tmp_path), None)], LoraShape(), seed=0, store=store)
     assert asked == ["cpu"]
+
+
+def test_a_bf16_base_scores_with_its_output_layer_in_fp32(tmp_path):
+    """Judging and evaluation read logits as scores: on a bf16 base they come from the output layer applied in fp32 to
+    the bf16 hidden states (as DPO's log-probs do), not from bf16 logits, which round by ~0.1."""
+    from sparta.backends.hf import ModelStore
+
+    tiny = resolve_model("tiny", tmp_path)
+    be = HFBackend([MemberModel("a", tiny, None)], LoraShape(), seed=0, store=ModelStore("cpu", dtype="bfloat16"))
+    ids = prompts(be, 2)
+    candidates = list(range(3, 40))
+    got = torch.tensor(be.next_token_logprobs(["a", "a"], ids, candidates, last=2, batch_size=2))
+    model, _ = be.adapter("a")
+    inner = model.get_base_model()
+    with torch.inference_mode():
+        outputs = []
+        for seq in ids:  # one at a time: no padding
+            hidden = inner.get_decoder()(input_ids=torch.tensor([seq])).last_hidden_state[0, -2:]
+            for head in (inner.get_output_embeddings().weight.float(), inner.get_output_embeddings().weight):
+                outputs.append(torch.log_softmax((hidden.to(head.dtype) @ head.T).float(), -1)[:, candidates])
+    fp32_head, bf16_head = torch.stack(outputs[0::2]), torch.stack(outputs[1::2])
+    # the tiny model's logits are small, so bf16 rounds them by ~1e-3 only: still ten times the tolerance
+    torch.testing.assert_close(got, fp32_head, atol=5e-5, rtol=0)
+    assert (got - bf16_head).abs().max() > 5e-4

@@ -73,6 +73,9 @@ class _Base:
         model.generation_config = GenerationConfig(bos_token_id=model.generation_config.bos_token_id,
                                                    eos_token_id=sorted(self.eos_ids),
                                                    pad_token_id=self.tokenizer.pad_token_id)
+        # scores (judging, evaluation) read the output layer in fp32, as DPO does: on a bf16 base its bf16 logits
+        # moved the judge's expected score by 0.06 on average (bench/judge_precision.py), fp32 by 0.02
+        self.fp32_head = dtype != torch.float32
         self.slots: dict[str, tuple[str, tuple | None]] = {}  # member -> (PEFT adapter name, adapter_stamp)
         self._stale: list[str] = []  # adapters replaced or dropped, deleted by _sweep
         self._version = 0
@@ -209,11 +212,13 @@ class HFBackend:
                 number += 1
 
     @contextmanager
-    def _adapters(self, base: _Base, members: list[str]):
+    def _adapters(self, base: _Base, members: list[str], scoring: bool = False):
         """Row i of the batches run inside uses members[i]'s adapter: our stacked path (mixed_lora), or PEFT's
-        `adapter_names` for adapters it does not cover. Yields the keyword arguments to pass to the model."""
+        `adapter_names` for adapters it does not cover. Yields the keyword arguments to pass to the model.
+        `scoring`: logits are read as scores, so the output layer runs in fp32 (see _Base.fp32_head)."""
         names = [base.slots[m][0] for m in members]
-        with row_lora(base.model, names) as stacked:
+        with row_lora(base.model, names) as stacked, fp32_head(base.base) if scoring and base.fp32_head \
+                else nullcontext():
             yield {} if stacked else {"adapter_names": names}
 
     def _run_prefixes(self, base: _Base, members: list[str], prefixes: list[list[int]], expand: list[int]):
@@ -221,7 +226,7 @@ class HFBackend:
         `expand` maps to it. Returns the pass's output (logits of each prefix's last token, the copied cache)
         and the prefixes' attention mask."""
         ids, mask = self._left_pad(base, prefixes)
-        with self._adapters(base, members) as adapters:
+        with self._adapters(base, members, scoring=True) as adapters:
             first = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
                                logits_to_keep=1, **adapters)
         # transformers 5.24 names the KV cache `cache` (was past_key_values)
@@ -297,7 +302,7 @@ class HFBackend:
         for _, base, rows in self._batches(members, prompts, batch_size, shard):
             candidates = torch.tensor(token_ids, device=base.device)
             ids, mask = self._left_pad(base, [prompts[i] for i in rows])
-            with self._adapters(base, [members[i] for i in rows]) as adapters:
+            with self._adapters(base, [members[i] for i in rows], scoring=True) as adapters:
                 logits = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
                                     logits_to_keep=last, **adapters).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :, candidates]
@@ -327,7 +332,7 @@ class HFBackend:
             rests, rest_mask = self._left_pad(base, [p[c:] for g, c in zip(rows, cut) for p in groups[g]])
             # left padding here sits between prefix and rest: masked out, and positions continue the prefix
             positions = torch.tensor(cut, device=base.device)[expand][:, None] + _positions(rest_mask)
-            with self._adapters(base, [members[rows[i]] for i in expand]) as adapters:
+            with self._adapters(base, [members[rows[i]] for i in expand], scoring=True) as adapters:
                 logits = base.model(input_ids=rests, attention_mask=torch.cat([mask[expand], rest_mask], -1),
                                     position_ids=positions, cache=first.cache, use_cache=False, logits_to_keep=last,
                                     **adapters).logits
@@ -361,7 +366,7 @@ class HFBackend:
             cont_ids = torch.tensor([c + [pad] * (width - len(c)) for c in flat], device=base.device)
             cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in flat], device=base.device)
             positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=base.device)[None]
-            with self._adapters(base, [member] * len(flat)) as adapters:
+            with self._adapters(base, [member] * len(flat), scoring=True) as adapters:
                 logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
                                     position_ids=positions, cache=first.cache, use_cache=False, **adapters).logits
             # token k of a continuation is predicted by the prefix's last logits (k = 0) or by position k - 1
@@ -460,6 +465,27 @@ class TopP:
         keep = above < self.top_p
         keep[:, 0] = True
         return torch.full_like(scores, float("-inf")).scatter_(-1, index, top.masked_fill(~keep, float("-inf")))
+
+
+@contextmanager
+def fp32_head(model):
+    """While open, `model`'s output layer returns fp32 logits computed from fp32 copies of its input and weights
+    (bf16 logits round by ~0.1 at typical magnitudes). It runs on the few positions scores read (logits_to_keep),
+    so the bf16 product it replaces costs nothing worth saving."""
+    def full_precision(module, args, output):
+        with torch.autocast(output.device.type, enabled=False):
+            bias = module.bias.float() if module.bias is not None else None
+            return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
+
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:  # a LoRA-wrapped head computes its own way
+        yield
+        return
+    hook = head.register_forward_hook(full_precision)
+    try:
+        yield
+    finally:
+        hook.remove()
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
