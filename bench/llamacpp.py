@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from sparta.hf_compat import kv_cache, with_cache
 from sparta.models import PACKAGED_MODELS, _packaged_gguf_path, resolve_model
 
 LLAMA_SIDE = r"""
@@ -46,11 +47,11 @@ def hf_side(source: str, ids: list[int], new: int) -> dict:
     clock = time.perf_counter()
     out = model(input_ids=x, use_cache=True)
     prefill = time.perf_counter() - clock
-    cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+    cache, token = kv_cache(out), out.logits[:, -1:].argmax(-1)
     clock = time.perf_counter()
     for _ in range(new):  # the bare decode loop, without generate()'s bookkeeping
-        out = model(input_ids=token, cache=cache, use_cache=True)
-        cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+        out = model(input_ids=token, use_cache=True, **with_cache(cache))
+        cache, token = kv_cache(out), out.logits[:, -1:].argmax(-1)
     decode = time.perf_counter() - clock
     clock = time.perf_counter()
     model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=new,

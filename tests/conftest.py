@@ -1,14 +1,29 @@
 """Shared fixtures: a tiny random-init model pool, built in code, so tests exercise the real paths fast."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
 from sparta.config import load_config
 
 # Tiny models run fastest single-threaded, and CI machines are shared: one thread keeps tests quick and steady.
 torch.set_num_threads(1)
+
+
+def pytest_report_header(config):
+    return f"transformers {transformers.__version__} from {Path(transformers.__file__).parent}"
+
+
+def pytest_configure(config):
+    """`make test-lower` names the transformers it installed (SPARTA_TRANSFORMERS): a run that would import
+    another one (a broken path, a stale folder) stops before any test instead of passing on the wrong end."""
+    expected = os.environ.get("SPARTA_TRANSFORMERS")
+    if expected and transformers.__version__ != expected:
+        raise pytest.UsageError(f"SPARTA_TRANSFORMERS={expected} but transformers {transformers.__version__} "
+                                f"is imported from {transformers.__file__}")
 
 
 @pytest.fixture(scope="session")

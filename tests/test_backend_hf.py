@@ -10,6 +10,7 @@ import torch
 
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, LoraShape
+from sparta.hf_compat import is_checkpointing, kv_cache, with_cache
 from sparta.models import resolve_model
 
 
@@ -55,6 +56,19 @@ def test_greedy_is_plain_argmax_whatever_the_model_ships(backend):
         assert got.text == tok.decode(seq[len(prompt):], skip_special_tokens=True).strip()
     # the random tiny model repeats itself greedily: a leaked no_repeat_ngram_size=1 would have forbidden it
     assert any(len(set(g.text)) < len(g.text) for g in out)
+
+
+def test_a_kv_cache_read_from_one_pass_continues_the_next_on_this_transformers(backend):
+    """The KV cache goes by the installed transformers' name (`cache` from 5.24, `past_key_values` before): a
+    prefix's cache handed to the next pass gives the whole sequence's logits. Under a wrong name the cache is
+    not found, or the next pass ignores it and sees its 3 tokens alone."""
+    model, _ = backend.adapter("a")
+    x = torch.tensor(prompts(backend, 1))
+    with torch.no_grad():
+        whole = model(input_ids=x).logits[0, -1]
+        first = model(input_ids=x[:, :-3], use_cache=True)
+        rest = model(input_ids=x[:, -3:], use_cache=False, **with_cache(kv_cache(first))).logits[0, -1]
+    assert torch.allclose(rest, whole, atol=1e-5)
 
 
 def test_sampling_uses_only_sparta_temperature_and_top_p(backend):
@@ -117,7 +131,7 @@ def _dpo_counting_layer_calls(tiny, checkpointing: bool, lora_dropout: float = 0
         hook = layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
         metrics = train_dpo(slot, "a", PAIRS, s, beta=0.1, epochs=2, seed=1)
         hook.remove()
-        assert slot.model.is_gradient_checkpointing == checkpointing
+        assert is_checkpointing(slot.model) == checkpointing
         return metrics, [p.detach().clone() for p in slot.parameters()], len(calls)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import LoraConfig as LoraShape
+from ..hf_compat import is_checkpointing, kv_cache, set_checkpointing, with_cache
 from ..mixed_lora import fp32_lora_sums, row_lora
 from ..models import ResolvedModel
 from ..rundir import swap_in
@@ -239,8 +240,7 @@ class HFBackend:
         with self._adapters(base, members, scoring=True) as adapters:
             first = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
                                logits_to_keep=1, **adapters)
-        # transformers 5.24 names the KV cache `cache` (was past_key_values)
-        first.cache.reorder_cache(torch.tensor(expand, device=base.device))
+        kv_cache(first).reorder_cache(torch.tensor(expand, device=base.device))
         return first, mask
 
     def _left_pad(self, base: _Base, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -344,8 +344,8 @@ class HFBackend:
             positions = torch.tensor(cut, device=base.device)[expand][:, None] + _positions(rest_mask)
             with self._adapters(base, [members[rows[i]] for i in expand], scoring=True) as adapters:
                 logits = base.model(input_ids=rests, attention_mask=torch.cat([mask[expand], rest_mask], -1),
-                                    position_ids=positions, cache=first.cache, use_cache=False, logits_to_keep=last,
-                                    **adapters).logits
+                                    position_ids=positions, use_cache=False, logits_to_keep=last,
+                                    **with_cache(kv_cache(first)), **adapters).logits
             logprobs = iter(torch.log_softmax(logits.float(), dim=-1)[:, :, candidates].tolist())
             for g in rows:
                 out[g] = [next(logprobs) for _ in groups[g]]
@@ -378,7 +378,8 @@ class HFBackend:
             positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=base.device)[None]
             with self._adapters(base, [member] * len(flat), scoring=True) as adapters:
                 logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
-                                    position_ids=positions, cache=first.cache, use_cache=False, **adapters).logits
+                                    position_ids=positions, use_cache=False, **with_cache(kv_cache(first)),
+                                    **adapters).logits
             # token k of a continuation is predicted by the prefix's last logits (k = 0) or by position k - 1
             logits = torch.cat([first.logits[rows], logits[:, :-1]], 1).float()
             token_lp = torch.log_softmax(logits, -1).gather(-1, cont_ids[..., None])[..., 0] * cont_mask
@@ -440,14 +441,14 @@ class HFTrainer:
         name = base.put(key, member.adapter_dir, self.lora, derive_seed(self.seed, "adapter", member.name),
                         trainable=True)
         base.model.set_adapter(name)
-        checkpointing = self.gradient_checkpointing and not base.model.is_gradient_checkpointing
+        checkpointing = self.gradient_checkpointing and not is_checkpointing(base.model)
         if checkpointing:  # recompute activations in backward: memory for time (7B DPO on one GPU)
-            base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            set_checkpointing(base.model, True)
         try:
             yield TrainSlot(base.model, name, base.tokenizer, base.device)
         finally:
             if checkpointing:
-                base.model.gradient_checkpointing_disable()
+                set_checkpointing(base.model, False)
             base.drop(key)
 
 
