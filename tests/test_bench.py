@@ -113,15 +113,17 @@ def test_benchmarks_build_their_batches_on_the_models_device(tmp_path):
 
 
 def test_timed_reads_the_clock_after_the_device_finished(monkeypatch):
-    from bench.measure import timed
+    from bench import measure
 
     events = []
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
-    assert timed(lambda: events.append("work") or 7, "cuda")[0] == 7
-    assert events == ["sync", "work", "sync"]  # queued work before the start, and the block's own before the stop
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: events.append("clock") or float(len(events)))
+    assert measure.timed(lambda: events.append("work") or 7, "cuda")[0] == 7
+    # work queued before waits out of the measurement; the block's own kernels finish before the clock stops
+    assert events == ["sync", "clock", "work", "sync", "clock"]
     events.clear()
-    timed(lambda: events.append("work"), "cpu")
-    assert events == ["work"]
+    measure.timed(lambda: events.append("work"), "cpu")
+    assert events == ["clock", "work", "clock"]  # nothing to wait for on the CPU
 
 
 def test_peak_memory_on_the_cpu_sees_an_allocation_and_says_what_it_read():
