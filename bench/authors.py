@@ -6,16 +6,17 @@ member in static batches of 24 (T=0.7, top_k 50, top_p 0.95), and judgments are 
 up to 256 new tokens) in static batches of 24, then parsed with a regex. To be generous to that shape its
 loads merge the LoRA adapter into the base (plain-model decoding speed). Both sides answer the same prompts
 with the same members and the same `max_new_tokens`; the authors' judges read sparta's responses, so both
-judge identical texts.
+judge identical texts. Both run on the backend's device in its precision, and are timed alike (bench.measure).
 """
 
 from __future__ import annotations
 
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from bench.measure import model_device, plain_model, timed
 from sparta.arena.combat import ArenaSettings, Match, run_round
 from sparta.arena.judging import judge_messages, parse_judgment
 from sparta.arena.reputation import EloParams, initial_state
@@ -46,11 +47,10 @@ def sparta_arena(backend, matches: list[Match], members: list[str], new_tokens: 
     return duels, timings
 
 
-def _load(source: str, adapter_dir: Path):
+def _load(resolved, adapter_dir: Path, device, dtype: torch.dtype):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = plain_model(resolved, device, dtype)
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload().eval()
 
 
@@ -60,11 +60,12 @@ def authors_sample(model, tok, prompts: list[list[int]], max_new_tokens: int,
     """Their generation: static batches, sampling; returns texts and the number of new tokens made.
     `adapter_names` (one per prompt) lets a PEFT model run each row with its own adapter."""
     texts, made = [], 0
+    device = model_device(model)
     for start in range(0, len(prompts), STATIC_BATCH):
         chunk = prompts[start:start + STATIC_BATCH]
         width = max(len(p) for p in chunk)
-        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk])
-        mask = (torch.arange(width)[None] >= torch.tensor([width - len(p) for p in chunk])[:, None]).long()
+        ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
         rows = {"adapter_names": adapter_names[start:start + STATIC_BATCH]} if adapter_names else {}
         new = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.7, top_k=50,
                              top_p=0.95, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
@@ -76,33 +77,31 @@ def authors_sample(model, tok, prompts: list[list[int]], max_new_tokens: int,
     return texts, made
 
 
-def authors_arena(source: str, adapters: dict[str, Path], tok, matches: list[Match], judged: dict, new_tokens: int
-                  ) -> dict:
+def authors_arena(resolved, adapters: dict[str, Path], tok, matches: list[Match], judged: dict, new_tokens: int,
+                  device, dtype: torch.dtype) -> dict:
     """`judged`: {(match index, side): response text} for the duels whose two responses exist (sparta's
-    responses: both sides judge identical texts, and void duels are judged by neither)."""
+    responses: both sides judge identical texts, and void duels are judged by neither). Models load on `device`
+    in `dtype` (sparta's)."""
     torch.manual_seed(0)
     t = {"load": 0.0, "generate": 0.0, "judge": 0.0}
     tokens = {"generate": 0, "judge": 0}
     parsed, judgments = 0, 0
     for member, adapter in adapters.items():  # generation, member by member
-        clock = time.perf_counter()
-        model = _load(source, adapter)
-        t["load"] += time.perf_counter() - clock
+        model, s = timed(partial(_load, resolved, adapter, device, dtype), device)
+        t["load"] += s
         prompts = [encode_chat(tok, [("user", "{0}")], [m.prompt.text], max_tokens=512).ids
                    for m in matches for side in (m.a, m.b) if side == member]
-        clock = time.perf_counter()
-        tokens["generate"] += authors_sample(model, tok, prompts, new_tokens)[1]
-        t["generate"] += time.perf_counter() - clock
+        (_, made), s = timed(partial(authors_sample, model, tok, prompts, new_tokens), device)
+        t["generate"] += s
+        tokens["generate"] += made
         del model
     for judge, adapter in adapters.items():  # judging, judge by judge
-        clock = time.perf_counter()
-        model = _load(source, adapter)
-        t["load"] += time.perf_counter() - clock
+        model, s = timed(partial(_load, resolved, adapter, device, dtype), device)
+        t["load"] += s
         prompts = [encode_chat(tok, judge_messages(), [m.prompt.text, judged[(m.index, side)]], max_tokens=1024).ids
                    for m in matches if judge not in (m.a, m.b) and (m.index, "a") in judged for side in ("a", "b")]
-        clock = time.perf_counter()
-        texts, made = authors_sample(model, tok, prompts, JUDGE_TOKENS)
-        t["judge"] += time.perf_counter() - clock
+        (texts, made), s = timed(partial(authors_sample, model, tok, prompts, JUDGE_TOKENS), device)
+        t["judge"] += s
         tokens["judge"] += made
         parsed += sum(parse_judgment(x) is not None for x in texts)
         judgments += len(texts)
@@ -121,12 +120,12 @@ def side_by_side(backend, members: list[str], resolved, adapter_root: Path, n_du
             slot.save(adapter_root / m)
         adapters[m] = adapter_root / m
     matches = matches_for(members, n_duels)
-    clock = time.perf_counter()
-    duels, timings = sparta_arena(backend, matches, members, new_tokens)
-    arena_s = time.perf_counter() - clock
+    (duels, timings), arena_s = timed(lambda: sparta_arena(backend, matches, members, new_tokens),
+                                      backend.store.device)
     judged = {(d.index, side): r.text for d in duels if d.response_a.text and d.response_b.text
               for side, r in (("a", d.response_a), ("b", d.response_b))}
-    authors = authors_arena(resolved.source, adapters, tok, matches, judged, new_tokens)
+    authors = authors_arena(resolved, adapters, tok, matches, judged, new_tokens, backend.store.device,
+                            backend.store.dtype)
     sparta_tokens = sum(r.n_tokens for d in duels for r in (d.response_a, d.response_b))
     judgments = sum(len(d.judgments) for d in duels)
     a = authors["seconds"]

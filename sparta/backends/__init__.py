@@ -103,7 +103,11 @@ def single_base(members: list[MemberModel], kind: str) -> ResolvedModel:
     if len(bases) != 1:
         raise BackendError(f"backend.kind={kind} serves one base model; this pool has {len(bases)} "
                            "(use backend.kind=hf for a heterogeneous pool)")
-    return next(iter(bases.values()))
+    base = next(iter(bases.values()))
+    if base.kind == "random":
+        raise BackendError(f"backend.kind={kind}: {base.spec} has no weights on disk for a server to load "
+                           "(random models are built in the process: use backend.kind=hf)")
+    return base
 
 
 @functools.cache

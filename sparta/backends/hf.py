@@ -20,7 +20,7 @@ import torch
 from ..config import LoraConfig as LoraShape
 from ..hf_compat import is_checkpointing, kv_cache, set_checkpointing, with_cache
 from ..mixed_lora import fp32_lora_sums, row_lora
-from ..models import ResolvedModel
+from ..models import ResolvedModel, load_random_model
 from ..rundir import swap_in
 from ..seeding import derive_seed
 from . import Generated, MemberModel, adapter_stamp, context_error, in_shard
@@ -53,7 +53,10 @@ class _Base:
         extra["device_map"] = device_map or device
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(resolved.source)
-            model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=dtype, **extra)
+            if resolved.kind == "random":  # no weights on disk: built from the config, seeded, on the device
+                model = load_random_model(resolved.source, dtype, device, attn_implementation, device_map)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(resolved.source, dtype=dtype, **extra)
         except OSError as e:
             raise RuntimeError(f"could not load model {resolved.spec!r} from {resolved.source}: {e}") from None
         if self.tokenizer.pad_token_id is None:
