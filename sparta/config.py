@@ -79,6 +79,9 @@ class VLLMConfig:
     max_loras: int = 4  # adapters resident at once (per batch); others are swapped in from disk
     max_lora_rank: int = 64
     gpu_memory_utilization: float = 0.5  # leaves the rest to DPO training in the same process set
+    # true: stop the server before training and free the trainer's base after it, so the server and DPO each have
+    # the whole GPU in turn (raise gpu_memory_utilization); the next stage starts a new server (local runtime only)
+    release_for_training: bool = False
     startup_timeout_s: float = 600.0
     extra_args: tuple[str, ...] = ()  # passed to `vllm serve` as they are
 

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import resource
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -364,9 +365,25 @@ class Pipeline:
             lambda name: own_pairs(name, pairs))  # a baseline: self-alignment, whatever training.pairs says
         jobs = [self._job(t, member, select(member.name), optim)
                 for member in self._pool(t) if not run.is_done(t, f"train-{member.name}")]
-        for job, metrics in self._run_jobs(jobs):  # in the order they finish
-            write_json_atomic(run.iteration(t) / "training" / f"{job.member.name}.json", metrics)
-            run.mark_done(t, f"train-{job.member.name}")
+        with self._gpu_for_training(bool(jobs)):
+            for job, metrics in self._run_jobs(jobs):  # in the order they finish
+                write_json_atomic(run.iteration(t) / "training" / f"{job.member.name}.json", metrics)
+                run.mark_done(t, f"train-{job.member.name}")
+
+    @contextmanager
+    def _gpu_for_training(self, training: bool):
+        """backend.vllm.release_for_training: the vLLM server stops before training and the trainer's base is freed
+        after it, so each has the GPU in turn; the next stage starts a new server, which loads every adapter anew."""
+        c = self.c
+        release = training and c.backend.kind == "vllm" and c.runtime.kind == "local" and \
+            c.backend.vllm.release_for_training
+        if release:
+            self.close()
+        try:
+            yield
+        finally:
+            if release and self.store is not None:
+                self.store.release()
 
     def _job(self, t: int, member: MemberModel, rows: list[dict], optim: OptimSettings) -> DPOJob | SPPOJob:
         """The member's training job of iteration t: SPPO on its samples for method sppo, else DPO on its pairs."""

@@ -126,9 +126,12 @@ def test_a_new_adapter_directory_is_served_under_a_new_name(pools, adapters, smo
         vllm.set_pool([MemberModel("x", smollm2, adapters["x"])])
 
 
-def test_two_iterations_on_vllm(smollm2, adapters, tmp_path):
+@pytest.mark.parametrize("release", [False, True])
+def test_two_iterations_on_vllm(smollm2, adapters, tmp_path, release):
     """The pipeline with backend.kind=vllm: combat and judging on the server, DPO on transformers, and iteration 2
-    served from iteration 1's adapters (new LoRA names); the server is stopped at the end."""
+    served from iteration 1's adapters (new LoRA names); the server is stopped at the end. With
+    release_for_training the server stops before each training stage and the trainer's base is freed after it:
+    a new server serves iteration 2 and the trainer loads the base again."""
     from sparta.config import load_config
     from sparta.pipeline import Pipeline
     from sparta.records import read_jsonl
@@ -140,9 +143,11 @@ def test_two_iterations_on_vllm(smollm2, adapters, tmp_path):
         "generation.max_new_tokens=16", "generation.max_prompt_tokens=256", "training.max_length=512",
         "judge.max_prompt_tokens=512", "backend.kind=vllm", f"backend.vllm.python={PYTHON}",
         "backend.vllm.max_model_len=1024", "backend.vllm.max_loras=3", "backend.vllm.max_lora_rank=8",
-        "model.dtype=float32"])
+        "model.dtype=float32", f"backend.vllm.release_for_training={str(release).lower()}"])
     pipeline = Pipeline(config)
     root = pipeline.run_all().root
+    starts = (root / "vllm-server.log").read_text().count("Application startup complete")
+    assert (starts, pipeline.store.loads) == ((2, 2) if release else (1, 1))
     for t in (1, 2):
         duels = read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl")
         assert len(duels) == 3 and all(d["response_a"]["text"] and d["response_b"]["text"] for d in duels)
