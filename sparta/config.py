@@ -401,6 +401,9 @@ def validate(c: RunConfig) -> None:
         (c.backend.kind in ("hf", "vllm", "http"), f"backend.kind must be hf, vllm or http, got {c.backend.kind!r}"),
         (c.backend.kind != "http" or bool(c.backend.http.base_url), "backend.kind=http needs backend.http.base_url"),
         (c.runtime.kind in ("local", "ray"), f"runtime.kind must be local or ray, got {c.runtime.kind!r}"),
+        (not (c.backend.vllm.release_for_training and (c.backend.kind != "vllm" or c.runtime.kind != "local")),
+         "backend.vllm.release_for_training needs backend.kind=vllm and runtime.kind=local (a Ray worker keeps its "
+         "server)"),
         (c.runtime.workers >= 1 and c.runtime.max_retries >= 0, "runtime.workers must be >= 1, max_retries >= 0"),
         (c.runtime.worker.num_cpus > 0 and c.runtime.worker.num_gpus >= 0,
          "runtime.worker.num_cpus must be > 0 and num_gpus >= 0"),

@@ -167,6 +167,7 @@ def test_float_not_accepted_for_int():
     ("backend.kind=http", "backend.kind=http needs backend.http.base_url"),
     ("training.max_length=300", "training.max_length (300) < generation.max_prompt_tokens"),
     ("judge.max_prompt_tokens=600", "judge.max_prompt_tokens (600) <"),
+    ("backend.vllm.release_for_training=true", "release_for_training needs backend.kind=vllm and runtime.kind=local"),
 ])
 def test_bad_values(override, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
