@@ -185,7 +185,7 @@ class Cluster:
         """A new worker in bundle i, serving the current pool (the old one died, hung, or lost its server)."""
         import ray
 
-        log.warning("ray worker %d %s; starting a new one", i, why.splitlines()[0][:300])
+        log.warning("ray worker %d %s; starting a new one", i, why)
         ray.kill(self.workers[i], no_restart=True)  # a hung one too: Ray SIGKILLs what does not exit
         self.workers[i] = self._start(i)
         self._up([i])
@@ -368,7 +368,7 @@ def _lost(error: Exception) -> str | None:
     if isinstance(error, ray.exceptions.RayActorError):
         return f"died ({str(error).splitlines()[0][:200]})"
     if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, ServerLost):
-        return f"lost its server ({str(error.cause).splitlines()[0][:400]})"
+        return f"lost its server ({str(error.cause).splitlines()[0]})"  # whole: it names the server's log
     if isinstance(error, _Lost):
         return str(error)
     return None
