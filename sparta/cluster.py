@@ -10,10 +10,14 @@ does, and serve the configured backend (HF in the worker, or a vLLM server it st
 - Training: each member's job (`training.DPOJob`, or `SPPOJob` for method=sppo) goes to the next free worker; it
   writes iter_t/adapters/NAME on shared storage, or (runtime.shared_storage=false) returns the files, which the
   driver writes there. Adapters reach the workers the same way: as directories, or as Ray objects.
-- Faults: a worker that dies (killed, out of memory, its node lost) is replaced in its bundle and its shard or job
+- Faults: a worker that dies (killed, out of memory, its node lost), hangs (no progress for runtime.stall_timeout_s:
+  it is then killed), or whose vLLM server died or hung (ServerLost), is replaced in its bundle and its shard or job
   redone, up to runtime.max_retries times per call; the work is seeded, so a redo gives the same result. Past
   that, the call raises, after the other jobs of the stage finished: what is done stays done, and a resumed run
   redoes only the rest. An exception inside a job (not a death) is not retried: it would happen again.
+- Progress: each worker counts its progress (training steps, inference batches or rows, calls begun and ended);
+  the driver reads the count through a second thread of the actor (the "beat" concurrency group), which answers
+  while the first is busy, so a count that stops moving means the call is stuck, wherever it is stuck.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import resource
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
-from .backends import BackendError, MemberModel, adapter_stamp, build_backend, load_tokenizer
+from .backends import BackendError, MemberModel, ServerLost, adapter_stamp, build_backend, load_tokenizer
 from .config import RunConfig
 from .rundir import swap_in
-from .training import DPOJob, SPPOJob, run_job
+from .training import DPOJob, SPPOJob, job_kind, run_job
 
 log = logging.getLogger(__name__)
 
@@ -57,28 +62,45 @@ class Worker:
         self.store = ModelStore.configured(config.model)
         self.backend = None
         self.trainer = None
+        self.beats = 0  # progress made, read by heartbeat() while a call runs
+
+    def heartbeat(self) -> int:
+        """The progress count (called in the "beat" concurrency group: a thread of its own)."""
+        return self.beats
+
+    def beat(self, n: int = 1) -> None:
+        self.beats += 1
 
     def set_pool(self, members: list[MemberModel], files: dict) -> None:
+        self.beat()
         members = [self._here(m, files) for m in members]
         if self.backend is None:
             self.backend = build_backend(self.c, members, lambda: self.store, self.log_path)
         else:
             self.backend.set_pool(members)
+        self.beat()
 
     def call(self, method: str, payload: tuple, shard: tuple[int, int]):
+        self.beat()
         args, kwargs = payload
-        return getattr(self.backend, method)(*args, **kwargs, shard=shard)
+        if method != "continuation_logprobs":  # the one call without a progress callback
+            kwargs = {**kwargs, "progress": self.beat}
+        out = getattr(self.backend, method)(*args, **kwargs, shard=shard)
+        self.beat()
+        return out
 
     def train(self, job: DPOJob | SPPOJob, files: dict) -> dict:
         """Run one member's DPO or SPPO job; returns its metrics, where it ran, and the adapter's files when they
         must travel."""
         from .backends.hf import HFTrainer
 
+        self.beat()
         if self.trainer is None:
             self.trainer = HFTrainer(self.c.pool.lora, self.c.seed, self.store, self.c.model.gradient_checkpointing)
         travel = not self.c.runtime.shared_storage
         out = self.local / "trained" / job.member.name if travel else job.out_dir
-        metrics = run_job(self.trainer, replace(job, member=self._here(job.member, files), out_dir=out))
+        metrics = run_job(self.trainer, replace(job, member=self._here(job.member, files), out_dir=out), self.beat)
+        self.beat()
         return {"metrics": metrics, "files": pack(out) if travel else None,
                 "where": {"node": socket.gethostname(), "worker": self.index,
                           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}}
@@ -127,8 +149,14 @@ class Cluster:
                                f"({r.placement}) within {r.startup_timeout_s:.0f} s; it has "
                                f"{ray.cluster_resources()}") from None
         self.config, self.run_root = config, str(Path(run_root).resolve())
-        self.actor = ray.remote(Worker)
+        self.actor = ray.remote(concurrency_groups={"beat": 1})(Worker)  # heartbeat() answers while a call runs
         self.workers = [self._start(i) for i in range(r.workers)]
+        self.watch: dict[int, _Watch] = {}  # worker index -> the progress of the call it runs
+        try:
+            self._up(range(r.workers))
+        except BaseException:
+            self.close()
+            raise
         self.pool: list[MemberModel] = []
         self.files: dict = {}  # member -> Ray object of its adapter's files (runtime.shared_storage=false)
         self._objects: dict = {}  # adapter_stamp -> that object (each adapter is put once)
@@ -141,15 +169,54 @@ class Cluster:
         return self.actor.options(num_cpus=w.num_cpus, num_gpus=w.num_gpus, scheduling_strategy=strategy,
                                   max_restarts=0).remote(self.config, i, self.run_root)
 
-    def _replace(self, i: int, error: Exception) -> None:
-        """A new worker in bundle i, serving the current pool (the old one died)."""
+    def _up(self, indices) -> None:
+        """Wait for workers to be made (their __init__ imports torch and reads the config), within
+        runtime.startup_timeout_s, so that the stall timeout of their calls need not cover it."""
         import ray
 
-        log.warning("ray worker %d died (%s); starting a new one", i, str(error).splitlines()[0][:200])
-        ray.kill(self.workers[i], no_restart=True)
+        probes = {self.workers[i].heartbeat.options(concurrency_group="beat").remote(): i for i in indices}
+        ready, late = ray.wait(list(probes), num_returns=len(probes), timeout=self.r.startup_timeout_s)
+        ray.get(ready)  # raises if a worker could not be made
+        if late:
+            raise BackendError(f"ray workers {sorted(probes[p] for p in late)} did not start within "
+                               f"runtime.startup_timeout_s={self.r.startup_timeout_s:g} s")
+
+    def _replace(self, i: int, why: str) -> None:
+        """A new worker in bundle i, serving the current pool (the old one died, hung, or lost its server)."""
+        import ray
+
+        log.warning("ray worker %d %s; starting a new one", i, why)
+        ray.kill(self.workers[i], no_restart=True)  # a hung one too: Ray SIGKILLs what does not exit
         self.workers[i] = self._start(i)
+        self._up([i])
         if self.pool:
-            ray.get(self.workers[i].set_pool.remote(self.pool, self.files))
+            try:  # bounded: the new worker may hang as well (set_pool starts a vLLM server, itself bounded)
+                ray.get(self.workers[i].set_pool.remote(self.pool, self.files), timeout=self.r.stall_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise BackendError(f"the new ray worker {i} did not take the pool within runtime.stall_timeout_s="
+                                   f"{self.r.stall_timeout_s:g} s") from None
+
+    def _submit(self, i: int, call):
+        """call(worker) on worker i, its progress watched from now."""
+        self.watch[i] = _Watch(time.monotonic())
+        return call(self.workers[i])
+
+    def _next(self, running: dict) -> tuple:
+        """The first of `running` (ref -> (worker index, ...)) to end: (ref, None), or (ref, why) for a call whose
+        worker made no progress for runtime.stall_timeout_s (hung)."""
+        import ray
+
+        poll = min(5.0, self.r.stall_timeout_s / 10)
+        while True:
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=poll)
+            if ready:
+                return ready[0], None
+            now = time.monotonic()
+            for ref, (i, *_) in running.items():
+                idle = self.watch[i].idle(self.workers[i], now)
+                if idle > self.r.stall_timeout_s:
+                    return ref, (f"made no progress for {idle:.0f} s (runtime.stall_timeout_s="
+                                 f"{self.r.stall_timeout_s:g})")
 
     # ---- the inference protocol --------------------------------------------------------------------
 
@@ -204,26 +271,32 @@ class Cluster:
             if progress:
                 progress(sum(size(v) for v in part if v is not None))
 
-        self._each(lambda w, i: w.call.remote(method, payload, (i, k)), done)
+        self._each(lambda w, i: w.call.remote(method, payload, (i, k)), done, method)
         return merge(parts, method)
 
-    def _each(self, submit, done=None) -> None:
-        """submit(worker, i) on every worker, redone on a new worker where one dies; done(i, result) as each
-        finishes."""
+    def _each(self, submit, done=None, stage: str = "set_pool") -> None:
+        """submit(worker, i) on every worker, redone on a new worker where one dies or hangs; done(i, result) as
+        each finishes."""
         import ray
 
-        pending = {submit(w, i): (i, 0) for i, w in enumerate(self.workers)}
+        pending = {self._submit(i, lambda w, i=i: submit(w, i)): (i, 0) for i in range(len(self.workers))}
         while pending:
-            [ref], _ = ray.wait(list(pending), num_returns=1)
+            ref, hung = self._next(pending)
             i, attempt = pending.pop(ref)
             try:
+                if hung:
+                    raise _Lost(hung)
                 result = ray.get(ref)
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, _Lost) as e:
+                why = _lost(e)
+                if why is None:  # the call raised: it would again
+                    raise
                 if attempt >= self.r.max_retries:
-                    raise BackendError(f"ray worker {i} died {attempt + 1} time(s) in one call "
-                                       f"(runtime.max_retries={self.r.max_retries}): {e}") from None
-                self._replace(i, e)
-                pending[submit(self.workers[i], i)] = (i, attempt + 1)
+                    ray.kill(self.workers[i], no_restart=True)  # a hung one must not hold its GPU (nor stall close)
+                    raise BackendError(f"{stage} on ray worker {i}: the worker {why}; {attempt + 1} time(s) in one "
+                                       f"call (runtime.max_retries={self.r.max_retries})") from None
+                self._replace(i, why)
+                pending[self._submit(i, lambda w, i=i: submit(w, i))] = (i, attempt + 1)
                 continue
             if done:
                 done(i, result)
@@ -250,21 +323,26 @@ class Cluster:
                 (job, attempt), i = queue.pop(0), idle.pop(0)
                 files = {} if self.r.shared_storage or not job.member.adapter_dir else \
                     {job.member.name: self._object(job.member)}
-                running[self.workers[i].train.remote(job, files)] = (i, job, attempt)
-            [ref], _ = ray.wait(list(running), num_returns=1)
+                running[self._submit(i, lambda w, job=job, files=files: w.train.remote(job, files))] = \
+                    (i, job, attempt)
+            ref, hung = self._next(running)
             i, job, attempt = running.pop(ref)
             try:
+                if hung:
+                    raise _Lost(hung)
                 result = ray.get(ref)
-            except ray.exceptions.RayActorError as e:
-                self._replace(i, e)
+            except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError, _Lost) as e:
+                why = _lost(e)
+                if why is None:  # the job raised: it would again
+                    errors.append(f"{job.member.name}: {e}")
+                    idle.append(i)
+                    continue
+                self._replace(i, why)
                 if attempt < self.r.max_retries:
                     queue.insert(0, (job, attempt + 1))
                 else:
-                    errors.append(f"{job.member.name}: worker died {attempt + 1} time(s): {e}")
-                idle.append(i)
-                continue
-            except ray.exceptions.RayTaskError as e:  # the job raised: it would again
-                errors.append(f"{job.member.name}: {e}")
+                    errors.append(f"{job.member.name}: {job_kind(job)} on ray worker {i}: the worker {why}; "
+                                  f"{attempt + 1} time(s) (runtime.max_retries={self.r.max_retries})")
                 idle.append(i)
                 continue
             idle.append(i)
@@ -276,6 +354,47 @@ class Cluster:
         if errors:
             raise BackendError(f"training failed on the Ray workers for {len(errors)} member(s) (the others are "
                                "kept): " + "; ".join(e.splitlines()[0][:300] for e in errors))
+
+
+class _Lost(Exception):
+    """A call whose worker hung (it was not seen to end)."""
+
+
+def _lost(error: Exception) -> str | None:
+    """Why the worker of a failed call is lost (it died, hung, or its server was lost: replace it and redo the
+    call), or None when the call itself raised."""
+    import ray
+
+    if isinstance(error, ray.exceptions.RayActorError):
+        return f"died ({str(error).splitlines()[0][:200]})"
+    if isinstance(error, ray.exceptions.RayTaskError) and isinstance(error.cause, ServerLost):
+        return f"lost its server ({str(error.cause).splitlines()[0]})"  # whole: it names the server's log
+    if isinstance(error, _Lost):
+        return str(error)
+    return None
+
+
+class _Watch:
+    """The progress of one worker's call: its count as last read, and when it last moved."""
+
+    def __init__(self, now: float):
+        self.count, self.moved, self.probe = None, now, None
+
+    def idle(self, worker, now: float) -> float:
+        """Seconds since the count last moved; reads it without waiting (a hung worker never answers)."""
+        import ray
+
+        if self.probe is not None and ray.wait([self.probe], timeout=0)[0]:
+            try:
+                count = ray.get(self.probe)
+            except ray.exceptions.RayError:  # a dead worker: its call says so
+                count = self.count
+            if count != self.count:
+                self.count, self.moved = count, now
+            self.probe = None
+        if self.probe is None:
+            self.probe = worker.heartbeat.options(concurrency_group="beat").remote()
+        return now - self.moved
 
 
 def merge(parts: list[list], method: str) -> list:

@@ -83,6 +83,10 @@ class VLLMConfig:
     # the whole GPU in turn (raise gpu_memory_utilization); the next stage starts a new server (local runtime only)
     release_for_training: bool = False
     startup_timeout_s: float = 600.0
+    # a request that timed out (backend.http.timeout_s) or found no server: a 1-token request must then be answered
+    # within this, or the server is hung (alive, not answering: a stuck engine); sparta kills it and stops the call
+    # as for a dead server (on Ray: the worker is replaced and its part redone)
+    hang_timeout_s: float = 60.0
     extra_args: tuple[str, ...] = ()  # passed to `vllm serve` as they are
 
 
@@ -125,8 +129,13 @@ class RuntimeConfig:
     worker: Resources = Resources()
     placement: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     shared_storage: bool = True  # run directory on storage every node sees; false: adapters travel as Ray objects
-    max_retries: int = 2  # a worker that dies is replaced and its part redone, this many times per stage call
-    startup_timeout_s: float = 600.0  # waiting for the cluster to grant the placement group
+    max_retries: int = 2  # a worker that dies or stalls is replaced and its part redone, this many times per call
+    startup_timeout_s: float = 600.0  # waiting for the cluster to grant the placement group, and workers to start
+    # a worker whose call has made no progress (a training step, an inference batch or row, the call's start or end)
+    # for this long is hung (a stuck CUDA/NCCL call): it is killed and counts as dead. Not a limit on a job's length:
+    # it must only exceed the longest stretch without progress (loading a base, starting a vLLM server, which has
+    # its own backend.vllm.startup_timeout_s, a member's reference log-prob pass before its first DPO step)
+    stall_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -405,6 +414,12 @@ def validate(c: RunConfig) -> None:
          "backend.vllm.release_for_training needs backend.kind=vllm and runtime.kind=local (a Ray worker keeps its "
          "server)"),
         (c.runtime.workers >= 1 and c.runtime.max_retries >= 0, "runtime.workers must be >= 1, max_retries >= 0"),
+        *[(value > 0, f"{key} must be > 0, got {value}") for key, value in (
+            ("runtime.stall_timeout_s", c.runtime.stall_timeout_s),
+            ("runtime.startup_timeout_s", c.runtime.startup_timeout_s),
+            ("backend.vllm.startup_timeout_s", c.backend.vllm.startup_timeout_s),
+            ("backend.vllm.hang_timeout_s", c.backend.vllm.hang_timeout_s),
+            ("backend.http.timeout_s", c.backend.http.timeout_s))],
         (c.runtime.worker.num_cpus > 0 and c.runtime.worker.num_gpus >= 0,
          "runtime.worker.num_cpus must be > 0 and num_gpus >= 0"),
         (c.runtime.placement in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),

@@ -5,6 +5,8 @@ Skipped where `.venv-vllm` is missing, except when SPARTA_REQUIRE_VLLM=1 (set by
 
 import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from sparta.backends.hf import HFBackend, LoraShape, ModelStore
 from sparta.chat import encode_chat
 from sparta.config import HTTPConfig, ModelConfig, VLLMConfig
 from sparta.models import resolve_model
+from tests.conftest import alive, within
 
 PYTHON = Path(os.environ.get("SPARTA_VLLM_PYTHON", Path(__file__).parents[1] / ".venv-vllm" / "bin" / "python"))
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -157,25 +160,34 @@ def test_two_iterations_on_vllm(smollm2, adapters, tmp_path, release):
     assert "Application startup complete" in (root / "vllm-server.log").read_text()
 
 
-def test_ray_workers_serve_the_pool_from_their_own_vllm_servers(pools, smollm2, adapters, tmp_path):
+def test_ray_workers_serve_the_pool_from_their_own_vllm_servers_and_stop_loudly_when_one_hangs(pools, smollm2,
+                                                                                             adapters, tmp_path):
     """runtime.kind=ray with backend.kind=vllm: the worker starts a vLLM server of its own (in the Ray actor's
-    environment), answers as the local HF backend does, logs to RUN/vllm-server-0.log and stops it on close."""
+    environment), answers as the local HF backend does, logs to RUN/vllm-server-0.log and stops it on close.
+    Then the server's engine processes are stopped (SIGSTOP: a stuck engine; the API server still answers /health,
+    never a completion): the worker's backend finds the server hung (a request timed out, then a 1-token request
+    got no answer within hang_timeout_s), kills it, and the call stops naming the server's log (max_retries=0: with
+    retries the worker would be replaced, as for a death, tests/test_cluster.py; here that costs a server start)."""
     ray = pytest.importorskip("ray")
     from dataclasses import replace
 
+    from sparta.backends import BackendError
     from sparta.backends.vllm import _healthy
     from sparta.cluster import Cluster
     from sparta.config import Resources, RunConfig, RuntimeConfig
 
     hf, _ = pools
+    timeout, hang = 20.0, 10.0  # a request here takes 1-5 s; a slow one is retried (http.retries), never lost
     c = RunConfig()
-    c = replace(c, model=ModelConfig(dtype="float32"), runtime=RuntimeConfig(kind="ray", workers=1,
-                                                                          worker=Resources(num_cpus=1)),
-                backend=replace(c.backend, kind="vllm", http=HTTPConfig(max_concurrency=8, retries=1),
+    c = replace(c, model=ModelConfig(dtype="float32"),
+                runtime=RuntimeConfig(kind="ray", workers=1, worker=Resources(num_cpus=1), max_retries=0),
+                backend=replace(c.backend, kind="vllm",
+                                http=HTTPConfig(max_concurrency=8, retries=2, timeout_s=timeout),
                                 vllm=VLLMConfig(python=str(PYTHON), max_model_len=2048, max_loras=2, max_lora_rank=8,
-                                                extra_args=("--max-num-seqs", "16"))))
+                                                hang_timeout_s=hang, extra_args=("--max-num-seqs", "16"))))
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     cluster = Cluster(c, tmp_path)
+    stopped: list[int] = []
     try:
         cluster.set_pool([MemberModel("plain", smollm2, None), MemberModel("x", smollm2, adapters["x"])])
         members = ["plain", "x"] * 2
@@ -184,9 +196,59 @@ def test_ray_workers_serve_the_pool_from_their_own_vllm_servers(pools, smollm2, 
         want, got = hf.generate(members, prompts, **kw), cluster.generate(members, prompts, **kw)
         assert sum(w.text == g.text for w, g in zip(want, got)) >= len(got) - 1, [(w.text, g.text)
                                                                                  for w, g in zip(want, got)]
+
+        server = ray.get(cluster.workers[0].__ray_call__.remote(lambda w: w.backend.process.pid))
+        stopped = [pid for pid in process_group(server) if pid != server]
+        assert stopped, "the server runs no engine process to stop"
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        clock = time.monotonic()
+        with pytest.raises(BackendError) as error:
+            within(timeout + hang + 300, lambda: cluster.generate(members, prompts, **kw), lambda: resume(stopped))
+        seconds = time.monotonic() - clock
+        assert re.fullmatch(
+            r"generate on ray worker 0: the worker lost its server \(the vLLM server hung: \S+/v1/completions "
+            r"unreachable or too slow \(TimeoutError: timed out\), and a 1-token request got no answer within "
+            r"backend\.vllm\.hang_timeout_s=10 s; its process \(pid \d+\) was killed; its log: "
+            rf"{re.escape(str(tmp_path))}/vllm-server-0\.log\); 1 time\(s\) in one call \(runtime\.max_retries=0\)",
+            str(error.value)), str(error.value)
+        assert seconds < timeout + hang + 30, seconds  # found at the first timeout, not after the retries
+        assert gone([server, *stopped], 10), "the hung server was left running"  # killed, not left stopped
+        print(f"hung server: found and killed, the call stopped in {seconds:.0f} s")
     finally:
+        resume(stopped)
         cluster.close()
         ray.shutdown()
     served = re.search(r"http://127\.0\.0\.1:(\d+)", (tmp_path / "vllm-server-0.log").read_text())
     assert served, "the worker's server did not log where it listened"
-    assert not _healthy(int(served.group(1)))  # stopped with the worker
+    assert not _healthy(int(served.group(1)))  # stopped
+
+
+def process_group(leader: int) -> list[int]:
+    """The live processes of `leader`'s process group (a vLLM server and its engine processes)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == leader and fields[0] != "Z":
+            found.append(int(pid))
+    return found
+
+
+def gone(pids: list[int], seconds: float) -> bool:
+    """Have the processes all exited within `seconds` (a killed process takes a moment to free its memory)?"""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def resume(pids: list[int]) -> None:
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)

@@ -1,11 +1,9 @@
 """runtime.kind=ray on a real local Ray cluster (2 CPUs): the same results as a local run, adapters as Ray objects,
-and real Ray worker processes killed mid-DPO and mid-generation."""
+and real Ray worker processes killed (SIGKILL) or hung (SIGSTOP) mid-DPO and mid-generation."""
 
 import json
-import os
+import re
 import signal
-import threading
-import time
 
 import pytest
 
@@ -13,7 +11,7 @@ from sparta.backends import BackendError, MemberModel
 from sparta.backends.hf import HFBackend, LoraShape
 from sparta.cluster import merge
 from sparta.models import resolve_model
-from tests.conftest import tiny
+from tests.conftest import Signaller, tiny, within
 from tests.test_baselines import base_snapshot
 from tests.test_pipeline import assert_same, run_to_end, snapshot
 
@@ -41,37 +39,6 @@ def reference(tmp_path_factory, model_cache):
 def trained(root, member, t=1):
     metrics = json.loads((root / f"iter_{t:02d}" / "training" / f"{member}.json").read_text())
     return {k: v for k, v in metrics.items() if k not in ("seconds", "ray")}
-
-
-class Killer:
-    """SIGKILLs the first Ray worker process seen running `title` (Ray names a busy actor process
-    ray::Class.method), from a thread, while the run goes on."""
-
-    def __init__(self, title: str):
-        self.title, self.killed = title.encode(), None
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.stop = False
-        self.thread.start()
-
-    def _watch(self):
-        while not self.stop and self.killed is None:
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as f:
-                        if f.read().startswith(self.title):
-                            os.kill(int(pid), signal.SIGKILL)
-                            self.killed = int(pid)
-                            return
-                except OSError:
-                    continue
-            time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        self.stop = True
-        self.thread.join()
-
-    def __enter__(self):
-        return self
 
 
 @pytest.mark.parametrize("storage", ["shared", "objects"])
@@ -103,9 +70,9 @@ def test_an_sppo_run_on_ray_matches_local(cluster, model_cache, tmp_path):
 
 def test_a_worker_killed_mid_dpo_is_replaced_and_its_member_retrained(cluster, reference, model_cache, tmp_path):
     root = tmp_path / "ray"
-    with Killer("ray::Worker.train") as killer:
+    with Signaller("ray::Worker.train") as killer:
         run_to_end(tiny(root, model_cache, *RAY, "runtime.max_retries=1"))
-    assert killer.killed
+    assert killer.pid
     attempts = {m: json.loads((root / "iter_01" / "training" / f"{m}.json").read_text())["ray"]["attempts"]
                 for m in "abcd"}
     assert sorted(attempts.values()) == [1, 1, 1, 2]  # one member was trained twice: the kill really hit a job
@@ -116,9 +83,9 @@ def test_a_kill_past_the_retries_stops_the_run_keeping_the_other_members_then_re
         cluster, reference, model_cache, tmp_path):
     root = tmp_path / "ray"
     config = tiny(root, model_cache, *RAY, "runtime.max_retries=0")
-    with Killer("ray::Worker.train") as killer, pytest.raises(BackendError, match="worker died"):
+    with Signaller("ray::Worker.train") as killer, pytest.raises(BackendError, match="worker died"):
         run_to_end(config)
-    assert killer.killed
+    assert killer.pid
     done = sorted(p.name.removeprefix("train-") for p in (root / "iter_01" / "done").glob("train-*"))
     assert len(done) == 3  # the three members the kill did not hit were trained and kept
     run_to_end(config)  # resume: only the fourth member is trained
@@ -129,10 +96,45 @@ def test_a_kill_past_the_retries_stops_the_run_keeping_the_other_members_then_re
 
 def test_a_worker_killed_mid_generation_is_replaced_and_its_shard_redone(cluster, reference, model_cache, tmp_path):
     root = tmp_path / "ray"
-    with Killer("ray::Worker.call") as killer:
+    with Signaller("ray::Worker.call") as killer:
         run_to_end(tiny(root, model_cache, *RAY, "runtime.max_retries=1"))
-    assert killer.killed
+    assert killer.pid
     assert_same(snapshot(reference), snapshot(root))
+
+
+# A worker is hung after this long without progress. A tiny run's longest stretch without any is a new worker's
+# first set_pool (loading the model and adapters: measured 20 s on 2 cores under a load of 11; a DPO step or a batch
+# takes under a second); Ray needs ~5 s more to SIGKILL a stopped process.
+STALL = 30
+DEADLINE = 400  # s: the tests' own guard against a hang (a tiny run on Ray takes 30-120 s on 2 busy cores)
+
+
+def test_a_worker_stopped_mid_dpo_is_killed_replaced_and_its_member_retrained(cluster, reference, model_cache,
+                                                                              tmp_path):
+    """SIGSTOP: the worker process is alive but its job makes no progress (what a stuck CUDA or NCCL call looks like
+    from outside). It is killed after runtime.stall_timeout_s, replaced, and the member trained again: the run is
+    the uninterrupted run, bit for bit."""
+    root = tmp_path / "ray"
+    config = tiny(root, model_cache, *RAY, "iterations=1", "runtime.max_retries=1", f"runtime.stall_timeout_s={STALL}")
+    with Signaller("ray::Worker.train", signal.SIGSTOP) as stopper:
+        within(DEADLINE, lambda: run_to_end(config), stopper.release)
+    assert stopper.pid and stopper.gone, "the stopped worker was never killed"
+    assert STALL - 2 < stopper.gone - stopper.at < STALL + 20  # killed for its stall, soon after the timeout
+    attempts = {m: json.loads((root / "iter_01" / "training" / f"{m}.json").read_text())["ray"]["attempts"]
+                for m in "abcd"}
+    assert sorted(attempts.values()) == [1, 1, 1, 2]  # the stopped member was trained again, the others once
+    assert_same(snapshot(reference, iterations=1), snapshot(root, iterations=1))  # the reference's iteration 1
+
+
+def test_a_worker_stopped_mid_generation_past_the_retries_stops_the_run_naming_worker_stage_and_timeout(
+        cluster, model_cache, tmp_path):
+    config = tiny(tmp_path / "ray", model_cache, *RAY, "runtime.max_retries=0", f"runtime.stall_timeout_s={STALL}")
+    with Signaller("ray::Worker.call", signal.SIGSTOP) as stopper, pytest.raises(BackendError) as error:
+        within(DEADLINE, lambda: run_to_end(config), stopper.release)
+    assert re.fullmatch(rf"generate on ray worker [01]: the worker made no progress for \d+ s "
+                        rf"\(runtime.stall_timeout_s={STALL}\); 1 time\(s\) in one call \(runtime.max_retries=0\)",
+                        str(error.value)), str(error.value)
+    assert stopper.pid and stopper.gone and stopper.gone - stopper.at < STALL + 20  # killed, not left stopped
 
 
 def test_a_cluster_too_small_for_the_workers_is_a_clear_error(cluster, model_cache, tmp_path):

@@ -168,6 +168,11 @@ def test_float_not_accepted_for_int():
     ("training.max_length=300", "training.max_length (300) < generation.max_prompt_tokens"),
     ("judge.max_prompt_tokens=600", "judge.max_prompt_tokens (600) <"),
     ("backend.vllm.release_for_training=true", "release_for_training needs backend.kind=vllm and runtime.kind=local"),
+    ("runtime.stall_timeout_s=0", "runtime.stall_timeout_s must be > 0, got 0.0"),
+    ("runtime.startup_timeout_s=-1", "runtime.startup_timeout_s must be > 0, got -1.0"),
+    ("backend.vllm.hang_timeout_s=0", "backend.vllm.hang_timeout_s must be > 0, got 0.0"),
+    ("backend.vllm.startup_timeout_s=0", "backend.vllm.startup_timeout_s must be > 0, got 0.0"),
+    ("backend.http.timeout_s=0", "backend.http.timeout_s must be > 0, got 0.0"),
 ])
 def test_bad_values(override, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):

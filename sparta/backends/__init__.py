@@ -87,6 +87,11 @@ class BackendError(RuntimeError):
     """A failure of the backend itself (not of one input): the run must stop."""
 
 
+class ServerLost(BackendError):
+    """The inference server sparta started died or hung. A local run stops; a Ray worker whose server is lost is
+    replaced like a dead worker (sparta.cluster), as a fresh server may well do the work."""
+
+
 def adapter_stamp(adapter_dir: Path | None) -> tuple[Path, int] | None:
     """What identifies an adapter on disk: its directory and when its weights were written (a directory rewritten
     in place holds another adapter). None for a fresh adapter."""

@@ -247,8 +247,13 @@ class HTTPBackend:
                     break
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 last = f"{self.url}{path} unreachable or too slow ({type(e).__name__}: {e})"
+                self._unanswered(last)
         log.error("request failed after %d attempt(s): %s", attempt + 1, last)
         raise RequestFailed(last)
+
+    def _unanswered(self, error: str) -> None:
+        """A request timed out or found no server. Someone else's server: retried, then the row fails (as data).
+        A server sparta runs checks itself here (VLLMBackend: raises when it died or hung)."""
 
     def _map(self, fn, n: int, progress, shard=None):
         """fn(i) for every row i of the shard (seeds follow i, so sharding changes nothing); None elsewhere."""

@@ -13,6 +13,7 @@ does not set them; sparta's settings must be the only ones.
 from __future__ import annotations
 
 import ctypes
+import http.client
 import json
 import logging
 import os
@@ -21,11 +22,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from . import BackendError, MemberModel, single_base
+from . import BackendError, MemberModel, ServerLost, single_base
 from .openai_http import HTTPBackend
 
 log = logging.getLogger(__name__)
@@ -77,13 +79,13 @@ class VLLMBackend(HTTPBackend):
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
                 raise BackendError(f"the vLLM server exited with code {self.process.returncode} while starting"
-                                   + (f"; its log: {self.log_path}" if self.log_path else ""))
+                                   f"{self._log()}")
             if _healthy(self.port):
                 log.info("vLLM server up on port %d in %.1f s", self.port, time.perf_counter() - clock)
                 return
             time.sleep(0.5)
         self.close()
-        raise BackendError(f"the vLLM server did not answer within {self.vcfg.startup_timeout_s} s")
+        raise BackendError(f"the vLLM server did not answer within {self.vcfg.startup_timeout_s} s{self._log()}")
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -91,15 +93,56 @@ class VLLMBackend(HTTPBackend):
             try:
                 self.process.wait(60)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                _kill(self.process)
         self.process = None
 
     def _post(self, path: str, payload: dict | None) -> dict:
-        if self.process is not None and self.process.poll() is not None:
-            raise BackendError(f"the vLLM server died (exit code {self.process.returncode})"
-                               + (f"; its log: {self.log_path}" if self.log_path else ""))
+        process = self.process
+        if process is not None and process.poll() is not None:
+            raise ServerLost(f"the vLLM server died (exit code {process.returncode}){self._log()}")
         return super()._post(path, payload)
+
+    def _unanswered(self, error: str) -> None:
+        """Called by HTTPBackend when a request timed out or found no server: a dead or hung server is lost (raises
+        ServerLost), a slow one is retried as before. A hung server is killed: stopped, it would hold its GPU."""
+        process = self.process
+        if process is None:  # closed
+            return
+        if process.poll() is not None:
+            raise ServerLost(f"the vLLM server died (exit code {process.returncode}){self._log()}")
+        if self._answers():
+            return
+        _kill(process)
+        raise ServerLost(f"the vLLM server hung: {error}, and a 1-token request got no answer within "
+                         f"backend.vllm.hang_timeout_s={self.vcfg.hang_timeout_s:g} s; its process (pid {process.pid}) "
+                         f"was killed{self._log()}")
+
+    def _answers(self) -> bool:
+        """Does the server answer a 1-token completion? Its engine included: vLLM's /health answers while the engine
+        process is stuck."""
+        body = json.dumps({"model": SERVED_BASE, "prompt": [0], "max_tokens": 1}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.vcfg.hang_timeout_s) as r:
+                r.read()
+            return True
+        except urllib.error.HTTPError:  # an answer, if not a completion
+            return True
+        except (OSError, http.client.HTTPException):
+            return False
+
+    def _log(self) -> str:
+        return f"; its log: {self.log_path}" if self.log_path else ""
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL the server and its engine processes (its own process group): a hung or stopped one ignores SIGTERM."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def precision(dtype: str) -> str:
