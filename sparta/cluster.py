@@ -83,9 +83,7 @@ class Worker:
     def call(self, method: str, payload: tuple, shard: tuple[int, int]):
         self.beat()
         args, kwargs = payload
-        if method != "continuation_logprobs":  # the one call without a progress callback
-            kwargs = {**kwargs, "progress": self.beat}
-        out = getattr(self.backend, method)(*args, **kwargs, shard=shard)
+        out = getattr(self.backend, method)(*args, **kwargs, progress=self.beat, shard=shard)
         self.beat()
         return out
 
@@ -239,8 +237,8 @@ class Cluster:
     def grouped_next_token_logprobs(self, members, groups, token_ids, *, progress=None, **kwargs):
         return self._sharded("grouped_next_token_logprobs", (members, groups, token_ids), kwargs, progress, len)
 
-    def continuation_logprobs(self, member, prefixes, continuations, **kwargs):
-        return self._sharded("continuation_logprobs", (member, prefixes, continuations), kwargs, None, len)
+    def continuation_logprobs(self, member, prefixes, continuations, *, progress=None, **kwargs):
+        return self._sharded("continuation_logprobs", (member, prefixes, continuations), kwargs, progress, len)
 
     def close(self) -> None:
         import ray

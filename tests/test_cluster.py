@@ -169,6 +169,27 @@ def test_shards_of_every_call_merge_to_the_unsharded_result(model_cache):
             assert merge(parts, name) == whole, name
 
 
+def test_every_call_a_worker_serves_reports_progress_batch_by_batch(model_cache):
+    """What a worker's heartbeat counts (sparta.cluster.Worker.beat): the HF backend ticks once per batch in every
+    call a worker serves, so a long call is not taken for a hung one (MC option log-likelihoods included)."""
+    base = resolve_model("tiny", model_cache)
+    be = HFBackend([MemberModel("a", base, None)], LoraShape(), seed=0)
+    ids = [be.tokenizer("a").encode(f"question {i}") for i in range(5)]
+    calls = {
+        "generate": lambda p: be.generate(["a"] * 5, ids, max_new_tokens=2, temperature=0.0, top_p=1.0,
+                                          batch_size=2, seed=0, progress=p),
+        "next_token_logprobs": lambda p: be.next_token_logprobs(["a"] * 5, ids, [5], last=1, batch_size=2,
+                                                                progress=p),
+        "grouped": lambda p: be.grouped_next_token_logprobs(["a"] * 5, [[x] for x in ids], [5], last=1,
+                                                            batch_size=2, progress=p),
+        "continuations": lambda p: be.continuation_logprobs("a", ids, [[[5], [6]]] * 5, batch_size=2, progress=p),
+    }
+    for name, call in calls.items():
+        ticks = []
+        call(ticks.append)
+        assert len(ticks) == 3 and sum(ticks) == 5, (name, ticks)  # 3 batches of 2, 2 and 1 rows
+
+
 def test_merge_refuses_rows_no_shard_or_two_shards_computed():
     with pytest.raises(BackendError, match="row 1 came from 0 shards"):
         merge([[1, None], [None, None]], "generate")

@@ -77,8 +77,9 @@ class InferenceBackend(Protocol):
         """`next_token_logprobs` for groups of prompts one member reads that share a prefix: out[group][prompt]."""
 
     def continuation_logprobs(self, member: str, prefixes: list[list[int]], continuations: list[list[list[int]]], *,
-                              batch_size: int, shard=None) -> list[list[float]]:
-        """Summed log p(continuation | prefix) for each prefix's continuations; a value may be a Failure."""
+                              batch_size: int, progress=None, shard=None) -> list[list[float]]:
+        """Summed log p(continuation | prefix) for each prefix's continuations; a value may be a Failure.
+        `progress(n)` as work is done (HF: n prefixes; servers: one continuation), which Ray workers report."""
 
     def close(self) -> None: ...
 

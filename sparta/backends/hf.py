@@ -358,7 +358,7 @@ class HFBackend:
 
     @torch.inference_mode()
     def continuation_logprobs(self, member: str, prefixes: list[list[int]], continuations: list[list[list[int]]], *,
-                              batch_size: int, shard=None) -> list[list[float]]:
+                              batch_size: int, progress=None, shard=None) -> list[list[float]]:
         """Summed log p(continuation | prefix) for each prefix's continuations (e.g. the options of a question).
 
         Each prefix is run once and its KV cache shared by its continuations, so scoring k options costs one
@@ -388,6 +388,8 @@ class HFBackend:
             token_lp = torch.log_softmax(logits, -1).gather(-1, cont_ids[..., None])[..., 0] * cont_mask
             sums = iter(token_lp.sum(-1).tolist())
             out += [[next(sums) for _ in options] for options in conts]
+            if progress:
+                progress(len(chunk))
         return out
 
 

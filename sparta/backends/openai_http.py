@@ -163,7 +163,7 @@ class HTTPBackend:
             out[g] = [next(flat) for _ in groups[g]]
         return out
 
-    def continuation_logprobs(self, member, prefixes, continuations, *, batch_size, shard=None):
+    def continuation_logprobs(self, member, prefixes, continuations, *, batch_size, progress=None, shard=None):
         mine = [j for j in range(len(prefixes)) if in_shard(j, shard)]  # a shard: whole prefixes
         jobs = [(prefixes[j], option) for j in mine for option in continuations[j]]
 
@@ -175,7 +175,7 @@ class HTTPBackend:
             except (RequestFailed, KeyError, TypeError, ValueError) as e:
                 return Failure(f"{type(e).__name__}: {e}")
 
-        flat = iter(self._map(one, len(jobs), None))
+        flat = iter(self._map(one, len(jobs), progress))
         out: list = [None] * len(prefixes)
         for j in mine:
             out[j] = [next(flat) for _ in continuations[j]]
