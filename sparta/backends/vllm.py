@@ -1,7 +1,7 @@
 """The vLLM backend: a vLLM OpenAI-compatible server that sparta starts, feeds adapters and stops.
 
 vLLM runs in its own Python environment (`backend.vllm.python`; `make vllm-env` builds `.venv-vllm` on CPU,
-docs/vllm.md says how on GPUs), because it pins transformers below the range this project uses. Requests go
+docs/backends.md says how on GPUs), because it pins transformers below the range this project uses. Requests go
 through `HTTPBackend`, which loads each (member, adapter directory) under a new LoRA name, so a member's adapter of
 iteration t is never served from a cache of iteration t - 1.
 
@@ -67,7 +67,7 @@ class VLLMBackend(HTTPBackend):
     def _start(self, model) -> None:
         if not Path(self.vcfg.python).exists():
             raise BackendError(f"backend.vllm.python: {self.vcfg.python} does not exist; build the vLLM "
-                               "environment with `make vllm-env` (CPU) or see docs/vllm.md")
+                               "environment with `make vllm-env` (CPU) or see docs/backends.md")
         env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", HF_HUB_OFFLINE=os.environ.get(
             "HF_HUB_OFFLINE", "1"), VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"),
             VLLM_CPU_OMP_THREADS_BIND=os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "nobind"))
