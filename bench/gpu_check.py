@@ -16,7 +16,9 @@ with why, and a part that fails is written with its error (the next part still r
            batches with the adapters off (the prefill ceiling): prompt tokens/s, the ratio
   dpo      one DPO epoch of one member: seconds per pair and peak memory, gradient checkpointing on and off, with
            --reserve x the GPU's memory held as a co-resident vLLM server holds it (paper.yaml: 0.5); a variant
-           that runs out of memory is recorded as such, and then also measured without the reservation
+           that runs out of memory is recorded as such, and then also measured without the reservation; and the
+           fp32 output layer on a micro-batch's scored positions with TF32 allowed (sparta's choice on bf16 inputs)
+           vs plain fp32 matmuls: seconds, and how far the logits differ
   run      one `sparta run` iteration (HF backend) on a random pool; the stage times of its metrics.json
 
 Scales: paper = Qwen2.5-7B's shape in bf16 (combat, judging, dpo) and a 10-member Qwen2.5-0.5B pool (run), sized
@@ -53,6 +55,7 @@ from sparta.arena.judging import ScoreTokens, expected_score
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore
 from sparta.models import resolve_model
+from sparta.precision import tf32_matmuls
 from sparta.rundir import package_versions
 from sparta.training import OptimSettings, train_dpo
 
@@ -258,8 +261,32 @@ def dpo(pool: Pool, sc: Scale, reserve: float) -> dict:
     variants = [dpo_variant(pool, pairs, settings, checkpointing, reserve) for checkpointing in (True, False)]
     if variants[-1].get("out_of_memory") and variants[-1]["reserved_bytes"]:
         variants.append(dpo_variant(pool, pairs, settings, False, 0.0))
+    head = pool.model.get_base_model().get_output_embeddings()
     return {"pairs": len(pairs), "prompt_tokens": sc.dpo_prompt_tokens, "response_tokens": sc.dpo_response_tokens,
-            "micro_batch_pairs": sc.dpo_micro_batch, "setup": pool.setup, "variants": variants}
+            "micro_batch_pairs": sc.dpo_micro_batch, "setup": pool.setup, "variants": variants,
+            "fp32_head": head_precision(head, 2 * sc.dpo_micro_batch * sc.dpo_response_tokens, pool.device)}
+
+
+def head_precision(head, tokens: int, device) -> dict:
+    """The fp32 output layer DPO applies to a micro-batch's scored positions (sparta.precision), forward and
+    backward, with TF32 allowed (what sparta asks for on bf16 inputs) and with full fp32 matmuls: seconds, and the
+    largest difference in the logits, relative to the largest logit (TF32 holds bf16 inputs exactly: only the
+    order of fp32 sums should differ)."""
+    hidden = torch.randn(tokens, head.in_features, device=device, dtype=head.weight.dtype, requires_grad=True)
+    out = {"tokens": tokens, "input_dtype": str(hidden.dtype)}
+    logits = {}
+    for name, on in (("tf32", True), ("ieee", False)):
+        def step(on=on):
+            with tf32_matmuls(on), torch.autocast(hidden.device.type, enabled=False):
+                y = torch.nn.functional.linear(hidden.float(), head.weight.float())
+                y.logsumexp(-1).sum().backward()
+            return y.detach()
+        step()  # warm-up (cuBLAS heuristics, allocator)
+        logits[name], out[f"{name}_s"] = timed(step, device)
+    out["ieee_over_tf32"] = out["ieee_s"] / out["tf32_s"]
+    out["max_abs_diff_over_max_abs"] = ((logits["tf32"] - logits["ieee"]).abs().max()
+                                        / logits["ieee"].abs().max()).item()
+    return out
 
 
 def random_pairs(tok, n: int, prompt_tokens: int, response_tokens: int, seed: int = 0) -> list[dict]:

@@ -360,7 +360,7 @@ class Pipeline:
         tr = c.training
         optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
                               warmup_ratio=tr.warmup_ratio, max_length=tr.max_length,
-                              max_prompt_tokens=c.generation.max_prompt_tokens)
+                              max_prompt_tokens=c.generation.max_prompt_tokens, after_limit=tr.after_limit)
         select = (lambda name: pairs_for(name, pairs, tr.pairs)) if c.method == "sparta" else (
             lambda name: own_pairs(name, pairs))  # a baseline: self-alignment, whatever training.pairs says
         jobs = [self._job(t, member, select(member.name), optim)

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from .backends import MemberModel
 from .chat import PromptTooLong, encode_chat
+from .hf_compat import is_checkpointing, kv_cache, with_cache
+from .precision import fp32_linear
 from .seeding import derive_seed
 
 
@@ -34,6 +36,10 @@ class OptimSettings:
     max_length: int = 512
     max_grad_norm: float = 1.0
     max_prompt_tokens: int | None = None  # the prompt turn's budget (combat's); None = max_length // 2
+    # the trained adapter is scored ("after" metrics) on the pairs (SPPO: samples) of the first steps of the first
+    # epoch, at least after_limit of them in whole steps; None = every pair (what it was), 0 = no pass, no "after"
+    after_limit: int | None = 16
+    share_prompts: bool = True  # chosen and rejected in one row, their prompt run once (sequence_logprobs)
 
 
 @dataclass(frozen=True)
@@ -125,36 +131,109 @@ def encode_truncated(tokenizer, prompt: str, response: str, max_length: int, max
     return ids[:max_length], start, len(ids) > max_length, turn.shortened
 
 
-def sequence_logprobs(model, examples: list[tuple[list[int], int]], pad_id: int, device) -> tuple[torch.Tensor,
-                                                                                                   torch.Tensor]:
+def sequence_logprobs(model, examples: list[tuple[list[int], int]], pad_id: int, device,
+                      share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log p over each example's response tokens (from its start to the end), and token counts.
-    The output layer and log-softmax run in fp32 whatever the model's dtype (bf16 logits round to ~0.1)."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in examples], device=device)
-    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in examples], device=device)
-    # Only positions that predict a response token need the (vocabulary-sized) output layer.
-    first = max(1, min(s for _, s in examples))
-    logits = _fp32_logits(model, ids, mask, width - first + 1)[:, :-1]
-    targets = ids[:, first:]
-    positions = torch.arange(first, width, device=device)
-    starts = torch.tensor([s for _, s in examples], device=device)
-    lengths = mask.sum(-1)
-    counted = (positions[None] >= starts[:, None]) & (positions[None] < lengths[:, None])
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    logp = -(nll.view(targets.shape) * counted)
-    return logp.sum(-1), counted.sum(-1)
+    With `share_prompts`, examples with the same prompt (ids[:start]: DPO's chosen and rejected) run it once: the
+    prompt's keys and values are copied to each response, which runs after it on its own row (`_Layout`); where the
+    model cannot (`_can_share`), each example runs whole. The output layer and log-softmax run in fp32 whatever the
+    model's dtype (bf16 logits round to ~0.1), and only at the positions that predict a response token."""
+    layout = _Layout(examples, share_prompts)
+    if layout.rests and not _can_share(model, layout.width):
+        layout = _Layout(examples, False)
+    hidden = layout.hidden_states(_decoder(model), pad_id, device)
+    picked = hidden[torch.tensor(layout.source, device=device)]
+    nll = F.cross_entropy(_fp32_head(model, picked), torch.tensor(layout.targets, device=device), reduction="none")
+    owner = torch.tensor(layout.owner, device=device, dtype=torch.long)
+    logp = torch.zeros(len(examples), device=device, dtype=nll.dtype).index_add(0, owner, -nll)
+    return logp, torch.bincount(owner, minlength=len(examples))
 
 
-def _fp32_logits(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
-    """Logits of the last `keep` positions, the output layer applied in fp32 to the decoder's hidden states."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = inner.get_output_embeddings()
-    if type(head) is not torch.nn.Linear:  # a LoRA-wrapped head: the model's own path
-        return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits.float()
-    hidden = inner.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state[:, -keep:]
-    bias = head.bias.float() if head.bias is not None else None
-    with torch.autocast(hidden.device.type, enabled=False):  # fp32 under an outer autocast too
-        return F.linear(hidden.float(), head.weight.float(), bias)
+class _Layout:
+    """Examples as rows of two passes. Sharing, and some prompt shared: each distinct prompt is a row of the first
+    pass and each example's tokens after it a row of the second, on a copy of its prompt's KV cache, at the
+    positions it has alone; so every token attends to what it would in its own row (the same log-probs up to the
+    order of fp32 sums). Otherwise each example is one row of a single pass, as it always was. `source[k]` is where,
+    in the passes' hidden states (flattened, first pass then second), lies the position that predicts scored
+    token k (token t is predicted by position t - 1, t >= max(start, 1))."""
+
+    def __init__(self, examples: list[tuple[list[int], int]], share: bool):
+        groups: dict = {}
+        for i, (ids, start) in enumerate(examples):
+            groups.setdefault(("prompt", tuple(ids[:start])) if share and start > 0 else ("alone", i), []).append(i)
+        split = any(len(g) > 1 for g in groups.values())
+        # the first pass: a prompt (shared or not; at least one token, so that no attention row is empty), or whole
+        cut = [max(start, 1) if split else len(ids) for ids, start in examples]
+        self.prompts = [examples[g[0]][0][:cut[g[0]]] for g in groups.values()]
+        self.rests = [examples[i][0][cut[i]:] for g in groups.values() for i in g] if split else []
+        self.expand = [row for row, g in enumerate(groups.values()) for _ in g] if split else []
+        self.source, self.targets, self.owner = [], [], []
+        prompt_width, rest_width = max(map(len, self.prompts)), max(map(len, self.rests), default=0)
+        self.width = prompt_width + rest_width
+        second = len(self.prompts) * prompt_width  # where the second pass's hidden states start
+        rest_row = 0
+        for row, g in enumerate(groups.values()):
+            for i in g:
+                ids, start = examples[i]
+                for t in range(max(start, 1), len(ids)):
+                    after = t - 1 - cut[i]  # where token t - 1 lies in the example's second-pass row, if it does
+                    self.source.append(row * prompt_width + t - 1 if after < 0 else
+                                       second + rest_row * rest_width + after)
+                    self.targets.append(ids[t])
+                    self.owner.append(i)
+                rest_row += 1
+
+    def hidden_states(self, decoder, pad_id: int, device) -> torch.Tensor:
+        ids, mask = _right_padded(self.prompts, pad_id, device)
+        first = decoder(input_ids=ids, attention_mask=mask, use_cache=bool(self.rests))
+        hidden = first.last_hidden_state.flatten(0, 1)
+        if not self.rests:
+            return hidden
+        expand = torch.tensor(self.expand, device=device)
+        kv_cache(first).reorder_cache(expand)
+        rest_ids, rest_mask = _right_padded(self.rests, pad_id, device)
+        # the prompt's padding sits between it and the response: masked out, and positions continue the prompt
+        positions = mask.sum(-1)[expand][:, None] + torch.arange(rest_ids.shape[1], device=device)
+        second = decoder(input_ids=rest_ids, attention_mask=torch.cat([mask[expand], rest_mask], -1),
+                         position_ids=positions, use_cache=False, **with_cache(kv_cache(first)))
+        return torch.cat([hidden, second.last_hidden_state.flatten(0, 1)])
+
+
+def _right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
+    return ids, torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+
+
+def _can_share(model, width: int) -> bool:
+    """Whether a response on a copy of its prompt's cache sees what it sees alone: SDPA or eager attention (others
+    untested), full or sliding-window layers, any window at least `width` (a window counts cache slots, and the
+    prompts' padding adds slots), and no gradient checkpointing (it drops the cache in training)."""
+    config = _config(model)
+    window = getattr(config, "sliding_window", None)
+    layers = set(getattr(config, "layer_types", None) or []) - {"full_attention", "sliding_attention"}
+    return (config._attn_implementation in ("sdpa", "eager") and not layers and not is_checkpointing(_inner(model))
+            and (not window or window >= width))
+
+
+def _inner(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def _config(model):
+    return _inner(model).config.get_text_config()
+
+
+def _decoder(model):
+    return _inner(model).get_decoder()
+
+
+def _fp32_head(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The output layer applied in fp32 to `hidden` (a LoRA-wrapped head: its own forward, then fp32)."""
+    head = _inner(model).get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        return head(hidden).float()
+    return fp32_linear(head, hidden)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -251,33 +330,42 @@ def training_mode(model, dropout: bool) -> None:
 
 
 @contextmanager
-def _phase(slot, seconds: dict, name: str):
-    """Run a block in the slot's compute context and record its wall time under `name`."""
-    clock = time.perf_counter()
+def _phase(slot, seconds: dict, cpu_seconds: dict, name: str):
+    """Run a block in the slot's compute context and record its wall time, and this process's CPU time (all its
+    threads: on a shared machine the wall time grows with the others' load, the CPU time much less), under `name`."""
+    clock, cpu = time.perf_counter(), time.process_time()
     with slot.compute():
         yield
-    seconds[name] = time.perf_counter() - clock
+    seconds[name], cpu_seconds[name] = time.perf_counter() - clock, time.process_time() - cpu
 
 
 @dataclass
 class _Fit:
     history: list[dict]
     reference: dict  # micro-batch (a tuple of indices) -> its reference log-probs
-    after: dict  # the same for the trained adapter, over first_epoch
-    first_epoch: list[tuple[int, ...]]  # every example once, in the steps' micro-batches
+    after: dict  # the same for the trained adapter, over scored
+    scored: list[tuple[int, ...]]  # the examples scored after training (each once), in the steps' micro-batches
     seconds: dict
+    cpu_seconds: dict
 
 
 def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[int], s: OptimSettings, epochs: int,
                            rng: random.Random, progress) -> _Fit:
-    """The part DPO and SPPO share: reference log-probs, the steps, and one no-grad pass after them.
-    `logps(indices)` scores examples with the current adapter; `loss_of(indices, policy, reference)` gives a
-    micro-batch's (mean loss, stats)."""
+    """The part DPO and SPPO share: reference log-probs, the steps, and a no-grad pass after them over the first
+    steps' examples (`OptimSettings.after_limit`). `logps(indices)` scores examples with the current adapter;
+    `loss_of(indices, policy, reference)` gives a micro-batch's (mean loss, stats)."""
     batches = _batches(len(lengths), s.batch_size, epochs, rng)
     # a step's gradient is the mean over its examples whatever their grouping: micro-batch by length (less padding)
     batches = [sorted(batch, key=lengths.__getitem__) for batch in batches]
-    micro = [tuple(b[i:i + s.micro_batch_size]) for b in batches for i in range(0, len(b), s.micro_batch_size)]
-    first_epoch = micro[:len(micro) // epochs]
+
+    def micro_batches(steps):
+        return [tuple(b[i:i + s.micro_batch_size]) for b in steps for i in range(0, len(b), s.micro_batch_size)]
+
+    micro = micro_batches(batches)
+    per_epoch = len(batches) // epochs
+    # whole steps, so the sample is not the short end of a step (a step is sorted by length)
+    scored = micro_batches(batches[:per_epoch if s.after_limit is None else
+                                   min(per_epoch, math.ceil(s.after_limit / s.batch_size))])
 
     def no_grad_logps(layouts):
         with torch.inference_mode():
@@ -286,7 +374,8 @@ def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[in
     # The reference is this adapter before any update, computed in exactly the micro-batches the steps use:
     # in bf16 a sequence's log-prob moves with its batch's padding by about the size of DPO's rewards.
     seconds: dict[str, float] = {}
-    with _phase(slot, seconds, "reference"):
+    cpu: dict[str, float] = {}
+    with _phase(slot, seconds, cpu, "reference"):
         reference = no_grad_logps(micro)
 
     def micro_loss(indices, weight):
@@ -294,11 +383,13 @@ def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[in
         (loss * weight).backward()
         return {"loss": loss.item(), **stats}
 
-    with _phase(slot, seconds, "steps"):
+    with _phase(slot, seconds, cpu, "steps"):
         history = _run_steps(model, params, batches, s, micro_loss, progress, dropout=False)
-    with _phase(slot, seconds, "after"):
-        after = no_grad_logps(first_epoch)
-    return _Fit(history, reference, after, first_epoch, seconds)
+    after = {}
+    if scored:
+        with _phase(slot, seconds, cpu, "after"):
+            after = no_grad_logps(scored)
+    return _Fit(history, reference, after, scored, seconds, cpu)
 
 
 def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: float, epochs: int, seed: int,
@@ -317,7 +408,7 @@ def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: floa
 
     def logps(indices):
         seqs = [examples[i][0] for i in indices] + [examples[i][1] for i in indices]
-        total, _ = sequence_logprobs(model, seqs, tok.pad_token_id, slot.device)
+        total, _ = sequence_logprobs(model, seqs, tok.pad_token_id, slot.device, share_prompts=s.share_prompts)
         return total[:len(indices)], total[len(indices):]
 
     def loss_of(indices, policy, ref):
@@ -325,18 +416,24 @@ def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: floa
         return loss, {"reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
                       "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
-    lengths = [max(len(chosen[0]), len(rejected[0])) for chosen, rejected in examples]
+    # a pair's row: its prompt and both responses (share_prompts), else its longer sequence
+    lengths = [len(c[0]) + len(r[0]) - c[1] if s.share_prompts else max(len(c[0]), len(r[0])) for c, r in examples]
     rng = random.Random(derive_seed(seed, "dpo-order", member))
     fit = _fit_against_reference(slot, model, params, logps, loss_of, lengths, s, epochs, rng, progress)
-    # One more pass over the pairs after training: did the member learn to prefer the chosen responses?
-    stacked = [torch.cat([d[rows][k] for rows in fit.first_epoch]) for d in (fit.after, fit.reference) for k in (0, 1)]
-    loss, rc, rr = dpo_loss(*stacked, beta)
     history = fit.history
     return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
-            "seconds": fit.seconds, **counts,
-            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
-            "after": {"loss": loss.item(), "reward_margin": (rc - rr).mean().item(),
-                      "reward_accuracy": (rc > rr).float().mean().item()}}
+            "seconds": fit.seconds, "cpu_seconds": fit.cpu_seconds, **counts,
+            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], **_dpo_after(fit, beta)}
+
+
+def _dpo_after(fit: _Fit, beta: float) -> dict:
+    """After training, on the scored pairs: did the member learn to prefer the chosen responses? (none: {})"""
+    if not fit.scored:
+        return {}
+    stacked = [torch.cat([d[rows][k] for rows in fit.scored]) for d in (fit.after, fit.reference) for k in (0, 1)]
+    loss, rc, rr = dpo_loss(*stacked, beta)
+    return {"after": {"loss": loss.item(), "reward_margin": (rc - rr).mean().item(),
+                      "reward_accuracy": (rc > rr).float().mean().item(), "pairs": len(rc)}}
 
 
 def train_sppo(slot, member: str, samples: list[dict], s: OptimSettings, eta: float, epochs: int, seed: int,
@@ -344,8 +441,8 @@ def train_sppo(slot, member: str, samples: list[dict], s: OptimSettings, eta: fl
     """SPPO-train `member`'s adapter (a TrainSlot) on its own samples: trl prompt-completion dicts
     {"prompt": [user message], "completion": [assistant message], "win_prob": P̂(y ≻ π_t | x)}
     (sparta.pairs.win_probabilities). A sample whose win rate is None (nobody could compare it) is left out
-    and counted. Returns metrics; "after" measures, on every sample, how close the log-ratios came to their
-    targets η (P̂ − ½)."""
+    and counted. Returns metrics; "after" measures, on the scored samples (`OptimSettings.after_limit`), how close
+    the log-ratios came to their targets η (P̂ − ½)."""
     kept = [x for x in samples if x["win_prob"] is not None]
     counts = {"skipped_no_win_prob": len(samples) - len(kept)}
     tok = slot.tokenizer
@@ -359,7 +456,8 @@ def train_sppo(slot, member: str, samples: list[dict], s: OptimSettings, eta: fl
     win = torch.tensor([x["win_prob"] for x in kept], dtype=torch.float32, device=slot.device)
 
     def logps(indices):
-        total, _ = sequence_logprobs(model, [examples[i] for i in indices], tok.pad_token_id, slot.device)
+        total, _ = sequence_logprobs(model, [examples[i] for i in indices], tok.pad_token_id, slot.device,
+                                     share_prompts=s.share_prompts)
         return total
 
     def loss_of(indices, policy, ref):
@@ -369,13 +467,15 @@ def train_sppo(slot, member: str, samples: list[dict], s: OptimSettings, eta: fl
     rng = random.Random(derive_seed(seed, "sppo-order", member))
     fit = _fit_against_reference(slot, model, params, logps, loss_of, [len(e[0]) for e in examples], s, epochs,
                                  rng, progress)
-    order = [i for rows in fit.first_epoch for i in rows]
-    after, reference = (torch.cat([d[rows] for rows in fit.first_epoch]) for d in (fit.after, fit.reference))
     history = fit.history
-    return {"member": member, "samples": len(kept), "steps": len(history), "history": history,
-            "seconds": fit.seconds, **counts,
-            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"],
-            "after": _sppo_after(after, reference, win[order], eta)}
+    metrics = {"member": member, "samples": len(kept), "steps": len(history), "history": history,
+               "seconds": fit.seconds, "cpu_seconds": fit.cpu_seconds, **counts,
+               "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"]}
+    if fit.scored:
+        order = [i for rows in fit.scored for i in rows]
+        after, reference = (torch.cat([d[rows] for rows in fit.scored]) for d in (fit.after, fit.reference))
+        metrics["after"] = {**_sppo_after(after, reference, win[order], eta), "samples": len(order)}
+    return metrics
 
 
 def _sppo_after(after: torch.Tensor, reference: torch.Tensor, win: torch.Tensor, eta: float) -> dict:

@@ -123,7 +123,9 @@ def _dpo_counting_layer_calls(tiny, checkpointing: bool, lora_dropout: float = 0
     from sparta.backends.hf import HFTrainer, ModelStore
     from sparta.training import OptimSettings, train_dpo
 
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
+    # one row per sequence either way (checkpointing turns shared prompts off: training.sequence_logprobs), so the
+    # forward passes match and the calls differ by the recomputation alone
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, share_prompts=False)
     trainer = HFTrainer(LoraShape(dropout=lora_dropout), 3, ModelStore("cpu"), gradient_checkpointing=checkpointing)
     with trainer.slot(MemberModel("a", tiny, None)) as slot:
         calls = []

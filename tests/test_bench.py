@@ -171,3 +171,24 @@ def test_randomised_b_changes_one_adapter_only(tmp_path):
     assert changed == len(b) // 2 > 0
     assert all(p.abs().sum() > 0 for n, p in b.items() if f".lora_B.{x}." in n)
     assert all(p.abs().sum() == 0 for n, p in b.items() if f".lora_B.{y}." in n)
+
+
+def test_dpo_benchmark_trains_the_old_and_new_paths_on_the_same_pairs(tmp_path):
+    """bench.dpo end to end on the tiny model: pairs of the asked prompt lengths, both paths in ABBA order, each
+    path's repeats bit-identical, both adapters scored on every pair (the numbers mean nothing here)."""
+    from bench.dpo import compare, make_pairs
+
+    members = ["w", "x", "y"]
+    tiny = resolve_model("tiny", tmp_path / "cache")
+    backend = HFBackend([MemberModel(m, tiny, None) for m in members], LoraShape(dropout=0.0), seed=0)
+    tok = backend.tokenizer("w")
+    pairs = make_pairs(backend, members, tok, 3, prompt_tokens=(150, 200), new_tokens=(4, 8))
+    prompts = [len(tok(p["prompt"][0]["content"])["input_ids"]) for p in pairs]
+    assert len(pairs) == 3 and all(p >= 120 for p in prompts)  # the chat template adds the rest
+    result = compare(backend, members, tiny, pairs, ["old", "new", "new", "old"], tmp_path / "work")
+    assert result["old"]["repeats_identical"] and result["new"]["repeats_identical"]
+    assert set(result["old"]["s_per_pair_by_phase"]["cpu"]) == {"reference", "steps", "after"}
+    assert len(result["speedup_adjacent"]) == 2 and result["speedup"]["wall"] > 0
+    assert result["layout_logp_max_abs_diff"] < 1e-3
+    assert abs(result["new_minus_old"]["loss"]) < 1e-3 and result["tolerance"]["within"]
+    assert result["old"]["quality"]["pairs"] == 3 and result["old"]["runs"][0]["loss_first"] > 0

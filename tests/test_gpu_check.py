@@ -53,6 +53,10 @@ def test_the_small_dry_run_writes_every_part(tmp_path, model_cache):
         assert v["loss_after"] < v["loss_first"]  # the step trained the member
         assert "resident set" in v["memory"]["source"] and v["reserved_bytes"] == 0
     assert variants[0]["loss_after"] == pytest.approx(variants[1]["loss_after"], abs=1e-5)  # same step either way
+    head = parts["dpo"]["fp32_head"]
+    assert positive(head["tf32_s"]) and positive(head["ieee_s"]) and head["tokens"] == 2 * small.dpo_micro_batch * \
+        small.dpo_response_tokens
+    assert head["max_abs_diff_over_max_abs"] == 0  # on a CPU there is no TF32: the same product
 
     run = parts["run"]
     assert run["returncode"] == 0 and run["responses"]["total"] == 2 * 2  # 2 prompts, 2 answers each

@@ -281,3 +281,20 @@ def test_an_iteration_whose_every_generation_failed_stops_loudly(tiny_config, tm
     with pytest.raises(BackendError, match="all 12 generations of the iteration failed .*context window"):
         run_to_end(config)
     assert not (tmp_path / "allfail" / "iter_01" / "done" / "combat").exists()
+
+
+def test_a_run_without_the_after_pass_reports_and_summarises(tiny_config, tmp_path, capsys):
+    """training.after_limit=0: no "after" metrics in the training files; the report and the summary show "-"."""
+    from sparta.cli import print_summary
+
+    config = tiny_config("iterations=1", "training.after_limit=0")
+    pipeline = Pipeline(config)
+    root = pipeline.run_all().root
+    training = [json.loads(p.read_text()) for p in sorted((root / "iter_01" / "training").glob("*.json"))]
+    assert len(training) == 4 and all(t["steps"] > 0 and "after" not in t for t in training)
+    assert all(set(t["seconds"]) == {"reference", "steps"} for t in training)
+    report = (root / "report.md").read_text()
+    assert all(f"| {m} |" in report and report.split(f"| {m} |")[1].split("\n")[0].endswith("| - |") for m in "abcd")
+    print_summary(pipeline.summary(1))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(tuple("abcd"))]
+    assert len(rows) == 4 and all(row.rstrip().endswith("  -") for row in rows)

@@ -230,9 +230,9 @@ def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
     be = HFBackend([MemberModel(n, tiny, None) for n in "abc"], LoraShape(), seed=7, store=store)
     calls: list[tuple[bool, list[tuple[int, ...]]]] = []
 
-    def counting(model, examples, pad_id, device):
+    def counting(model, examples, pad_id, device, **options):
         calls.append((torch.is_inference_mode_enabled(), [tuple(ids) for ids, _ in examples]))
-        return sequence_logprobs(model, examples, pad_id, device)
+        return sequence_logprobs(model, examples, pad_id, device, **options)
 
     monkeypatch.setattr(training, "sequence_logprobs", counting)
     s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
@@ -452,3 +452,128 @@ def test_bf16_dpo_follows_fp32(tiny):
     assert after["float32"]["loss"] < LN2 - 0.05  # it learned
     assert abs(after["bfloat16"]["loss"] - after["float32"]["loss"]) < 0.02, after
     assert after["bfloat16"]["reward_accuracy"] == after["float32"]["reward_accuracy"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# 7. the CPU cost of DPO (issue 15 §5): the prompt run once per pair, the "after" pass bounded
+
+
+def shared_prompt_examples(tok) -> list[tuple[list[int], int]]:
+    """Two pairs' sequences (chosen and rejected of different lengths) and one sequence whose prompt nobody shares."""
+    rows = [("What is 2+2?", "4, since two and two make four"), ("What is 2+2?", "five"),
+            ("Name a colour.", "Blue."), ("Name a colour.", "No, I will not name one today."), ("Say hi.", "hi")]
+    return [encode_example(tok, p, r, 512) for p, r in rows]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_shared_prompt_row_scores_and_trains_as_separate_rows(tiny, attention):
+    """Chosen and rejected after their prompt run once, in one row whose mask hides each response from the other:
+    the same log-probs and the same gradients as one row per sequence (fp32, up to the order of sums)."""
+    from sparta.training import _Layout
+
+    with slot(tiny, store=ModelStore("cpu", attn_implementation=attention), dropout=0.0) as sl:
+        perturb_adapter(sl, seed=4)
+        sl.model.set_adapter(sl.adapter)
+        examples = shared_prompt_examples(sl.tokenizer)
+        shared, alone = _Layout(examples, True), _Layout(examples, False)
+        assert (len(shared.prompts), len(shared.rests), len(alone.prompts), len(alone.rests)) == (3, 5, 5, 0)
+        out, grads = {}, {}
+        for share in (True, False):
+            sl.model.zero_grad(set_to_none=True)
+            logp, counts = sequence_logprobs(sl.model, examples, sl.tokenizer.pad_token_id, "cpu", share)
+            (logp * torch.linspace(1, 2, len(examples))).sum().backward()
+            out[share], grads[share] = (logp.detach(), counts), [p.grad.clone() for p in sl.parameters()]
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-4)
+    assert out[True][1].tolist() == out[False][1].tolist() == [len(ids) - start for ids, start in examples]
+    for shared, alone in zip(grads[True], grads[False]):
+        torch.testing.assert_close(shared, alone, rtol=1e-4, atol=1e-5)
+
+
+def decoder_passes(sl: TrainSlot, examples) -> tuple[int, torch.Tensor]:
+    """How many passes sequence_logprobs runs through the decoder for `examples`, and the log-probs."""
+    passes = []
+    decoder = sl.model.get_base_model().get_decoder()
+    hook = decoder.register_forward_pre_hook(lambda *_: passes.append(1))
+    try:
+        with torch.no_grad():
+            logp, _ = sequence_logprobs(sl.model, examples, sl.tokenizer.pad_token_id, "cpu")
+    finally:
+        hook.remove()
+    return len(passes), logp
+
+
+def test_a_model_that_cannot_share_a_prompt_scores_each_sequence_whole(tiny, monkeypatch):
+    """Two passes (prompts, then responses on their copied caches) where it is exact; one pass of whole sequences
+    under a sliding window the padded prompt and response could exceed, or with gradient checkpointing (which drops
+    the cache in training)."""
+    store = ModelStore("cpu")
+    with slot(tiny, store=store) as sl:
+        examples = shared_prompt_examples(sl.tokenizer)
+        shared, expected = decoder_passes(sl, examples)
+        assert shared == 2
+        config = sl.model.get_base_model().config
+        monkeypatch.setattr(config, "sliding_window", 8, raising=False)
+        passes, logp = decoder_passes(sl, examples)
+        assert passes == 1
+        torch.testing.assert_close(logp, expected, rtol=0, atol=1e-4)
+    with HFTrainer(LoraShape(), 7, store, gradient_checkpointing=True).slot(MemberModel("a", tiny, None)) as sl:
+        passes, logp = decoder_passes(sl, examples)
+    assert passes == 1
+    torch.testing.assert_close(logp, expected, rtol=0, atol=1e-4)
+
+
+def test_dpo_with_shared_prompts_trains_as_before(tiny):
+    """The old layout (share_prompts=False) and the new one: the same steps, losses and adapter up to fp32 noise."""
+    runs = {}
+    for share in (False, True):
+        with slot(tiny, "c", seed=11) as sl:
+            s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, share_prompts=share)
+            metrics = train_dpo(sl, "c", PAIRS, s, beta=BETA, epochs=2, seed=9)
+            runs[share] = (metrics, [p.detach().clone() for p in sl.parameters()])
+    (old, old_weights), (new, new_weights) = runs[False], runs[True]
+    assert len(old["history"]) == len(new["history"]) == 4
+    for a, b in zip(old["history"], new["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+    assert new["after"]["loss"] == pytest.approx(old["after"]["loss"], abs=1e-4)
+    assert new["after"]["reward_accuracy"] == old["after"]["reward_accuracy"]
+    for a, b in zip(old_weights, new_weights):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("limit, scored", [(None, 4), (2, 2), (3, 4), (0, 0)])
+def test_after_limit_scores_whole_first_steps_or_nothing(tiny, limit, scored):
+    """after_limit: at least that many pairs in whole steps of the first epoch (None: all; 0: no pass, no "after")."""
+    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, after_limit=limit)
+    with slot(tiny) as sl:
+        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=2, seed=3)
+    assert metrics["steps"] == 4 and metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
+    if scored:
+        assert metrics["after"]["pairs"] == scored and set(metrics["seconds"]) == {"reference", "steps", "after"}
+        assert metrics["after"]["loss"] < LN2
+    else:
+        assert "after" not in metrics and set(metrics["seconds"]) == {"reference", "steps"}
+
+
+@pytest.mark.parametrize("dtype, expected", [("bfloat16", "tf32"), ("float32", "ieee")])
+def test_the_fp32_head_asks_for_tf32_only_where_it_is_exact(tiny, monkeypatch, dtype, expected):
+    """DPO's vocabulary-sized fp32 product may use TF32 (on a GPU: tensor cores) when its inputs are bf16, whose
+    8 significant bits TF32 holds exactly; on an fp32 model it must not (TF32 would round). The setting is what
+    the product ran under, and it is restored after."""
+    from sparta import precision
+
+    seen = []
+    real = precision.F.linear  # torch's: every module's linear passes here, the head is told by its shape
+
+    def linear(x, weight, bias=None):
+        seen.append((tuple(weight.shape), torch.backends.cuda.matmul.fp32_precision, x.dtype))
+        return real(x, weight, bias)
+
+    monkeypatch.setattr(precision.F, "linear", linear)
+    before = torch.backends.cuda.matmul.fp32_precision
+    with slot(tiny, store=ModelStore("cpu", dtype=dtype), dropout=0.0) as sl:
+        examples = shared_prompt_examples(sl.tokenizer)
+        with torch.no_grad():
+            sequence_logprobs(sl.model, examples, sl.tokenizer.pad_token_id, "cpu")
+        vocab = sl.model.get_base_model().get_output_embeddings().weight.shape
+    assert [s for s in seen if s[0] == tuple(vocab)] == [(tuple(vocab), expected, torch.float32)]
+    assert torch.backends.cuda.matmul.fp32_precision == before

@@ -21,6 +21,7 @@ from ..config import LoraConfig as LoraShape
 from ..hf_compat import is_checkpointing, kv_cache, set_checkpointing, with_cache
 from ..mixed_lora import fp32_lora_sums, row_lora
 from ..models import ResolvedModel, load_random_model
+from ..precision import fp32_linear
 from ..rundir import swap_in
 from ..seeding import derive_seed
 from . import Generated, MemberModel, adapter_stamp, context_error, in_shard
@@ -489,9 +490,7 @@ def fp32_head(model):
     (bf16 logits round by ~0.1 at typical magnitudes). It runs on the few positions scores read (logits_to_keep),
     so the bf16 product it replaces costs nothing worth saving."""
     def full_precision(module, args, output):
-        with torch.autocast(output.device.type, enabled=False):
-            bias = module.bias.float() if module.bias is not None else None
-            return torch.nn.functional.linear(args[0].float(), module.weight.float(), bias)
+        return fp32_linear(module, args[0])
 
     head = model.get_output_embeddings()
     if type(head) is not torch.nn.Linear:  # a LoRA-wrapped head computes its own way
