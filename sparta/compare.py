@@ -19,7 +19,7 @@ import yaml
 from .config import ConfigError, RunConfig, load_config, validate
 from .pipeline import Pipeline
 from .records import read_json, write_json_atomic
-from .rundir import method_of
+from .rundir import RunDir, method_of
 from .tasks.catalog import get_task
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -157,7 +157,7 @@ def task_row(root: Path, iteration: int, task: str, split: str) -> dict:
     """Best initial member, best member and top-reputation member after `iteration`, and the relative gain.
     A cell that has no number says why ({"missing": reason})."""
     initial = _eval_file(root, 0, task, split)
-    finished = (root / f"iter_{iteration:02d}" / "done" / "iteration").exists()
+    finished = RunDir(root).is_done(iteration, "iteration")
     after = _eval_file(root, iteration, task, split) if finished else None
     metric = _primary(initial or after)
     if after is not None:
@@ -172,7 +172,7 @@ def task_row(root: Path, iteration: int, task: str, split: str) -> dict:
 
 
 def _eval_file(root: Path, t: int, task: str, split: str) -> dict | None:
-    path = root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json"
+    path = RunDir(root).evaluation(t, task, split)
     return read_json(path) if path.exists() else None
 
 
@@ -206,7 +206,7 @@ def _top_reputation(root: Path, iteration: int, after: dict, metric: str) -> dic
     method = method_of(root)
     if method != "sparta":  # its reputations.json files only carry the start state forward
         return {"missing": f"method {method} has no reputations"}
-    path = root / f"iter_{iteration:02d}" / "reputations.json"
+    path = RunDir(root).reputations(iteration)
     if not path.exists():
         return {"missing": f"no reputations after iteration {iteration}"}
     ratings = read_json(path)["ratings"]

@@ -207,20 +207,20 @@ class Pipeline:
         training = self._training(t)
         metrics = (iteration_metrics(duels, pairs, training, timings) if self.c.method == "sparta"
                    else baseline_metrics(self.c.method, samples, pairs, skipped, training, timings))
-        write_json_atomic(run.iteration(t) / "metrics.json", metrics)
+        write_json_atomic(run.metrics(t), metrics)
         run.mark_done(t, "iteration")
 
     def _pairs(self, t: int, made: list[dict], timings: dict) -> list[dict]:
         """iter_t/pairs.jsonl, written once; read back from the file, so a resumed run trains on the same pairs."""
         clock = time.perf_counter()
         if not self.run.is_done(t, "pairs"):
-            write_jsonl_atomic(self.run.iteration(t) / "pairs.jsonl", made)
+            write_jsonl_atomic(self.run.pairs(t), made)
             self.run.mark_done(t, "pairs")
         timings["pairs"] = time.perf_counter() - clock
-        return read_jsonl(self.run.iteration(t) / "pairs.jsonl")
+        return read_jsonl(self.run.pairs(t))
 
     def _prompts(self, t: int) -> list[Prompt]:
-        path = self.run.iteration(t) / "prompts.jsonl"
+        path = self.run.prompts(t)
         if not self.run.is_done(t, "prompts"):
             chosen = sample_prompts(self.prompt_pool, self.c.data.prompts_per_iteration, self.c.seed, t)
             write_jsonl_atomic(path, [to_json(p) for p in chosen])
@@ -236,7 +236,7 @@ class Pipeline:
         """With reputation.initial = a task: the ratings from the members' dev-split scores on it, computed once
         and kept in initial_reputations.json, so a resumed run starts from the same ratings."""
         task = self.c.reputation.initial
-        path = self.run.root / "initial_reputations.json"
+        path = self.run.initial_reputations
         if task != "fair" and not path.exists():
             results = self._dev_results(task)
             scores = {m: results[m]["metrics"][results[m]["primary"]]["value"] for m in self.members}
@@ -260,7 +260,7 @@ class Pipeline:
 
     def _combat(self, t: int, prompts: list[Prompt], timings: dict) -> tuple[ReputationState, list[Duel]]:
         run = self.run
-        journal = run.iteration(t) / "combat.jsonl"
+        journal = run.journal(t)
         duels = self._read_journal(journal, len(prompts))
         state = self._start_state(t)
         for d in duels:  # replay the journal: the same updates give the same state, bit for bit
@@ -272,7 +272,7 @@ class Pipeline:
         if not run.is_done(t, "combat"):
             self._fight(t, prompts, state, duels, journal, timings)
             _check_generations([r for d in duels for r in (d.response_a, d.response_b)])
-            write_json_atomic(run.iteration(t) / "reputations.json", state.to_dict())
+            write_json_atomic(run.reputations(t), state.to_dict())
             run.mark_done(t, "combat")
         return state, duels
 
@@ -323,7 +323,7 @@ class Pipeline:
         iter_t/reputations.json is the iteration's start state, unchanged, so everything that reads reputations
         still finds them."""
         c, run, method = self.c, self.run, BASELINES[self.c.method]
-        path = run.iteration(t) / "samples.jsonl"
+        path = run.samples(t)
         context = self._context()
         if not run.is_done(t, "generate"):
             clock = time.perf_counter()
@@ -342,7 +342,7 @@ class Pipeline:
                 run.mark_done(t, stage.name)
                 timings[stage.name] = time.perf_counter() - clock
         if not run.is_done(t, "reputations"):
-            write_json_atomic(run.iteration(t) / "reputations.json", self._start_state(t).to_dict())
+            write_json_atomic(run.reputations(t), self._start_state(t).to_dict())
             run.mark_done(t, "reputations")
         return samples
 
@@ -367,7 +367,7 @@ class Pipeline:
                 for member in self._pool(t) if not run.is_done(t, f"train-{member.name}")]
         with self._gpu_for_training(bool(jobs)):
             for job, metrics in self._run_jobs(jobs):  # in the order they finish
-                write_json_atomic(run.iteration(t) / "training" / f"{job.member.name}.json", metrics)
+                write_json_atomic(run.training(t, job.member.name), metrics)
                 run.mark_done(t, f"train-{job.member.name}")
 
     @contextmanager
@@ -407,7 +407,7 @@ class Pipeline:
             yield job, run_job(self._trainer(), job, tick)
 
     def _training(self, t: int) -> dict[str, dict]:
-        return {m: read_json(self.run.iteration(t) / "training" / f"{m}.json") for m in self.members}
+        return {m: read_json(self.run.training(t, m)) for m in self.members}
 
     # ---- evaluation --------------------------------------------------------------------------------
 
@@ -477,7 +477,7 @@ class Pipeline:
         return results, path
 
     def _eval_path(self, t: int, task_name: str, split: str) -> Path:
-        return self.run.root / "eval" / f"iter_{t:02d}" / f"{task_name}-{split}.json"
+        return self.run.evaluation(t, task_name, split)
 
     def _model_record(self, name: str, t: int) -> dict:
         """What a scored or scoring model is: a member (its base spec and adapter after iteration t) or a spec."""
@@ -503,12 +503,11 @@ class Pipeline:
     # ---- reporting ---------------------------------------------------------------------------------
 
     def summary(self, t: int) -> dict:
-        it = self.run.iteration(t)
-        state = ReputationState.from_dict(read_json(it / "reputations.json"))
-        duels = [Duel.from_dict(row) for row in read_jsonl(it / "combat.jsonl")]
-        pairs = read_jsonl(it / "pairs.jsonl")
-        return {"iteration": t, "leaderboard": leaderboard(self.members, state, duels, pairs),
-                "metrics": read_json(it / "metrics.json")}
+        run = self.run
+        state = ReputationState.from_dict(read_json(run.reputations(t)))
+        duels = [Duel.from_dict(row) for row in read_jsonl(run.journal(t))]
+        return {"iteration": t, "leaderboard": leaderboard(self.members, state, duels, read_jsonl(run.pairs(t))),
+                "metrics": read_json(run.metrics(t))}
 
 
 def _check_generations(responses: list) -> None:

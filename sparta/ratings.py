@@ -24,6 +24,7 @@ from .arena.judging import judge_weights
 from .arena.reputation import EloParams, ReputationState, apply_duel, initial_state
 from .config import load_config
 from .records import Duel, read_json, read_jsonl, write_json_atomic
+from .rundir import RunDir
 from .seeding import derive_seed
 
 # A Gaussian prior beta_i ~ N(0, 1/RIDGE) on every strength: sd 10 on the log-odds scale, far wider than any
@@ -213,17 +214,17 @@ def order_dependence(duels: Sequence[Duel], start: ReputationState, params: EloP
 
 
 def _duels(root: Path, t: int) -> list[Duel]:
-    return [Duel.from_dict(row) for row in read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl")]
+    return [Duel.from_dict(row) for row in read_jsonl(RunDir(root).journal(t))]
 
 
 def start_state(root: Path, t: int, members: list[str], params: EloParams) -> ReputationState:
     """Iteration t's start state, as the pipeline builds it: the previous iteration's reputations, or for t = 1
     a fair start or the one kept in initial_reputations.json (reputation.initial = a task)."""
     if t > 1:
-        return ReputationState.from_dict(read_json(root / f"iter_{t - 1:02d}" / "reputations.json"))
+        return ReputationState.from_dict(read_json(RunDir(root).reputations(t - 1)))
     if params.initial == "fair":
         return initial_state(members, params)
-    return ReputationState.from_dict(read_json(root / "initial_reputations.json")["state"])
+    return ReputationState.from_dict(read_json(RunDir(root).initial_reputations)["state"])
 
 
 def run_ratings(root: Path, members: list[str], iterations: list[int] | None = None, n_boot: int = N_BOOT,
@@ -234,10 +235,10 @@ def run_ratings(root: Path, members: list[str], iterations: list[int] | None = N
     run's seed, so the summary is the same every time it is rebuilt. The replays dominate the cost, about 75 us
     per duel and order: n_perm=100 over a paper-sized iteration (1000 duels) takes some 8 s."""
     root = Path(root)
-    config = load_config(root / "config.yaml")
+    config = load_config(RunDir(root).config_file)
     params = config.reputation
     if iterations is None:
-        iterations = sorted(int(p.parent.parent.name[5:]) for p in root.glob("iter_*/done/combat"))
+        iterations = RunDir(root).done_iterations("combat")
     per_iteration, pooled = {}, []
     for t in iterations:
         duels = _duels(root, t)
@@ -250,7 +251,7 @@ def run_ratings(root: Path, members: list[str], iterations: list[int] | None = N
             "order_dependence": order_dependence(duels, start, params, n_perm, derive_seed(config.seed, "perm", t)),
         }
     wins, void = win_matrix(pooled, members)
-    final = read_json(root / f"iter_{iterations[-1]:02d}" / "reputations.json")["ratings"] if iterations else {}
+    final = read_json(RunDir(root).reputations(iterations[-1]))["ratings"] if iterations else {}
     return {"members": list(members), "iterations": list(iterations), "tie_convention": TIE_CONVENTION,
             "sequential": final, "wins": wins.tolist(), "void": void,
             "bradley_terry": bootstrap_bt(pooled, members, n_boot, derive_seed(config.seed, "bootstrap")),

@@ -12,7 +12,7 @@ import yaml
 
 from .ratings import write_ratings
 from .records import read_json, read_jsonl
-from .rundir import method_of
+from .rundir import RunDir, method_of
 from .tasks.catalog import TASKS, MissingUserData
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, normad_verdict
 
@@ -21,7 +21,7 @@ _OPTION_LINE = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
 
 def write_report(root: Path, members: list[str]) -> Path:
     root = Path(root)
-    iterations = sorted(int(p.name[5:]) for p in root.glob("iter_*") if (p / "done" / "iteration").exists())
+    iterations = RunDir(root).done_iterations()
     method = method_of(root)
     evals = _evals(root)
     lines = [f"# SPARTA run `{root}`", "", f"Method: {method}. Members: {', '.join(members)}. "
@@ -58,7 +58,7 @@ def _baseline_table(root: Path, iterations: list[int]) -> list[str]:
     out = ["## Iterations", "", "| iter | samples | failed generations | judgments | judge parse failures | "
            "training rows | skipped | generate s | judge s | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for t in iterations:
-        m = read_json(root / f"iter_{t:02d}" / "metrics.json")
+        m = read_json(RunDir(root).metrics(t))
         s, j = m["timings_s"], m["judgments"]
         skipped = ", ".join(f"{k} {v}" for k, v in m["skipped"].items() if v) or "-"
         out.append(f"| {t} | {m['samples']} | {m['failed']} | {j['total']} | {j['parse_failure_rate']:.1%} | "
@@ -71,7 +71,7 @@ def _iteration_table(root: Path, iterations: list[int]) -> list[str]:
     out = ["## Iterations", "", "| iter | duels | pairs | tie rate | judge parse failures | failed generations | "
            "generate s | judge s | DPO s |", "|---|---|---|---|---|---|---|---|---|"]
     for t in iterations:
-        m = read_json(root / f"iter_{t:02d}" / "metrics.json")
+        m = read_json(RunDir(root).metrics(t))
         s = m["timings_s"]
         out.append(f"| {t} | {m['duels']} | {m['pairs']} | {m['tie_rate']:.2f} | "
                    f"{m['judgments']['parse_failure_rate']:.1%} | {m['responses']['failed']} | "
@@ -81,14 +81,15 @@ def _iteration_table(root: Path, iterations: list[int]) -> list[str]:
 
 def _reputation_table(root: Path, iterations: list[int], members: list[str]) -> list[str]:
     # a start column only when the run did not start fair (reputation.initial=TASK)
-    start = read_json(root / "initial_reputations.json") if (root / "initial_reputations.json").exists() else None
+    run = RunDir(root)
+    start = read_json(run.initial_reputations) if run.initial_reputations.exists() else None
     heads = ([f"start ({start['task']} dev)"] if start else []) + [f"iter {t}" for t in iterations]
     out = ["## Reputations after each iteration", "", "| member | " + " | ".join(heads)
            + " | DPO loss before→after (last iter) |", "|---" * (len(heads) + 2) + "|"]
     for m in members:
         cells = [f"{start['state']['ratings'][m]:.3f}"] if start else []
-        cells += [f"{read_json(root / f'iter_{t:02d}' / 'reputations.json')['ratings'][m]:.3f}" for t in iterations]
-        last = read_json(root / f"iter_{iterations[-1]:02d}" / "training" / f"{m}.json") if iterations else {}
+        cells += [f"{read_json(run.reputations(t))['ratings'][m]:.3f}" for t in iterations]
+        last = read_json(run.training(iterations[-1], m)) if iterations else {}
         dpo = f"{last['loss_first']:.3f}→{last['after']['loss']:.3f}" if last.get("after") else "-"
         out.append(f"| {m} | " + " | ".join(cells) + f" | {dpo} |")
     return out + [""]
@@ -97,7 +98,7 @@ def _reputation_table(root: Path, iterations: list[int], members: list[str]) -> 
 def _evals(root: Path) -> dict[tuple[str, str], dict[int, dict]]:
     """{(task, split): {iteration: file contents}}"""
     out: dict[tuple[str, str], dict[int, dict]] = {}
-    for path in sorted(root.glob("eval/iter_*/*.json")):
+    for path in RunDir(root).evaluations():
         data = json.loads(path.read_text())
         out.setdefault((data["task"], data["split"]), {})[data["iteration"]] = data
     return out
@@ -199,7 +200,7 @@ def judge_agreement(duels: list[dict], references: dict[str, str], kind: str) ->
 
 
 def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
-    config = yaml.safe_load((root / "config.yaml").read_text())
+    config = yaml.safe_load(RunDir(root).config_file.read_text())
     task = TASKS.get(config["data"]["prompts"])
     if task is None or task.kind == "judged" or not iterations:
         return []
@@ -215,7 +216,7 @@ def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
     if not references:
         return out[:2] + [f"`{task.name}` combat prompts have no reference answers: agreement cannot be measured.", ""]
     for t in iterations:
-        a = judge_agreement(read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl"), references, grader)
+        a = judge_agreement(read_jsonl(RunDir(root).journal(t)), references, grader)
         rate = f"{a['aggregate']:.2f}" if a["duels"] else "-"
         judges = ", ".join(f"{j} {v['agree']}/{v['of']}" for j, v in a["per_judge"].items()) or "-"
         out.append(f"| {t} | {a['duels']} | {rate} | {judges} |")
@@ -259,7 +260,7 @@ def _trajectories(root: Path, iterations: list[int], members: list[str]) -> dict
     traj = {m: [(0, None)] for m in members}
     n = 0
     for t in iterations:
-        for d in read_jsonl(root / f"iter_{t:02d}" / "combat.jsonl"):
+        for d in read_jsonl(RunDir(root).journal(t)):
             u = d.get("update")
             if not u:
                 continue
@@ -342,7 +343,7 @@ def _plot_reputation_vs_accuracy(root: Path, iterations: list[int], evals: dict,
     """The paper's Figure 5: final reputation against task score per member, with Pearson r."""
     if not iterations:
         return []
-    ratings = read_json(root / f"iter_{iterations[-1]:02d}" / "reputations.json")["ratings"]
+    ratings = read_json(RunDir(root).reputations(iterations[-1]))["ratings"]
     plt, paths = None, []
     for (task, split), by_iter in sorted(evals.items()):
         if iterations[-1] not in by_iter or split != "test" and (task, "test") in evals:

@@ -11,6 +11,11 @@
     RUN/iter_01/training/NAME.json   DPO metrics per member
     RUN/iter_01/metrics.json    counts, rates and stage timings
     RUN/iter_01/done/STAGE      markers, written last; a stage with a marker is never redone
+    RUN/initial_reputations.json   the start state when reputation.initial is a task (kept for resuming)
+    RUN/eval/iter_00/TASK-SPLIT.json   evaluation of the pool after iteration t (0: before any)
+    RUN/report.md, RUN/ratings.json, RUN/*.png   the report (rebuilt from the files above at any time)
+
+`RunDir` is the one place that spells these paths; everything else asks it.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class RunDir:
                               "(refusing to write into it)")
         else:
             run.root.mkdir(parents=True, exist_ok=True)
-            _write_atomic(run.root / "config.yaml", dump_yaml(config))
+            _write_atomic(run.config_file, dump_yaml(config))
             write_json_atomic(meta_path, {
                 "seed": config.seed, "fingerprint": fingerprint(config), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "versions": package_versions()})
@@ -59,7 +64,7 @@ class RunDir:
     def _check_same_config(self, config: RunConfig, meta_path: Path) -> None:
         try:
             meta = read_json(meta_path)
-            saved = yaml.safe_load((self.root / "config.yaml").read_text())
+            saved = yaml.safe_load(self.config_file.read_text())
         except (ValueError, OSError, yaml.YAMLError) as e:
             raise RunDirError(f"{self.root} is corrupt: {e}") from None
         if not isinstance(meta, dict) or not isinstance(saved, dict) or "fingerprint" not in meta:
@@ -73,22 +78,64 @@ class RunDir:
             raise RunDirError(f"{self.root} was made with a different config (differs in: {', '.join(keys) or '?'}); "
                               "use another run_dir or the original config")
 
+    # ---- paths ----
     def iteration(self, t: int) -> Path:
         return self.root / f"iter_{t:02d}"
 
+    def prompts(self, t: int) -> Path:
+        return self.iteration(t) / "prompts.jsonl"
+
+    def journal(self, t: int) -> Path:
+        """The combat journal: one row per duel."""
+        return self.iteration(t) / "combat.jsonl"
+
+    def samples(self, t: int) -> Path:
+        return self.iteration(t) / "samples.jsonl"
+
+    def pairs(self, t: int) -> Path:
+        return self.iteration(t) / "pairs.jsonl"
+
+    def reputations(self, t: int) -> Path:
+        return self.iteration(t) / "reputations.json"
+
+    def metrics(self, t: int) -> Path:
+        return self.iteration(t) / "metrics.json"
+
+    def training(self, t: int, member: str) -> Path:
+        return self.iteration(t) / "training" / f"{member}.json"
+
+    def adapter_dir(self, t: int, member: str) -> Path:
+        return self.iteration(t) / "adapters" / member
+
+    def evaluation(self, t: int, task: str, split: str) -> Path:
+        return self.root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json"
+
+    def evaluations(self) -> list[Path]:
+        return sorted(self.root.glob("eval/iter_*/*.json"))
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def initial_reputations(self) -> Path:
+        return self.root / "initial_reputations.json"
+
+    # ---- done-markers ----
     def is_done(self, t: int, stage: str) -> bool:
         return (self.iteration(t) / "done" / stage).exists()
 
     def mark_done(self, t: int, stage: str) -> None:
         _write_atomic(self.iteration(t) / "done" / stage, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
-    def adapter_dir(self, t: int, member: str) -> Path:
-        return self.iteration(t) / "adapters" / member
+    def done_iterations(self, stage: str = "iteration") -> list[int]:
+        """The iterations whose `stage` is done, in order."""
+        return sorted(int(p.parent.parent.name[len("iter_"):]) for p in self.root.glob(f"iter_*/done/{stage}"))
 
 
 def method_of(root: Path) -> str:
     """The run's `method` (sparta or a baseline) from its saved config; sparta for a run made before the key."""
-    path = Path(root) / "config.yaml"
+    path = RunDir(root).config_file
     saved = yaml.safe_load(path.read_text()) if path.exists() else None
     return (saved or {}).get("method", "sparta")
 
