@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, RunConfig, load_config, validate
+from .methods import METHODS
 from .pipeline import Pipeline
 from .records import read_json, write_json_atomic
 from .rundir import RunDir, method_of
@@ -204,7 +205,7 @@ def _best(data: dict, metric: str) -> dict:
 
 def _top_reputation(root: Path, iteration: int, after: dict, metric: str) -> dict:
     method = method_of(root)
-    if method != "sparta":  # its reputations.json files only carry the start state forward
+    if not METHODS[method].has_reputations:  # its reputations.json files only carry the start state forward
         return {"missing": f"method {method} has no reputations"}
     path = RunDir(root).reputations(iteration)
     if not path.exists():

@@ -1,5 +1,6 @@
-"""The SPARTA loop: one iteration is prompts → combat rounds → pairs → DPO for every member. With `method` a
-baseline (sparta.baselines), samples → each member's own pairs replace combat → pairs.
+"""The engine of a run: one iteration is prompts → the method's training rows (sparta.methods: SPARTA's combat,
+or a baseline's own samples) → pairs → every member trained; then evaluation and the report. It owns the pool as
+it stands at each iteration (adapters, the inference backend, the trainer, local or Ray) and the run directory.
 
 Every stage writes its output atomically and then a done-marker; combat is journaled a round at a time.
 Rerunning on the same run directory skips what is done and replays the journal, so a resumed run gives
@@ -13,28 +14,24 @@ import logging
 import resource
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
-from .arena.combat import ArenaSettings, Match, run_round
 from .arena.judging import JUDGE_PROMPT
-from .arena.matchmaking import leader_order, pick_opponent, uniform_warning
-from .arena.reputation import ReputationState, apply_duel, initial_state
-from .backends import BackendError, MemberModel, build_backend
-from .baselines import BASELINES, Context
-from .baselines.samples import Sample, draw_samples, own_pairs, to_row
+from .arena.matchmaking import uniform_warning
+from .arena.reputation import ReputationState, initial_state
+from .backends import MemberModel, build_backend
 from .baselines.spin import check_references
 from .config import RunConfig
 from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
+from .methods import method_for
 from .models import ModelSpecError, default_cache_dir, resolve_adapter, resolve_model
-from .pairs import pairs_for, preference_pairs
 from .prompts import load_prompts, load_references, sample_prompts
-from .ratings import start_state
-from .records import Duel, Prompt, append_jsonl, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
+from .ratings import start_state as saved_start_state
+from .records import Duel, Prompt, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
 from .report import write_report
 from .rundir import RunDir, RunDirError
-from .seeding import derive_seed, rng
+from .seeding import derive_seed
 from .tasks.catalog import get_task
 from .training import DPOJob, OptimSettings, SPPOJob, job_kind, job_steps, run_job
 
@@ -55,6 +52,7 @@ class Pipeline:
         self.members = [m.name for m in config.pool.members]
         self.elo = config.reputation
         self.lora = config.pool.lora
+        self.method = method_for(config)
         self.backend = None  # the inference backend (sparta.backends), built on first use
         self.store = None  # HF models loaded in this process (shared by the HF backend and training)
         self.trainer = None  # training on those models, built on first use
@@ -67,7 +65,7 @@ class Pipeline:
         c = self.c
         self.prompt_pool = load_prompts(c.data.prompts, c.data.user_data or None)
         self.references: dict[str, str] = {}
-        if c.method in BASELINES and BASELINES[c.method].needs_references:
+        if self.method.needs_references:
             self.references = load_references(c.data.prompts, c.data.user_data or None)
             check_references(self.prompt_pool, self.references, c.data.prompts)
         check_recipes([m.expert for m in c.pool.members if m.expert])
@@ -136,7 +134,7 @@ class Pipeline:
         return [MemberModel(m, self.resolved[m], self.run.adapter_dir(t - 1, m) if t > 1 else self.initial_adapters[m])
                 for m in self.members]
 
-    def _load_backend(self, t: int):
+    def backend_at(self, t: int):
         """The inference backend serving the pool as it stands at the start of iteration t (every stage asks
         for its own t, so a resumed run never reads stale adapters)."""
         pool = self._pool(t) + list(self.outside.values())
@@ -190,23 +188,17 @@ class Pipeline:
         return self.run
 
     def iteration(self, t: int) -> None:
+        """Prompts, the method's training rows, pairs.jsonl, every member trained, metrics: iteration t."""
         run, timings = self.run, {}
         clock = time.perf_counter()
         prompts = self._prompts(t)
         timings["prompts"] = time.perf_counter() - clock
-        if self.c.method == "sparta":
-            duels = self._combat(t, prompts, timings)[1]
-            pairs = self._pairs(t, preference_pairs(duels), timings)
-        else:
-            samples = self._samples(t, prompts, timings)
-            made, skipped = self._pair_rule(t, samples)
-            pairs = self._pairs(t, made, timings)
+        played = self.method.play(self, t, prompts, timings)
+        pairs = self._pairs(t, played.rows, timings)
         clock = time.perf_counter()
         self._train(t, pairs)
-        timings["sppo" if self._job_loss() == "sppo" else "dpo"] = time.perf_counter() - clock
-        training = self._training(t)
-        metrics = (iteration_metrics(duels, pairs, training, timings) if self.c.method == "sparta"
-                   else baseline_metrics(self.c.method, samples, pairs, skipped, training, timings))
+        timings[self.method.loss] = time.perf_counter() - clock
+        metrics = {**played.counts(pairs), **training_and_costs(self._training(t), timings)}
         write_json_atomic(run.metrics(t), metrics)
         run.mark_done(t, "iteration")
 
@@ -227,10 +219,10 @@ class Pipeline:
             self.run.mark_done(t, "prompts")
         return [Prompt(**row) for row in read_jsonl(path)]
 
-    def _start_state(self, t: int) -> ReputationState:
+    def start_state(self, t: int) -> ReputationState:
         if t == 1:
             self._keep_initial_reputations()
-        return start_state(self.run.root, t, self.members, self.elo)
+        return saved_start_state(self.run.root, t, self.members, self.elo)
 
     def _keep_initial_reputations(self) -> None:
         """With reputation.initial = a task: the ratings from the members' dev-split scores on it, computed once
@@ -258,102 +250,6 @@ class Pipeline:
         e = self.c.eval
         return self._evaluate(0, task, "dev", self.members, e.limit, None, e.max_new_tokens)[0]
 
-    def _combat(self, t: int, prompts: list[Prompt], timings: dict) -> tuple[ReputationState, list[Duel]]:
-        run = self.run
-        journal = run.journal(t)
-        duels = self._read_journal(journal, len(prompts))
-        state = self._start_state(t)
-        for d in duels:  # replay the journal: the same updates give the same state, bit for bit
-            if d.update is not None:
-                again = asdict(apply_duel(state, d.a, d.b, d.score_a, d.score_b, self.elo))
-                if again != d.update:
-                    raise RunDirError(f"{journal}: duel {d.index} does not replay to its logged update; "
-                                      "the run directory is corrupt or was made by other code")
-        if not run.is_done(t, "combat"):
-            self._fight(t, prompts, state, duels, journal, timings)
-            _check_generations([r for d in duels for r in (d.response_a, d.response_b)])
-            write_json_atomic(run.reputations(t), state.to_dict())
-            run.mark_done(t, "combat")
-        return state, duels
-
-    def _read_journal(self, journal: Path, n_prompts: int) -> list[Duel]:
-        """The journaled duels of complete rounds; a round cut short by a kill is dropped from the file."""
-        duels = [Duel.from_dict(row) for row in read_jsonl(journal, journal=True)]
-        size = self.c.arena.round_size
-        expected = {r: min(size, n_prompts - r * size) for r in range(-(-n_prompts // size))}
-        counts: dict[int, int] = {}
-        for d in duels:
-            counts[d.round] = counts.get(d.round, 0) + 1
-        complete = [d for d in duels if counts[d.round] == expected.get(d.round)]
-        if len(complete) != len(duels):
-            write_jsonl_atomic(journal, [to_json(d) for d in complete])
-        return complete
-
-    def _fight(self, t, prompts, state, duels, journal, timings) -> None:
-        c = self.c
-        leaders = leader_order(self.members, len(prompts), rng(c.seed, t, "leaders"))
-        settings = arena_settings(c)
-        tick = self.progress("combat", len(prompts))
-        if tick and duels:
-            tick(len(duels))
-        done_rounds = {d.round for d in duels}
-        size = c.arena.round_size
-        for r, start in enumerate(range(0, len(prompts), size)):
-            if r in done_rounds:
-                continue
-            draw = rng(c.seed, t, "opponents", r)
-            ratings = dict(state.ratings)  # match-making reads the reputations at the start of the round
-            matches = [Match(i, prompts[i], leaders[i], pick_opponent(leaders[i], ratings, c.arena.alpha,
-                                                                      c.arena.k, draw))
-                       for i in range(start, min(start + size, len(prompts)))]
-            new = run_round(self._load_backend(t), matches, self.members, state, self.elo,
-                            settings, derive_seed(c.seed, t, "round", r), r, t, self.progress, timings)
-            append_jsonl(journal, [to_json(d) for d in new])
-            duels += new
-            if tick:
-                tick(len(new))
-
-    # ---- the baselines (method != sparta): each member's own samples instead of combat -----------------
-
-    def _samples(self, t: int, prompts: list[Prompt], timings: dict) -> list[Sample]:
-        """iter_t/samples.jsonl: written after sampling (stage "generate"), then rewritten whole after each of the
-        method's stages (sparta.baselines.BASELINES: self_rewarding's own judgments; meta_rewarding's, then its
-        meta-judge's; sppo's peers', with the win rates they give). Each stage's output is whole or absent, so a
-        kill redoes at most the stage it cut short, with the same seeds. Baselines have no reputations:
-        iter_t/reputations.json is the iteration's start state, unchanged, so everything that reads reputations
-        still finds them."""
-        c, run, method = self.c, self.run, BASELINES[self.c.method]
-        path = run.samples(t)
-        context = self._context()
-        if not run.is_done(t, "generate"):
-            clock = time.perf_counter()
-            samples = draw_samples(self._load_backend(t), self.members, prompts, method.samples(c), context.settings,
-                                   derive_seed(c.seed, t, "samples"), self.progress)
-            _check_generations([s.response for s in samples])
-            write_jsonl_atomic(path, [to_row(s) for s in samples])
-            run.mark_done(t, "generate")
-            timings["generate"] = time.perf_counter() - clock
-        samples = [Sample.from_dict(row) for row in read_jsonl(path)]
-        for stage in method.stages:
-            if not run.is_done(t, stage.name):
-                clock = time.perf_counter()
-                samples = stage.run(self._load_backend(t), samples, context, derive_seed(c.seed, t, stage.seed_label))
-                write_jsonl_atomic(path, [to_row(s) for s in samples])
-                run.mark_done(t, stage.name)
-                timings[stage.name] = time.perf_counter() - clock
-        if not run.is_done(t, "reputations"):
-            write_json_atomic(run.reputations(t), self._start_state(t).to_dict())
-            run.mark_done(t, "reputations")
-        return samples
-
-    def _context(self) -> Context:
-        return Context(self.c, self.members, arena_settings(self.c), self.references, self.progress)
-
-    def _pair_rule(self, t: int, samples: list[Sample]) -> tuple[list[dict], dict[str, int]]:
-        """The method's training rows (pairs; sppo: every own sample with its win rate) and its skip counts: a pure
-        function of the samples (a resumed run recounts the same skips; it trains on pairs.jsonl)."""
-        return BASELINES[self.c.method].rows(samples, t, self._context())
-
     def _train(self, t: int, pairs: list[dict]) -> None:
         """Each member trains a copy of its adapter at the start of iteration t and writes iter_t/adapters/NAME."""
         c, run = self.c, self.run
@@ -361,9 +257,7 @@ class Pipeline:
         optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
                               warmup_ratio=tr.warmup_ratio, max_length=tr.max_length,
                               max_prompt_tokens=c.generation.max_prompt_tokens, after_limit=tr.after_limit)
-        select = (lambda name: pairs_for(name, pairs, tr.pairs)) if c.method == "sparta" else (
-            lambda name: own_pairs(name, pairs))  # a baseline: self-alignment, whatever training.pairs says
-        jobs = [self._job(t, member, select(member.name), optim)
+        jobs = [self._job(t, member, self.method.rows_for(member.name, pairs), optim)
                 for member in self._pool(t) if not run.is_done(t, f"train-{member.name}")]
         with self._gpu_for_training(bool(jobs)):
             for job, metrics in self._run_jobs(jobs):  # in the order they finish
@@ -389,12 +283,9 @@ class Pipeline:
         """The member's training job of iteration t: SPPO on its samples for method sppo, else DPO on its pairs."""
         c = self.c
         seed, out = derive_seed(c.seed, t), self.run.adapter_dir(t, member.name)
-        if self._job_loss() == "sppo":
+        if self.method.loss == "sppo":
             return SPPOJob(member, rows, optim, c.baseline.sppo_eta, c.training.epochs, seed, out)
         return DPOJob(member, rows, optim, c.training.beta, c.training.epochs, seed, out)
-
-    def _job_loss(self) -> str:
-        return BASELINES[self.c.method].loss if self.c.method in BASELINES else "dpo"
 
     def _run_jobs(self, jobs: list[DPOJob | SPPOJob]):
         """Yield (job, metrics) as each member's DPO or SPPO finishes: here one after the other, or over the Ray
@@ -458,11 +349,11 @@ class Pipeline:
         requested = (evaluator or self.c.eval.evaluator) if needs_evaluator(task) else None
         outside_judge = self._evaluator_name(requested)
         names = {m: m if m in self.members else self._outside_name(m) for m in members}
-        backend = self._load_backend(t + 1)
+        backend = self.backend_at(t + 1)
         judge = None
         if needs_evaluator(task):
             if requested is None:  # default: the member with the highest reputation
-                state = self._start_state(t + 1)
+                state = self.start_state(t + 1)
                 requested = max(self.members, key=lambda m: state.ratings[m])
             judge = Evaluator(backend, outside_judge or requested, self._model_record(requested, t))
         settings = EvalSettings(max_new_tokens=max_new_tokens, seed=self.c.seed)
@@ -510,20 +401,6 @@ class Pipeline:
                 "metrics": read_json(run.metrics(t))}
 
 
-def _check_generations(responses: list) -> None:
-    """An iteration whose every generation (records.Response: duels' or baselines' samples) failed has nothing to
-    judge or train on: stop, naming the cause."""
-    if responses and all(r.text is None for r in responses):
-        raise BackendError(f"all {len(responses)} generations of the iteration failed (first: {responses[0].error}); "
-                           "nothing to judge or train on")
-
-
-def arena_settings(c: RunConfig) -> ArenaSettings:
-    g, j = c.generation, c.judge
-    return ArenaSettings(g.max_new_tokens, g.temperature, g.top_p, g.batch_size, g.max_prompt_tokens, j.mode,
-                         j.max_new_tokens, j.temperature, j.batch_size, j.max_prompt_tokens, c.arena.min_margin)
-
-
 def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], pairs: list[dict]) -> list[dict]:
     rows = []
     for m in members:
@@ -541,55 +418,7 @@ def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], p
     return sorted(rows, key=lambda r: -r["reputation"])
 
 
-def iteration_metrics(duels: list[Duel], pairs: list[dict], training: dict[str, dict], timings: dict) -> dict:
-    responses = [r for d in duels for r in (d.response_a, d.response_b)]
-    judgments = [j for d in duels for j in d.judgments]
-    outcomes: dict[str, int] = {}
-    for d in duels:
-        outcomes[d.outcome] = outcomes.get(d.outcome, 0) + 1
-    return {
-        "duels": len(duels), "outcomes": outcomes, "pairs": len(pairs),
-        "tie_rate": outcomes.get("tie", 0) / len(duels) if duels else 0.0,
-        "responses": _response_counts(responses), "judgments": _judgment_counts(judgments),
-        **_training_and_costs(training, timings),
-    }
-
-
-def baseline_metrics(method: str, samples: list[Sample], pairs: list[dict], skipped: dict[str, int],
-                     training: dict[str, dict], timings: dict) -> dict:
-    """A baseline iteration's counts: samples (failed ones among them), pairs, prompts skipped and why."""
-    responses = [s.response for s in samples]
-    battles = [b for s in samples if s.meta for b in s.meta["battles"]]
-    roles = {r: sum(p.get("role") == r for p in pairs) for r in ("actor", "judge")}  # meta_rewarding's two kinds
-    return {
-        "method": method, "samples": len(samples), "failed": sum(r.text is None for r in responses),
-        "pairs": len(pairs), "skipped": skipped,
-        **({"pairs_by_role": roles} if any(roles.values()) else {}),
-        "responses": _response_counts(responses),
-        "judgments": _judgment_counts([j for s in samples for j in s.verdicts]),
-        **({"meta_judgments": {"samples": sum(s.meta is not None for s in samples), "battles": len(battles),
-                               "failed": sum(b["p_a"] is None for b in battles)}}
-           if method == "meta_rewarding" else {}),
-        **_training_and_costs(training, timings),
-    }
-
-
-def _response_counts(responses: list) -> dict:
-    return {"total": len(responses), "failed": sum(r.text is None for r in responses),
-            "hit_max_new_tokens": sum(r.finish_reason == "length" for r in responses),
-            "prompt_shortened": sum(r.prompt_shortened for r in responses),
-            "mean_tokens": sum(r.n_tokens for r in responses) / max(1, len(responses))}
-
-
-def _judgment_counts(judgments: list) -> dict:
-    status = {s: sum(j.status == s for j in judgments) for s in ("ok", "unparsed", "failed")}
-    readable = status["ok"] + status["unparsed"]
-    return {"total": len(judgments), **status,
-            "parse_failure_rate": status["unparsed"] / readable if readable else 0.0,
-            "prompt_shortened": sum(j.prompt_shortened for j in judgments)}
-
-
-def _training_and_costs(training: dict[str, dict], timings: dict) -> dict:
+def training_and_costs(training: dict[str, dict], timings: dict) -> dict:
     return {
         "training": {m: {k: v for k, v in t.items() if k != "history"} for m, t in training.items()},
         "timings_s": {k: round(v, 2) for k, v in timings.items()},

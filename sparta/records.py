@@ -123,3 +123,18 @@ def read_json(path: Path) -> object:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e}); the file is corrupt") from None
+
+
+def response_counts(responses: list[Response]) -> dict:
+    return {"total": len(responses), "failed": sum(r.text is None for r in responses),
+            "hit_max_new_tokens": sum(r.finish_reason == "length" for r in responses),
+            "prompt_shortened": sum(r.prompt_shortened for r in responses),
+            "mean_tokens": sum(r.n_tokens for r in responses) / max(1, len(responses))}
+
+
+def judgment_counts(judgments: list[Judgment]) -> dict:
+    status = {s: sum(j.status == s for j in judgments) for s in ("ok", "unparsed", "failed")}
+    readable = status["ok"] + status["unparsed"]
+    return {"total": len(judgments), **status,
+            "parse_failure_rate": status["unparsed"] / readable if readable else 0.0,
+            "prompt_shortened": sum(j.prompt_shortened for j in judgments)}

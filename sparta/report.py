@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .methods import METHODS
 from .ratings import write_ratings
 from .records import read_json, read_jsonl
 from .rundir import RunDir, method_of
@@ -26,7 +27,7 @@ def write_report(root: Path, members: list[str]) -> Path:
     evals = _evals(root)
     lines = [f"# SPARTA run `{root}`", "", f"Method: {method}. Members: {', '.join(members)}. "
              f"Iterations finished: {len(iterations)}.", ""]
-    if method != "sparta":  # a baseline: no combat log and no reputations, so only what its samples support
+    if not METHODS[method].has_reputations:  # a baseline: no combat log, no reputations; what its samples support
         lines += _baseline_table(root, iterations)
         lines += [f"Method {method} has no combat and no reputations (each iteration's reputations.json is the "
                   "start state, unchanged): the reputation table, judge agreement, robust ratings and the "

@@ -309,7 +309,7 @@ def test_outside_evaluator_in_a_run_shares_the_loaded_base(tiny_config):
         assert data["models"]["a"]["member"] and data["models"]["a"]["iteration"] == t
     assert "### com2 (dev, n=3): judged_score (primary)" in (root / "report.md").read_text()
     name = pipeline.outside["tiny"].name
-    backend = pipeline._load_backend(2)  # the run closed its backend; a new one serves from the same store
+    backend = pipeline.backend_at(2)  # the run closed its backend; a new one serves from the same store
     ids = backend.tokenizer(name)("Is this fine?", add_special_tokens=False)["input_ids"]
     got = backend.next_token_logprobs([name], [ids], [5, 6, 7], last=1, batch_size=1)[0][0]
     assert pipeline.store.loads == 1
@@ -349,7 +349,7 @@ def test_outside_model_named_after_the_pool_is_loaded_shares_its_base(tiny_confi
 
     pipeline = Pipeline(tiny_config())
     pipeline.prepare()
-    backend = pipeline._load_backend(1)
+    backend = pipeline.backend_at(1)
     name = pipeline._outside_name("tiny")  # pool.base
-    assert pipeline._load_backend(1) is backend and backend.loads == 1
+    assert pipeline.backend_at(1) is backend and backend.loads == 1
     assert name in backend.base_of and pipeline._evaluator_name("b") is None  # a member needs no registration

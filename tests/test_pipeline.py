@@ -195,7 +195,7 @@ def test_initial_reputations_from_dev_scores(tiny_config, tmp_path):
     scores = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.6}
     write_json_atomic(root / "eval" / "iter_00" / "medqa-dev.json", {"results": {
         m: {"primary": "letter", "metrics": {"letter": {"value": v}}} for m, v in scores.items()}})
-    state = pipeline._start_state(1)
+    state = pipeline.start_state(1)
     # mean .3, population std sqrt(.035) = .18708: d = 100 + 20 * .3 / .18708 = 132.07
     assert state.ratings["d"] == pytest.approx(132.0713, abs=1e-3)
     assert state.ratings["a"] == pytest.approx(100 - 20 * 0.2 / 0.035 ** 0.5, abs=1e-6)
@@ -203,7 +203,7 @@ def test_initial_reputations_from_dev_scores(tiny_config, tmp_path):
     (root / "eval" / "iter_00" / "medqa-dev.json").unlink()
     again = Pipeline(config)
     again.prepare()
-    assert again._start_state(1).ratings == state.ratings  # kept, not recomputed
+    assert again.start_state(1).ratings == state.ratings  # kept, not recomputed
     run_to_end(config)
     rep = json.loads((root / "iter_01" / "reputations.json").read_text())
     assert rep["ratings"]["d"] > rep["ratings"]["a"] + 50  # a few tiny duels cannot undo a 64-point head start
@@ -215,7 +215,7 @@ def test_initial_reputations_evaluate_dev_when_missing(tiny_config):
     config = tiny_config("iterations=1", "reputation.initial=gsm8k", "eval.limit=2", "eval.max_new_tokens=4")
     pipeline = Pipeline(config)
     pipeline.prepare()
-    state = pipeline._start_state(1)
+    state = pipeline.start_state(1)
     kept = json.loads((pipeline.run.root / "initial_reputations.json").read_text())
     assert kept["task"] == "gsm8k" and set(kept["scores"]) == set("abcd")
     assert (pipeline.run.root / "eval" / "iter_00" / "gsm8k-dev.json").exists()

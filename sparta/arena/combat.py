@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from itertools import groupby
 
-from ..backends import Failure
 from ..chat import PromptTooLong, encode_chat
+from ..config import RunConfig
 from ..records import Duel, Judgment, Prompt, Response
-from .judging import ANSWER_PREFIX, ScoreTokens, aggregate, expected_score, judge_messages, parse_judgment
+from .judges import JudgeAsk, judge_asks
+from .judging import aggregate
 from .reputation import EloParams, ReputationState, apply_duel
 
 
@@ -28,7 +28,7 @@ class Match:
 
 @dataclass(frozen=True)
 class ArenaSettings:
-    """Plain numbers for one round (built from the config by the pipeline)."""
+    """Plain numbers for one round (`of(config)`)."""
 
     max_new_tokens: int
     temperature: float
@@ -41,6 +41,12 @@ class ArenaSettings:
     judge_batch_size: int
     judge_max_prompt_tokens: int
     min_margin: float
+
+    @classmethod
+    def of(cls, c: RunConfig) -> ArenaSettings:
+        g, j = c.generation, c.judge
+        return cls(g.max_new_tokens, g.temperature, g.top_p, g.batch_size, g.max_prompt_tokens, j.mode,
+                   j.max_new_tokens, j.temperature, j.batch_size, j.max_prompt_tokens, c.arena.min_margin)
 
 
 def run_round(backend, matches: list[Match], members: list[str], state: ReputationState, elo: EloParams,
@@ -99,112 +105,17 @@ def generate_responses(backend, asks: list[tuple[str, str]], s: ArenaSettings, s
 def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, progress
            ) -> dict[int, list[Judgment]]:
     """Every member that did not fight scores each response of every duel whose responses both exist."""
-    asks, keys = [], []
+    asks = []
     for m in matches:
         ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
         if ra.text is None or rb.text is None:
             continue  # a failed generation voids the duel: nothing is judged
-        for judge in members:
-            if judge in (m.a, m.b):
-                continue
-            for target, r in (("a", ra), ("b", rb)):
-                asks.append(JudgeAsk(judge, m.prompt.text, r.text, m.index))
-                keys.append((m.index, judge, target))
+        asks += [JudgeAsk(j, m.prompt.text, r.text, m.index, target) for j in members if j not in (m.a, m.b)
+                 for target, r in (("a", ra), ("b", rb))]
     out: dict[int, list[Judgment]] = {}
-    for (index, judge, target), (score, status, raw, shortened) in zip(keys, judge_responses(backend, asks, s, seed,
-                                                                                             progress)):
-        out.setdefault(index, []).append(Judgment(judge, target, score, status, raw, shortened))
+    for ask, judgment in zip(asks, judge_asks(backend, asks, s, seed, progress)):
+        out.setdefault(ask.group, []).append(judgment)
     return out
-
-
-@dataclass(frozen=True)
-class JudgeAsk:
-    """One judgment to make: `judge` scores `response` to `question` on its own. Adjacent asks of one judge with
-    the same `group` share the question, so logprob mode runs their common prefix once."""
-
-    judge: str
-    question: str
-    response: str
-    group: object
-
-
-def judge_responses(backend, asks: list[JudgeAsk], s: ArenaSettings, seed: int, progress
-                    ) -> list[tuple[float | None, str, str | None, bool]]:
-    """(score, status, raw, prompt_shortened) per ask, in order: judge.mode logprob reads the expected score,
-    generate parses the written one (unparsed: None). A judge prompt that cannot be encoded is failed."""
-    prefix = ANSWER_PREFIX if s.judge_mode == "logprob" else ""
-    judges = {a.judge for a in asks}
-    appended = {j: ScoreTokens(backend.tokenizer(j)).appended if s.judge_mode == "logprob" else [] for j in judges}
-    results: list = [None] * len(asks)
-    requests, positions = [], []
-    for i, a in enumerate(asks):
-        try:
-            enc = encode_chat(backend.tokenizer(a.judge), judge_messages(), [a.question, a.response],
-                              max_tokens=s.judge_max_prompt_tokens - len(appended[a.judge]), assistant_prefix=prefix)
-        except PromptTooLong as e:
-            results[i] = (None, "failed", str(e), False)
-            continue
-        requests.append((a.judge, enc.ids + appended[a.judge], enc.shortened))
-        positions.append(i)
-    names, prompts = [r[0] for r in requests], [r[1] for r in requests]
-    tick = progress and progress("judge", len(requests))
-    if s.judge_mode == "logprob":
-        scored = _logprob_scores(backend, names, prompts, [(asks[i].group, asks[i].judge) for i in positions], s, tick)
-    else:
-        scored = _generated_scores(backend, names, prompts, s, seed, tick)
-    for i, (_, _, shortened), (score, status, raw) in zip(positions, requests, scored):
-        results[i] = (score, status, raw, shortened)
-    return results
-
-
-def _logprob_scores(backend, judges, prompts, duel_judge, s: ArenaSettings, tick):
-    """Expected scores. A judge's prompts for the responses of one group (a duel's two; a member's samples of a
-    prompt) share the instructions and the question: the backend runs their common prefix once."""
-    tokens = {j: ScoreTokens(backend.tokenizer(j)) for j in set(judges)}
-    # request indices; a duel's two requests for one judge are adjacent
-    groups = [list(g) for _, g in groupby(range(len(prompts)), key=duel_judge.__getitem__)]
-    results: list = [None] * len(prompts)
-    lps = grouped_by_tokenizer(backend, [judges[g[0]] for g in groups], [[prompts[i] for i in g] for g in groups],
-                               lambda j: (tuple(tokens[j].candidates), tokens[j].positions), s.judge_batch_size, tick)
-    for g, group_lps in zip(groups, lps):
-        for i, lp in zip(g, group_lps):
-            if isinstance(lp, Failure):  # a remote backend could not score it: a failed judgment
-                results[i] = (None, "failed", lp.error)
-                continue
-            dist = tokens[judges[i]].distribution(lp)
-            results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
-    return results
-
-
-def grouped_by_tokenizer(backend, members: list[str], groups: list[list[list[int]]], kind, batch_size: int,
-                         progress=None) -> list:
-    """`grouped_next_token_logprobs` for groups read by members of different tokenizers: `kind(member)` gives
-    the candidate ids and the number of positions, which are per tokenizer, so there is one call per kind (the
-    backend groups rows by base). out[g] in the order of `groups`."""
-    kinds = [kind(m) for m in members]
-    out: list = [None] * len(groups)
-    for candidates, last in dict.fromkeys(kinds):
-        mine = [g for g, k in enumerate(kinds) if k == (candidates, last)]
-        lps = backend.grouped_next_token_logprobs([members[g] for g in mine], [groups[g] for g in mine],
-                                                  list(candidates), last=last, batch_size=batch_size,
-                                                  progress=progress)
-        for g, group_lps in zip(mine, lps):
-            out[g] = group_lps
-    return out
-
-
-def _generated_scores(backend, judges, prompts, s: ArenaSettings, seed: int, tick):
-    generated = backend.generate(judges, prompts, max_new_tokens=s.judge_max_new_tokens,
-                                 temperature=s.judge_temperature, top_p=1.0, batch_size=s.judge_batch_size,
-                                 seed=seed + 1, progress=tick)
-    results = []
-    for g in generated:
-        if g.text is None and g.error != "empty response":
-            results.append((None, "failed", g.error))
-            continue
-        score = parse_judgment(g.text or "")
-        results.append((score, "ok" if score is not None else "unparsed", g.text))
-    return results
 
 
 def _decide(duel: Duel, state: ReputationState, elo: EloParams, min_margin: float) -> None:

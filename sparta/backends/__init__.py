@@ -88,6 +88,14 @@ class BackendError(RuntimeError):
     """A failure of the backend itself (not of one input): the run must stop."""
 
 
+def check_generations(responses: list) -> None:
+    """An iteration whose every generation (records.Response: duels' or baselines' samples) failed has nothing to
+    judge or train on: stop, naming the cause."""
+    if responses and all(r.text is None for r in responses):
+        raise BackendError(f"all {len(responses)} generations of the iteration failed (first: {responses[0].error}); "
+                           "nothing to judge or train on")
+
+
 class ServerLost(BackendError):
     """The inference server sparta started died or hung. A local run stops; a Ray worker whose server is lost is
     replaced like a dead worker (sparta.cluster), as a fresh server may well do the work."""

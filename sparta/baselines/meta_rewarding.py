@@ -11,12 +11,13 @@ import re
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings, JudgeAsk, grouped_by_tokenizer
+from ..arena.combat import ArenaSettings
+from ..arena.judges import JudgeAsk, grouped_by_tokenizer, judge_asks
 from ..arena.judging import JUDGE_PROMPT, token_ids
 from ..backends import Failure
 from ..chat import PromptTooLong, encode_chat
 from ..config import META_OVERHEAD
-from .samples import Sample, judge_asks, pair_row
+from .samples import Sample, pair_row
 from .self_rewarding import STATUS
 
 META_JUDGE_PROMPT = """Here are a question, a response to it, and two judgments of that response. Each judgment \
@@ -45,9 +46,9 @@ def judge_own_n(backend, samples: list[Sample], settings: ArenaSettings, n: int,
     judgment is text the meta-judge can read and DPO can train on). A sample is `scored` when at least one of its
     judgments could be read (its score is their mean); failed generations are never judged."""
     todo = [i for i, s in enumerate(samples) if s.status == "generated"]
-    asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id)
+    asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id, "self")
             for i in todo for _ in range(n)]
-    judgments = judge_asks(backend, asks, "self", settings, seed, progress)
+    judgments = judge_asks(backend, asks, settings, seed, progress)
     out = list(samples)
     for k, i in enumerate(todo):
         mine = judgments[k * n:(k + 1) * n]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..arena.combat import ArenaSettings, JudgeAsk, generate_responses, judge_responses
+from ..arena.combat import ArenaSettings, generate_responses
 from ..records import Judgment, Prompt, Response
 
 
@@ -56,14 +56,6 @@ def draw_samples(backend, members: list[str], prompts: list[Prompt], n: int, set
     responses = generate_responses(backend, [(m, p.text) for p, m, _ in keys], settings, seed, progress)
     return [Sample(m, p.id, p.text, k, r, status="generated" if r.text is not None else "generation_failed")
             for (p, m, k), r in zip(keys, responses)]
-
-
-def judge_asks(backend, asks: list[JudgeAsk], target: str, settings: ArenaSettings, seed: int, progress=None
-               ) -> list[Judgment]:
-    """The arena's judge on each ask, in order, as Judgments of `target`; an unreadable one is kept as data."""
-    return [Judgment(ask.judge, target, score, status, raw, shortened)
-            for ask, (score, status, raw, shortened) in zip(asks, judge_responses(backend, asks, settings, seed,
-                                                                                   progress))]
 
 
 def pair_row(method: str, iteration: int, s: Sample, chosen: str, rejected: str, prompt: str | None = None,

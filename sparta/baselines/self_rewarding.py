@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings, JudgeAsk
-from .samples import Sample, judge_asks, pair_row
+from ..arena.combat import ArenaSettings
+from ..arena.judges import JudgeAsk, judge_asks
+from .samples import Sample, pair_row
 
 STATUS = {"ok": "scored", "unparsed": "judgment_unparsed", "failed": "judgment_failed"}
 
@@ -16,10 +17,10 @@ def judge_own(backend, samples: list[Sample], settings: ArenaSettings, seed: int
     """Every generated sample judged by the member that wrote it; failed generations are never judged."""
     todo = [i for i, s in enumerate(samples) if s.status == "generated"]
     # group: one member's samples of one prompt share the judge prompt's question (logprob mode runs it once)
-    asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id)
+    asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id, "self")
             for i in todo]
     out = list(samples)
-    for i, judgment in zip(todo, judge_asks(backend, asks, "self", settings, seed, progress)):
+    for i, judgment in zip(todo, judge_asks(backend, asks, settings, seed, progress)):
         out[i] = replace(samples[i], judgment=judgment, status=STATUS[judgment.status])
     return out
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings, JudgeAsk
+from ..arena.combat import ArenaSettings
+from ..arena.judges import JudgeAsk, judge_asks
 from ..pairs import win_probabilities
-from .samples import Sample, judge_asks
+from .samples import Sample
 
 
 def judge_by_peers(backend, samples: list[Sample], members: list[str], settings: ArenaSettings, seed: int,
@@ -21,9 +22,10 @@ def judge_by_peers(backend, samples: list[Sample], members: list[str], settings:
     # prompt, then judge, then sample: a judge's asks of one prompt are adjacent and share a group, so logprob
     # mode runs the judge prompt's common prefix (instructions and question) once per judge and prompt
     keys = [(i, judge) for group in by_prompt for judge in members for i in group if samples[i].member != judge]
-    asks = [JudgeAsk(judge, samples[i].prompt, samples[i].response.text, samples[i].prompt_id) for i, judge in keys]
+    asks = [JudgeAsk(judge, samples[i].prompt, samples[i].response.text, samples[i].prompt_id, "peer")
+            for i, judge in keys]
     verdicts: dict[int, list] = {i: [] for i in todo}
-    for (i, _), judgment in zip(keys, judge_asks(backend, asks, "peer", settings, seed, progress)):
+    for (i, _), judgment in zip(keys, judge_asks(backend, asks, settings, seed, progress)):
         verdicts[i].append(judgment)  # in the members' order
     out = list(samples)
     for i in todo:

@@ -1,0 +1,134 @@
+"""The judge, chosen once per call from judge.mode: each ask (a judge, a question, a response) becomes a
+records.Judgment, read (`ok`), unreadable (`unparsed`, generate mode) or failed, never a default score.
+
+- `LogprobJudge`: the judge prompt ends in the start of the answer (`{"score": `); the expected score under the
+  judge's next-token distribution over 1..10. Asks of one judge with the same `group` (a duel's two responses, a
+  member's samples of one prompt) share the instructions and the question: the backend runs that prefix once.
+- `GenerateJudge`: the judge writes its answer; the score is parsed from it (judging.parse_judgment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import groupby
+from typing import TYPE_CHECKING
+
+from ..backends import Failure
+from ..chat import PromptTooLong, encode_chat
+from ..records import Judgment
+from .judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
+
+if TYPE_CHECKING:
+    from .combat import ArenaSettings
+
+
+@dataclass(frozen=True)
+class JudgeAsk:
+    """One judgment to make: `judge` scores `response` to `question` on its own; the Judgment names `target`.
+    Adjacent asks of one judge with the same `group` share the question."""
+
+    judge: str
+    question: str
+    response: str
+    group: object
+    target: str
+
+
+class LogprobJudge:
+    answer_prefix = ANSWER_PREFIX
+
+    def __init__(self, settings: ArenaSettings):
+        self.s = settings
+
+    def appended(self, tokenizer) -> list[int]:
+        """Tokens after the answer prefix that the score is read after (ScoreTokens)."""
+        return ScoreTokens(tokenizer).appended
+
+    def scores(self, backend, asks: list[JudgeAsk], prompts: list[list[int]], seed: int, tick) -> list[tuple]:
+        """(score, status, raw) per prompt: the expected score and the distribution it came from."""
+        judges = [a.judge for a in asks]
+        tokens = {j: ScoreTokens(backend.tokenizer(j)) for j in set(judges)}
+        # request indices; adjacent requests of one judge and group share their prefix
+        groups = [list(g) for _, g in groupby(range(len(asks)), key=lambda i: (asks[i].group, asks[i].judge))]
+        results: list = [None] * len(asks)
+        lps = grouped_by_tokenizer(backend, [judges[g[0]] for g in groups], [[prompts[i] for i in g] for g in groups],
+                                   lambda j: (tuple(tokens[j].candidates), tokens[j].positions),
+                                   self.s.judge_batch_size, tick)
+        for g, group_lps in zip(groups, lps):
+            for i, lp in zip(g, group_lps):
+                if isinstance(lp, Failure):  # a remote backend could not score it: a failed judgment
+                    results[i] = (None, "failed", lp.error)
+                    continue
+                dist = tokens[judges[i]].distribution(lp)
+                results[i] = (expected_score(dist), "ok", " ".join(f"{p:.4f}" for p in dist))
+        return results
+
+
+class GenerateJudge:
+    answer_prefix = ""
+
+    def __init__(self, settings: ArenaSettings):
+        self.s = settings
+
+    def appended(self, tokenizer) -> list[int]:
+        return []
+
+    def scores(self, backend, asks: list[JudgeAsk], prompts: list[list[int]], seed: int, tick) -> list[tuple]:
+        """(score, status, raw) per prompt: the parsed score (unparsed: None) and the text it was read from."""
+        s = self.s
+        generated = backend.generate([a.judge for a in asks], prompts, max_new_tokens=s.judge_max_new_tokens,
+                                     temperature=s.judge_temperature, top_p=1.0, batch_size=s.judge_batch_size,
+                                     seed=seed + 1, progress=tick)
+        results = []
+        for g in generated:
+            if g.text is None and g.error != "empty response":
+                results.append((None, "failed", g.error))
+                continue
+            score = parse_judgment(g.text or "")
+            results.append((score, "ok" if score is not None else "unparsed", g.text))
+        return results
+
+
+JUDGES = {"logprob": LogprobJudge, "generate": GenerateJudge}
+
+
+def judge_asks(backend, asks: list[JudgeAsk], settings: ArenaSettings, seed: int, progress=None) -> list[Judgment]:
+    """A Judgment per ask, in order, by the judge of settings.judge_mode. A judge prompt that cannot be encoded
+    (too long for judge.max_prompt_tokens even shortened) is a failed judgment."""
+    judge_kind = JUDGES[settings.judge_mode](settings)
+    appended = {j: judge_kind.appended(backend.tokenizer(j)) for j in {a.judge for a in asks}}
+    out: list = [None] * len(asks)
+    todo, prompts, shortened = [], [], []
+    for i, a in enumerate(asks):
+        try:
+            enc = encode_chat(backend.tokenizer(a.judge), judge_messages(), [a.question, a.response],
+                              max_tokens=settings.judge_max_prompt_tokens - len(appended[a.judge]),
+                              assistant_prefix=judge_kind.answer_prefix)
+        except PromptTooLong as e:
+            out[i] = Judgment(a.judge, a.target, None, "failed", str(e), False)
+            continue
+        todo.append(i)
+        prompts.append(enc.ids + appended[a.judge])
+        shortened.append(enc.shortened)
+    tick = progress and progress("judge", len(todo))
+    scored = judge_kind.scores(backend, [asks[i] for i in todo], prompts, seed, tick)
+    for i, was_shortened, (score, status, raw) in zip(todo, shortened, scored):
+        out[i] = Judgment(asks[i].judge, asks[i].target, score, status, raw, was_shortened)
+    return out
+
+
+def grouped_by_tokenizer(backend, members: list[str], groups: list[list[list[int]]], kind, batch_size: int,
+                         progress=None) -> list:
+    """`grouped_next_token_logprobs` for groups read by members of different tokenizers: `kind(member)` gives
+    the candidate ids and the number of positions, which are per tokenizer, so there is one call per kind (the
+    backend groups rows by base). out[g] in the order of `groups`."""
+    kinds = [kind(m) for m in members]
+    out: list = [None] * len(groups)
+    for candidates, last in dict.fromkeys(kinds):
+        mine = [g for g, k in enumerate(kinds) if k == (candidates, last)]
+        lps = backend.grouped_next_token_logprobs([members[g] for g in mine], [groups[g] for g in mine],
+                                                  list(candidates), last=last, batch_size=batch_size,
+                                                  progress=progress)
+        for g, group_lps in zip(mine, lps):
+            out[g] = group_lps
+    return out
