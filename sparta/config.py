@@ -222,9 +222,9 @@ class TrainingConfig:
     # content shortened in the middle); the response is cut from its end past max_length (counted in the metrics)
     max_length: int = 1024
     # The "after" metrics (the report's DPO loss before→after, the summary's reward accuracy) score the trained
-    # adapter on at least this many of the member's pairs (SPPO: samples), the first steps of its seeded order;
+    # adapter on at least this many of the member's pairs (SPPO: samples), whole steps spread over its first epoch;
     # null = every pair (a fifth of a CPU member's DPO time); 0 = none, and no "after" (docs/training.md)
-    after_limit: int | None = 16
+    after_limit: int | None = 8
 
     def __post_init__(self) -> None:
         if self.after_limit is not None and self.after_limit < 0:

@@ -25,7 +25,7 @@ from .config import RunConfig
 from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
 from .methods import method_for
-from .models import ModelSpecError, default_cache_dir, resolve_adapter, resolve_model
+from .models import ModelSpecError, ResolvedModel, default_cache_dir, resolve_adapter, resolve_model
 from .prompts import load_prompts, load_references, sample_prompts
 from .ratings import start_state as saved_start_state
 from .records import Duel, Prompt, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
@@ -57,6 +57,12 @@ class Pipeline:
         self.store = None  # HF models loaded in this process (shared by the HF backend and training)
         self.trainer = None  # training on those models, built on first use
         self.outside: dict[str, MemberModel] = {}  # model spec -> a model from outside the pool (evaluation)
+        # set by check() (no model needed) and prepare() (the run directory, resolved models, initial adapters)
+        self.prompt_pool: list[Prompt] = []
+        self.references: dict[str, str] = {}  # prompt id -> reference answer (spin)
+        self.run: RunDir | None = None
+        self.resolved: dict[str, ResolvedModel] = {}
+        self.initial_adapters: dict[str, Path | None] = {}
 
     # ---- set-up: everything cheap is checked before anything expensive ---------------------------
 
@@ -64,7 +70,6 @@ class Pipeline:
         """Every check that needs no model: data, recipes, adapter and model paths."""
         c = self.c
         self.prompt_pool = load_prompts(c.data.prompts, c.data.user_data or None)
-        self.references: dict[str, str] = {}
         if self.method.needs_references:
             self.references = load_references(c.data.prompts, c.data.user_data or None)
             check_references(self.prompt_pool, self.references, c.data.prompts)

@@ -36,9 +36,9 @@ class OptimSettings:
     max_length: int = 512
     max_grad_norm: float = 1.0
     max_prompt_tokens: int | None = None  # the prompt turn's budget (combat's); None = max_length // 2
-    # the trained adapter is scored ("after" metrics) on the pairs (SPPO: samples) of the first steps of the first
-    # epoch, at least after_limit of them in whole steps; None = every pair (what it was), 0 = no pass, no "after"
-    after_limit: int | None = 16
+    # the trained adapter is scored ("after" metrics) on the pairs (SPPO: samples) of steps spread evenly over the
+    # first epoch, at least after_limit of them in whole steps; None = every pair (what it was), 0 = no pass
+    after_limit: int | None = 8
     share_prompts: bool = True  # chosen and rejected in one row, their prompt run once (sequence_logprobs)
 
 
@@ -349,10 +349,18 @@ class _Fit:
     cpu_seconds: dict
 
 
+def scored_steps(per_epoch: int, limit: int | None, batch_size: int) -> list[int]:
+    """The steps whose examples the after-pass scores: whole steps of the first epoch (a step is sorted by length:
+    never the short end of one), at least `limit` examples (None: every step), spread evenly over the epoch, so
+    that the sample holds examples trained early and late."""
+    n = per_epoch if limit is None else min(per_epoch, math.ceil(limit / batch_size))
+    return [i * per_epoch // n for i in range(n)]
+
+
 def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[int], s: OptimSettings, epochs: int,
                            rng: random.Random, progress) -> _Fit:
-    """The part DPO and SPPO share: reference log-probs, the steps, and a no-grad pass after them over the first
-    steps' examples (`OptimSettings.after_limit`). `logps(indices)` scores examples with the current adapter;
+    """The part DPO and SPPO share: reference log-probs, the steps, and a no-grad pass after them over some steps'
+    examples (`OptimSettings.after_limit`). `logps(indices)` scores examples with the current adapter;
     `loss_of(indices, policy, reference)` gives a micro-batch's (mean loss, stats)."""
     batches = _batches(len(lengths), s.batch_size, epochs, rng)
     # a step's gradient is the mean over its examples whatever their grouping: micro-batch by length (less padding)
@@ -363,9 +371,7 @@ def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[in
 
     micro = micro_batches(batches)
     per_epoch = len(batches) // epochs
-    # whole steps, so the sample is not the short end of a step (a step is sorted by length)
-    scored = micro_batches(batches[:per_epoch if s.after_limit is None else
-                                   min(per_epoch, math.ceil(s.after_limit / s.batch_size))])
+    scored = micro_batches([batches[i] for i in scored_steps(per_epoch, s.after_limit, s.batch_size)])
 
     def no_grad_logps(layouts):
         with torch.inference_mode():

@@ -38,7 +38,7 @@ def reference(tmp_path_factory, model_cache):
 
 def trained(root, member, t=1):
     metrics = json.loads((root / f"iter_{t:02d}" / "training" / f"{member}.json").read_text())
-    return {k: v for k, v in metrics.items() if k not in ("seconds", "ray")}
+    return {k: v for k, v in metrics.items() if k not in ("seconds", "cpu_seconds", "ray")}  # times vary
 
 
 @pytest.mark.parametrize("storage", ["shared", "objects"])

@@ -17,7 +17,16 @@ import torch
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore, TrainSlot
 from sparta.models import ResolvedModel, resolve_model
-from sparta.training import OptimSettings, dpo_loss, dpo_steps, encode_example, sequence_logprobs, train_dpo, train_sft
+from sparta.training import (
+    OptimSettings,
+    dpo_loss,
+    dpo_steps,
+    encode_example,
+    scored_steps,
+    sequence_logprobs,
+    train_dpo,
+    train_sft,
+)
 
 LN2 = math.log(2)
 BETA = 0.1
@@ -541,7 +550,7 @@ def test_dpo_with_shared_prompts_trains_as_before(tiny):
 
 
 @pytest.mark.parametrize("limit, scored", [(None, 4), (2, 2), (3, 4), (0, 0)])
-def test_after_limit_scores_whole_first_steps_or_nothing(tiny, limit, scored):
+def test_after_limit_scores_whole_steps_or_nothing(tiny, limit, scored):
     """after_limit: at least that many pairs in whole steps of the first epoch (None: all; 0: no pass, no "after")."""
     s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, after_limit=limit)
     with slot(tiny) as sl:
@@ -577,3 +586,10 @@ def test_the_fp32_head_asks_for_tf32_only_where_it_is_exact(tiny, monkeypatch, d
         vocab = sl.model.get_base_model().get_output_embeddings().weight.shape
     assert [s for s in seen if s[0] == tuple(vocab)] == [(tuple(vocab), expected, torch.float32)]
     assert torch.backends.cuda.matmul.fp32_precision == before
+
+
+def test_the_after_pass_scores_whole_steps_spread_over_the_epoch():
+    assert scored_steps(8, 8, 4) == [0, 4]  # 2 steps of 4 pairs, one early and one halfway
+    assert scored_steps(8, 9, 4) == [0, 2, 5]  # at least 9 pairs: 3 whole steps
+    assert scored_steps(8, None, 4) == list(range(8)) and scored_steps(8, 0, 4) == []
+    assert scored_steps(2, 100, 4) == [0, 1]  # never more than the epoch
