@@ -97,12 +97,14 @@ def print_summary(summary: dict) -> None:
 
 def _training_cell(t: dict) -> str:
     """A member's training, before→after: DPO's reward accuracy, or how far SPPO's log-ratios are from their targets."""
+    from .report import scored
+
     after = t.get("after")
     if not after:
         return "-"
     fit = (f"acc {after['reward_accuracy']:.2f}" if "reward_accuracy" in after
            else f"target error {after['target_error']:.3f}")
-    return f"{t['loss_first']:.3f}→{after['loss']:.3f}, {fit}"
+    return f"{t['loss_first']:.3f}→{after['loss']:.3f}, {fit} ({scored(after)})"
 
 
 def print_eval(task: str, split: str, results: dict, path: Path) -> None:

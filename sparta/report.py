@@ -53,6 +53,11 @@ def _write(root: Path, lines: list[str]) -> Path:
     return path
 
 
+def scored(after: dict) -> str:
+    """What the after-pass scored (training.after_limit: a sample of the pairs, or every one), e.g. "8 pairs"."""
+    return f"{after['samples']} samples" if "samples" in after else f"{after.get('pairs', '?')} pairs"
+
+
 def _baseline_table(root: Path, iterations: list[int]) -> list[str]:
     # "training rows": pairs (meta_rewarding: actor and judge pairs), samples with their win rates for sppo;
     # "judge s": meta_rewarding's judging and meta-judging
@@ -86,12 +91,13 @@ def _reputation_table(root: Path, iterations: list[int], members: list[str]) -> 
     start = read_json(run.initial_reputations) if run.initial_reputations.exists() else None
     heads = ([f"start ({start['task']} dev)"] if start else []) + [f"iter {t}" for t in iterations]
     out = ["## Reputations after each iteration", "", "| member | " + " | ".join(heads)
-           + " | DPO loss before→after (last iter) |", "|---" * (len(heads) + 2) + "|"]
+           + " | DPO loss first step→after (last iter; pairs scored after) |", "|---" * (len(heads) + 2) + "|"]
     for m in members:
         cells = [f"{start['state']['ratings'][m]:.3f}"] if start else []
         cells += [f"{read_json(run.reputations(t))['ratings'][m]:.3f}" for t in iterations]
         last = read_json(run.training(iterations[-1], m)) if iterations else {}
-        dpo = f"{last['loss_first']:.3f}→{last['after']['loss']:.3f}" if last.get("after") else "-"
+        dpo = f"{last['loss_first']:.3f}→{last['after']['loss']:.3f} ({scored(last['after'])})" \
+            if last.get("after") else "-"
         out.append(f"| {m} | " + " | ".join(cells) + f" | {dpo} |")
     return out + [""]
 

@@ -298,3 +298,20 @@ def test_a_run_without_the_after_pass_reports_and_summarises(tiny_config, tmp_pa
     print_summary(pipeline.summary(1))
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(tuple("abcd"))]
     assert len(rows) == 4 and all(row.rstrip().endswith("  -") for row in rows)
+
+
+def test_the_report_and_summary_say_how_many_pairs_the_after_pass_scored(reference_run, capsys):
+    """The after-pass scores a sample (training.after_limit): its numbers are labelled with its size."""
+    from sparta.cli import print_summary
+
+    config, root = reference_run
+    training = {m: json.loads((root / "iter_02" / "training" / f"{m}.json").read_text()) for m in "abcd"}
+    report = (root / "report.md").read_text()
+    for m, t in training.items():
+        row = report.split(f"| {m} |")[1].split("\n")[0]
+        assert row.endswith(f"({t['after']['pairs']} pairs) |") and t["after"]["pairs"] > 0
+    pipeline = Pipeline(config)
+    pipeline.prepare()  # reopens the finished run
+    print_summary(pipeline.summary(2))
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(tuple("abcd"))]
+    assert len(rows) == 4 and all(line.endswith(f"({training[line[0]]['after']['pairs']} pairs)") for line in rows)
