@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from bench.measure import model_device, plain_model, timed
-from sparta.arena.combat import ArenaSettings, Match, run_round
+from sparta.arena.combat import Match, run_round
 from sparta.arena.judging import judge_messages, parse_judgment
 from sparta.arena.reputation import EloParams, initial_state
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFTrainer
 from sparta.chat import encode_chat
+from sparta.config import GenerationConfig, JudgeConfig
 from sparta.prompts import load_prompts
 
 STATIC_BATCH = 24
@@ -37,12 +38,11 @@ def matches_for(members: list[str], n: int) -> list[Match]:
 
 
 def sparta_arena(backend, matches: list[Match], members: list[str], new_tokens: int) -> tuple[list, dict]:
-    settings = ArenaSettings(max_new_tokens=new_tokens, temperature=0.7, top_p=0.95, gen_batch_size=16,
-                             max_prompt_tokens=512, judge_mode="logprob", judge_max_new_tokens=32,
-                             judge_temperature=0.0, judge_batch_size=8, judge_max_prompt_tokens=1024, min_margin=0.0)
+    gen = GenerationConfig(max_new_tokens=new_tokens, temperature=0.7, top_p=0.95, batch_size=16, max_prompt_tokens=512)
+    judge = JudgeConfig(mode="logprob", max_new_tokens=32, temperature=0.0, batch_size=8, max_prompt_tokens=1024)
     timings: dict = {}
     elo = EloParams()
-    duels = run_round(backend, matches, members, initial_state(members, elo), elo, settings, seed=0, round_no=1,
+    duels = run_round(backend, matches, members, initial_state(members, elo), elo, gen, judge, 0.0, seed=0, round_no=1,
                       iteration=1, timings=timings)
     return duels, timings
 

@@ -6,7 +6,7 @@ Pairs: SmolLM2's own answers (two members, temperature 0.7) to GSM8K prompts of 
 until a seeded target length), 100-250 new tokens each; the demo's training settings (sparta/configs/demo.yaml
 leaves `training` at TrainingConfig's defaults). Both paths train the same start adapter with the same seed:
 
-  old  OptimSettings(after_limit=None, share_prompts=False): every pair scored again after training, chosen and
+  old  training.after_limit=None, share_prompts=False: every pair scored again after training, chosen and
        rejected as two rows (the behaviour before issue 15 §5; the output layer's restriction to response
        positions is not a setting, so "old" already has it and the ratio understates the change)
   new  the defaults: the prompt run once per pair (one row, a 4D mask), the "after" pass on the first 16 pairs
@@ -27,6 +27,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,7 +40,7 @@ from sparta.config import LoraConfig, TrainingConfig
 from sparta.models import resolve_model
 from sparta.prompts import load_prompts
 from sparta.rundir import package_versions
-from sparta.training import OptimSettings, _encode_rows, dpo_loss, sequence_logprobs, train_dpo
+from sparta.training import _encode_rows, dpo_loss, sequence_logprobs, train_dpo
 
 PATHS = {"old": {"after_limit": None, "share_prompts": False}, "new": {}}
 PHASES = ("reference", "steps", "after")
@@ -71,14 +72,12 @@ def make_pairs(backend, members, tok, n: int, prompt_tokens=(100, 300), new_toke
             for q, a, b in zip(questions, answers[:n], answers[n:]) if a.text and b.text]
 
 
-def settings(**changes) -> OptimSettings:
-    t = TrainingConfig()
-    return OptimSettings(lr=t.lr, batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
-                         warmup_ratio=t.warmup_ratio, max_length=t.max_length, **changes)
+def settings(**changes) -> TrainingConfig:
+    return replace(TrainingConfig(), **changes)
 
 
-def lengths(tok, pairs: list[dict], s: OptimSettings) -> dict:
-    examples, _ = _encode_rows(tok, pairs, ("chosen", "rejected"), s)
+def lengths(tok, pairs: list[dict], s: TrainingConfig) -> dict:
+    examples, _ = _encode_rows(tok, pairs, ("chosen", "rejected"), s.max_length, None)
     prompt = [c[1] for c, _ in examples if c]
     response = [len(x[0]) - x[1] for pair in examples if pair for x in pair]
     return {"prompt_tokens": _spread(prompt), "response_tokens": _spread(response)}
@@ -89,12 +88,12 @@ def _spread(xs: list[int]) -> dict:
     return {"min": xs[0], "median": xs[len(xs) // 2], "max": xs[-1], "mean": sum(xs) / len(xs)}
 
 
-def score(store, member: MemberModel, pairs: list[dict], s: OptimSettings, share_prompts: bool) -> torch.Tensor:
+def score(store, member: MemberModel, pairs: list[dict], s: TrainingConfig, share_prompts: bool) -> torch.Tensor:
     """[pairs, 2] log-probs (chosen, rejected) of `member`'s adapter, one pair per pass (the same for any path)."""
     with HFTrainer(LoraConfig(), 0, store).slot(member) as slot, torch.inference_mode():
         slot.model.set_adapter(slot.adapter)
         slot.model.eval()
-        examples, _ = _encode_rows(slot.tokenizer, pairs, ("chosen", "rejected"), s)
+        examples, _ = _encode_rows(slot.tokenizer, pairs, ("chosen", "rejected"), s.max_length, None)
         return torch.stack([sequence_logprobs(slot.model, list(e), slot.tokenizer.pad_token_id, slot.device,
                                               share_prompts=share_prompts)[0] for e in examples if e])
 
@@ -105,10 +104,10 @@ def quality(policy: torch.Tensor, reference: torch.Tensor, beta: float) -> dict:
             "reward_accuracy": (rc > rr).float().mean().item(), "pairs": len(rc)}
 
 
-def train(store, member: MemberModel, pairs, s: OptimSettings, beta: float, epochs: int, out: Path) -> dict:
+def train(store, member: MemberModel, pairs, s: TrainingConfig, out: Path) -> dict:
     with HFTrainer(LoraConfig(), 0, store).slot(member) as slot:
         clock, cpu = time.perf_counter(), time.process_time()
-        metrics = train_dpo(slot, member.name, pairs, s, beta, epochs, seed=0)
+        metrics = train_dpo(slot, member.name, pairs, s, seed=0)
         seconds = {"wall": time.perf_counter() - clock, "cpu": time.process_time() - cpu}
         slot.save(out)
     return {"seconds": seconds, "by_phase": {"wall": metrics["seconds"], "cpu": metrics["cpu_seconds"]},
@@ -124,7 +123,7 @@ def compare(backend, members, resolved, pairs: list[dict], order: list[str], wor
     start = MemberModel(members[2], resolved, work / "start")
     runs = []
     for k, path in enumerate(order):
-        runs.append(train(store, start, pairs, settings(**PATHS[path]), t.beta, t.epochs, work / str(k)))
+        runs.append(train(store, start, pairs, settings(**PATHS[path]), work / str(k)))
         print(f"{path}: {runs[-1]['seconds']}", file=sys.stderr, flush=True)
     s = settings()
     reference = score(store, start, pairs, s, share_prompts=False)

@@ -54,10 +54,11 @@ from bench.run import device_name, generate_ceiling, prompts_ids
 from sparta.arena.judging import ScoreTokens, expected_score
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore
+from sparta.config import TrainingConfig
 from sparta.models import resolve_model
 from sparta.precision import tf32_matmuls
 from sparta.rundir import package_versions
-from sparta.training import OptimSettings, train_dpo
+from sparta.training import train_dpo
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
@@ -255,12 +256,13 @@ def dpo(pool: Pool, sc: Scale, reserve: float) -> dict:
     pairs = random_pairs(pool.tok, sc.dpo_pairs, sc.dpo_prompt_tokens, sc.dpo_response_tokens)
     # one step over all the pairs; lr 1e-4, not the paper's 1e-6, so that the one step visibly moves the loss (the
     # speed does not depend on it); room for the chat template around the texts, so that nothing is cut
-    settings = OptimSettings(lr=1e-4, batch_size=sc.dpo_pairs, micro_batch_size=sc.dpo_micro_batch,
-                             max_length=sc.dpo_prompt_tokens + sc.dpo_response_tokens + 64,
-                             max_prompt_tokens=sc.dpo_prompt_tokens + 32)
-    variants = [dpo_variant(pool, pairs, settings, checkpointing, reserve) for checkpointing in (True, False)]
+    settings = TrainingConfig(lr=1e-4, batch_size=sc.dpo_pairs, micro_batch_size=sc.dpo_micro_batch,
+                              max_length=sc.dpo_prompt_tokens + sc.dpo_response_tokens + 64)
+    prompt_tokens = sc.dpo_prompt_tokens + 32
+    variants = [dpo_variant(pool, pairs, settings, prompt_tokens, checkpointing, reserve)
+                for checkpointing in (True, False)]
     if variants[-1].get("out_of_memory") and variants[-1]["reserved_bytes"]:
-        variants.append(dpo_variant(pool, pairs, settings, False, 0.0))
+        variants.append(dpo_variant(pool, pairs, settings, prompt_tokens, False, 0.0))
     head = pool.model.get_base_model().get_output_embeddings()
     return {"pairs": len(pairs), "prompt_tokens": sc.dpo_prompt_tokens, "response_tokens": sc.dpo_response_tokens,
             "micro_batch_pairs": sc.dpo_micro_batch, "setup": pool.setup, "variants": variants,
@@ -305,7 +307,8 @@ def random_pairs(tok, n: int, prompt_tokens: int, response_tokens: int, seed: in
              "rejected": turn("assistant", response_tokens)} for _ in range(n)]
 
 
-def dpo_variant(pool: Pool, pairs: list[dict], settings: OptimSettings, checkpointing: bool, reserve: float) -> dict:
+def dpo_variant(pool: Pool, pairs: list[dict], settings: TrainingConfig, prompt_tokens: int, checkpointing: bool,
+                reserve: float) -> dict:
     out = {"gradient_checkpointing": checkpointing, "reserved_fraction": reserve}
     held = None
     if pool.device.type == "cuda" and reserve > 0:  # what a vLLM server at gpu_memory_utilization=reserve holds
@@ -319,8 +322,8 @@ def dpo_variant(pool: Pool, pairs: list[dict], settings: OptimSettings, checkpoi
     try:
         with peak_memory(pool.device) as memory:
             with trainer.slot(member) as slot:
-                metrics, seconds = timed(lambda: train_dpo(slot, member.name, pairs, settings, beta=0.1, epochs=1,
-                                                           seed=0), pool.device)
+                metrics, seconds = timed(lambda: train_dpo(slot, member.name, pairs, settings, seed=0,
+                                                           prompt_tokens=prompt_tokens), pool.device)
         out.update(seconds=seconds, s_per_pair=seconds / len(pairs), steps=metrics["steps"],
                    phases_s=metrics["seconds"], truncated=metrics["truncated"],
                    loss_first=metrics["loss_first"], loss_last=metrics["loss_last"],

@@ -44,7 +44,7 @@ from sparta.config import LoraConfig, TrainingConfig
 from sparta.models import resolve_model
 from sparta.prompts import load_prompts
 from sparta.rundir import package_versions
-from sparta.training import OptimSettings, train_dpo
+from sparta.training import train_dpo
 
 
 def prompts_ids(tok, n: int, min_tokens: int) -> list[list[int]]:
@@ -165,9 +165,7 @@ def dpo(backend, members, tok, resolved, n_pairs: int, new_tokens: int) -> dict:
 
     pairs = [{"prompt": turn("user", q), "chosen": turn("assistant", a.text), "rejected": turn("assistant", b.text)}
              for q, a, b in zip(questions, answers[:n_pairs], answers[n_pairs:]) if a.text and b.text]
-    t = TrainingConfig()
-    settings = OptimSettings(lr=t.lr, batch_size=t.batch_size, micro_batch_size=t.micro_batch_size,
-                             warmup_ratio=t.warmup_ratio, max_length=t.max_length)
+    settings = TrainingConfig()
     out = {"pairs": len(pairs)}
     member = MemberModel(members[2], resolved, None)
     with tempfile.TemporaryDirectory() as start:  # both precisions train the same member from the same adapter
@@ -177,7 +175,7 @@ def dpo(backend, members, tok, resolved, n_pairs: int, new_tokens: int) -> dict:
         # one device for both precisions: the backend's
         for label, store in (("fp32", backend.store), ("bf16", ModelStore(backend.store.device, dtype="bfloat16"))):
             with HFTrainer(LoraConfig(), 0, store).slot(member) as slot:
-                r, s = timed(lambda: train_dpo(slot, members[2], pairs, settings, t.beta, t.epochs, seed=0),
+                r, s = timed(lambda: train_dpo(slot, members[2], pairs, settings, seed=0),
                              slot.device)
             out[label] = {"s_per_pair": s / len(pairs), "seconds": r["seconds"], "loss_first": r["loss_first"],
                           "loss_after": r["after"]["loss"], "reward_accuracy_after": r["after"]["reward_accuracy"],

@@ -225,6 +225,10 @@ class TrainingConfig:
     # adapter on at least this many of the member's pairs (SPPO: samples), whole steps spread over its first epoch;
     # null = every pair (a fifth of a CPU member's DPO time); 0 = none, and no "after" (docs/training.md)
     after_limit: int | None = 8
+    max_grad_norm: float = 1.0  # each step's gradient is clipped to this norm
+    # a pair's chosen and rejected in one row, their prompt run once (where exact: docs/training.md); false = each
+    # sequence its own row, as before
+    share_prompts: bool = True
 
     def __post_init__(self) -> None:
         if self.after_limit is not None and self.after_limit < 0:
@@ -240,6 +244,10 @@ class EvalConfig:
     every: int = 1
     limit: int = 0  # the first N examples of each split; 0 = all
     max_new_tokens: int = 256
+    mc_max_new_tokens: int = 32  # enough to state a letter or an option; MC accuracy does not need reasoning
+    batch_size: int = 16
+    max_prompt_tokens: int = 1024
+    bootstrap: int = 1000  # resamples of the 95% intervals
     # who scores free-text answers 1-10 (alpaca, COM2): a pool member's name or any model spec (pool.base's
     # spec shares the loaded base, without an adapter); null = the member with the highest reputation
     evaluator: str | None = None

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from .arena.judging import ANSWER_PREFIX, JUDGE_PROMPT, ScoreTokens, expected_score, judge_messages
 from .backends import Failure
 from .chat import encode_chat
+from .config import EvalConfig
 from .tasks.catalog import Example, Task, format_mc
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, pick_by_loglik
 from .training import encode_example
@@ -43,16 +44,6 @@ PROMPTS = {
     "math": "{question}\n\nSolve it step by step and put the final answer in \\boxed{{}}.",
     "judged": "{question}",
 }
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    max_new_tokens: int = 256
-    mc_max_new_tokens: int = 32  # enough to state a letter or an option; MC accuracy does not need reasoning
-    batch_size: int = 16
-    max_prompt_tokens: int = 1024
-    bootstrap: int = 1000
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,16 +71,16 @@ def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float,
     return means[int(0.025 * (resamples - 1))], means[int(0.975 * (resamples - 1))]
 
 
-def summarise(values: list[float | None], s: EvalSettings) -> dict:
+def summarise(values: list[float | None], c: EvalConfig, seed: int) -> dict:
     """Mean and CI over the examples that have a value; those without one (failed generations) are counted
     as `failed`, never scored."""
     valid = [v for v in values if v is not None]
     return {"value": sum(valid) / len(valid) if valid else float("nan"), "n": len(valid),
-            "failed": len(values) - len(valid), "ci95": list(bootstrap_ci(valid, s.bootstrap, s.seed))}
+            "failed": len(values) - len(valid), "ci95": list(bootstrap_ci(valid, c.bootstrap, seed))}
 
 
-def evaluate(backend, members: list[str], task: Task, examples: list[Example], s: EvalSettings,
-             evaluator: Evaluator | str | None = None, progress=None) -> dict[str, dict]:
+def evaluate(backend, members: list[str], task: Task, examples: list[Example], c: EvalConfig,
+             evaluator: Evaluator | str | None = None, progress=None, seed: int = 0) -> dict[str, dict]:
     """{member: result} where result = {"metrics": {name: {value, n, failed, ci95}}, "primary": name,
     "examples": [...]}. `evaluator`: an Evaluator, or the name of a model in `backend`; needed by judged
     tasks, optional for COM2 (without one, COM2 has only its MC metrics)."""
@@ -101,29 +92,31 @@ def evaluate(backend, members: list[str], task: Task, examples: list[Example], s
     for member in members:
         clock = time.perf_counter()
         if task.kind == "mc":
-            result = _mc(backend, member, examples, s, progress)
+            result = _mc(backend, member, examples, c, seed, progress)
             if task.free_text and evaluator is not None:
-                _add_free_text(result, backend, member, evaluator, examples, s, progress)
+                _add_free_text(result, backend, member, evaluator, examples, c, seed, progress)
         elif task.kind == "judged":
-            result = _judged(backend, member, evaluator, examples, s, progress)
+            result = _judged(backend, member, evaluator, examples, c, seed, progress)
         else:
-            result = _generated(backend, member, task.kind, examples, s, progress)
+            result = _generated(backend, member, task.kind, examples, c, seed, progress)
         result["wall_s"] = round(time.perf_counter() - clock, 2)
         results[member] = result
     return results
 
 
-def _generate(backend, member: str, prompts: list[str], s: EvalSettings, progress, max_new_tokens=None) -> list:
+def _generate(backend, member: str, prompts: list[str], c: EvalConfig, seed: int, progress,
+              max_new_tokens=None) -> list:
     tok = backend.tokenizer(member)
-    encoded = [encode_chat(tok, [("user", "{0}")], [p], max_tokens=s.max_prompt_tokens).ids for p in prompts]
-    return backend.generate([member] * len(prompts), encoded, max_new_tokens=max_new_tokens or s.max_new_tokens,
+    encoded = [encode_chat(tok, [("user", "{0}")], [p], max_tokens=c.max_prompt_tokens).ids for p in prompts]
+    return backend.generate([member] * len(prompts), encoded, max_new_tokens=max_new_tokens or c.max_new_tokens,
                             temperature=0.0,
-                            top_p=1.0, batch_size=s.batch_size, seed=s.seed,
+                            top_p=1.0, batch_size=c.batch_size, seed=seed,
                             progress=progress and progress(f"eval {member}", len(prompts)))
 
 
-def _generated(backend, member, kind, examples, s, progress) -> dict:
-    outputs = _generate(backend, member, [PROMPTS[kind].format(question=e.question) for e in examples], s, progress)
+def _generated(backend, member, kind, examples, c, seed, progress) -> dict:
+    outputs = _generate(backend, member, [PROMPTS[kind].format(question=e.question) for e in examples], c, seed,
+                        progress)
     rows: list[dict] = []
     strict: list[float | None] = []
     flexible: list[float | None] = []
@@ -145,15 +138,15 @@ def _generated(backend, member, kind, examples, s, progress) -> dict:
             flexible.append(float(grade.correct))
         rows.append(row)
     if kind == "gsm8k":
-        metrics = {"flexible": summarise(flexible, s), "strict": summarise(strict, s)}
+        metrics = {"flexible": summarise(flexible, c, seed), "strict": summarise(strict, c, seed)}
         return {"metrics": metrics, "primary": "flexible", "examples": rows}
-    return {"metrics": {"accuracy": summarise(flexible, s)}, "primary": "accuracy", "examples": rows}
+    return {"metrics": {"accuracy": summarise(flexible, c, seed)}, "primary": "accuracy", "examples": rows}
 
 
-def _mc(backend, member, examples, s, progress) -> dict:
-    outputs = _generate(backend, member, [format_mc(e.question, e.choices) for e in examples], s, progress,
-                        s.mc_max_new_tokens)
-    logliks = _option_logliks(backend, member, examples, s)
+def _mc(backend, member, examples, c, seed, progress) -> dict:
+    outputs = _generate(backend, member, [format_mc(e.question, e.choices) for e in examples], c, seed,
+                        progress, c.mc_max_new_tokens)
+    logliks = _option_logliks(backend, member, examples, c)
     rows: list[dict] = []
     letter: list[float | None] = []
     loglik: list[float | None] = []
@@ -176,26 +169,27 @@ def _mc(backend, member, examples, s, progress) -> dict:
         letter.append(float(grade.correct) if grade else None)
         loglik.append(None if failed else float(picked == e.answer))
         loglik_norm.append(None if failed else float(picked_norm == e.answer))
-    metrics = {"letter": summarise(letter, s), "loglik": summarise(loglik, s), "loglik_norm": summarise(loglik_norm, s)}
+    metrics = {name: summarise(values, c, seed)
+               for name, values in (("letter", letter), ("loglik", loglik), ("loglik_norm", loglik_norm))}
     return {"metrics": metrics, "primary": "letter", "examples": rows}
 
 
-def _option_logliks(backend, member, examples, s) -> list[dict[str, float]]:
+def _option_logliks(backend, member, examples, c) -> list[dict[str, float]]:
     """Summed log-probability of each option's text as the answer to the question (options not listed)."""
     tok = backend.tokenizer(member)
     # the question as a prompt (shortened in the middle if needed), and each option as the assistant's answer
     # (its tokens and the template's end-of-turn, as in DPO), independent of the question's length
-    prefixes = [encode_chat(tok, [("user", "{0}")], [e.question], max_tokens=s.max_prompt_tokens).ids
+    prefixes = [encode_chat(tok, [("user", "{0}")], [e.question], max_tokens=c.max_prompt_tokens).ids
                 for e in examples]
     continuations = [[ids[start:] for ids, start in (encode_example(tok, "?", text, 10**6)
                                                     for text in e.choices.values())] for e in examples]
-    scores = backend.continuation_logprobs(member, prefixes, continuations, batch_size=s.batch_size)
+    scores = backend.continuation_logprobs(member, prefixes, continuations, batch_size=c.batch_size)
     return [dict(zip(e.choices, row)) for e, row in zip(examples, scores)]
 
 
-def _judged(backend, member, evaluator: Evaluator, examples, s, progress) -> dict:
-    outputs = _generate(backend, member, [PROMPTS["judged"].format(question=e.question) for e in examples], s,
-                        progress)
+def _judged(backend, member, evaluator: Evaluator, examples, c, seed, progress) -> dict:
+    outputs = _generate(backend, member, [PROMPTS["judged"].format(question=e.question) for e in examples], c,
+                        seed, progress)
     tok = evaluator.backend.tokenizer(evaluator.name)
     tokens = ScoreTokens(tok)
     rows: list[dict] = []
@@ -204,22 +198,22 @@ def _judged(backend, member, evaluator: Evaluator, examples, s, progress) -> dic
         rows.append({"id": e.id, "reference": e.answer, "output": out.text, "error": out.error, "score": None})
         if out.text is not None:
             enc = encode_chat(tok, judge_messages(), [e.question, out.text], assistant_prefix=ANSWER_PREFIX,
-                              max_tokens=s.max_prompt_tokens - len(tokens.appended))
+                              max_tokens=c.max_prompt_tokens - len(tokens.appended))
             requests.append((len(rows) - 1, enc.ids + tokens.appended))
     logprobs = evaluator.backend.next_token_logprobs(
         [evaluator.name] * len(requests), [r[1] for r in requests], tokens.candidates, last=tokens.positions,
-        batch_size=s.batch_size, progress=progress and progress(f"judge {member}", len(requests)))
+        batch_size=c.batch_size, progress=progress and progress(f"judge {member}", len(requests)))
     for (row, _), lp in zip(requests, logprobs):
         if isinstance(lp, Failure):  # the evaluator could not score it: failed, never a default score
             rows[row]["error"] = lp.error
             continue
         rows[row]["score"] = expected_score(tokens.distribution(lp))
     scores = [r["score"] for r in rows]  # failed generations stay None: counted as failed, not scored
-    return {"metrics": {"judged_score": summarise(scores, s)}, "primary": "judged_score",
+    return {"metrics": {"judged_score": summarise(scores, c, seed)}, "primary": "judged_score",
             "evaluator": evaluator.record, "judge_prompt": JUDGE_PROMPT, "examples": rows}
 
 
-def _add_free_text(result: dict, backend, member, evaluator: Evaluator, examples, s, progress) -> None:
+def _add_free_text(result: dict, backend, member, evaluator: Evaluator, examples, c, seed, progress) -> None:
     """COM2's judged score: the member answers each item's free-text question, the evaluator scores it 1-10.
     Items whose right option is "None of the answers are correct" have no usable reference: left out, counted
     as `excluded`. The judged rows go into the MC rows (`free_text`) of the same examples."""
@@ -230,7 +224,7 @@ def _add_free_text(result: dict, backend, member, evaluator: Evaluator, examples
                              "meta['reference']")
         if not e.meta.get("none_of_the_above"):
             usable.append(Example(e.id, e.meta["free_text_question"], e.meta["reference"]))
-    judged = _judged(backend, member, evaluator, usable, s, progress)
+    judged = _judged(backend, member, evaluator, usable, c, seed, progress)
     by_id = {row["id"]: row for row in judged["examples"]}
     for row in result["examples"]:
         row["free_text"] = by_id.get(row["id"])  # None: no usable reference

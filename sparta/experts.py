@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .config import ExpertsConfig
 from .models import ResolvedModel
 from .seeding import rng
 from .tasks.catalog import DATA, self_instruct_seeds
 
 if TYPE_CHECKING:
     from .backends.hf import LoraShape
-    from .training import OptimSettings
 
 
 def _self_instruct() -> list[tuple[str, str]]:
@@ -62,19 +62,19 @@ def expert_examples(recipe: str, n: int, seed: int) -> list[tuple[str, str]]:
 
 def expert_dir(cache_dir: Path, base: ResolvedModel, recipe: str, settings: dict, seed: int) -> Path:
     key = json.dumps({"base": base.fingerprint, "recipe": recipe, "settings": settings, "seed": seed,
-                      "version": 2}, sort_keys=True)
+                      "version": 3}, sort_keys=True)
     return Path(cache_dir) / "experts" / f"{recipe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora: LoraShape, steps: int,
-                  optim: OptimSettings, seed: int, progress=None, store=None) -> dict[str, dict]:
+def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora: LoraShape, experts: ExpertsConfig,
+                  seed: int, progress=None, store=None) -> dict[str, dict]:
     """Build the experts not yet in the cache (loading the base once; `store`, if given, returns the
     backends.hf.ModelStore to load it into). Returns {recipe: {dir, metrics}}."""
     from .backends.hf import ModelStore
 
     models = store() if store else ModelStore()
     # an expert trained in bf16 on a GPU is another adapter than one trained in fp32 on a CPU
-    settings = {"steps": steps, "lora": vars(lora), "optim": vars(optim), "precision": models.precision}
+    settings = {"experts": vars(experts), "lora": vars(lora), "precision": models.precision}
     dirs = {r: expert_dir(cache_dir, base, r, settings, seed) for r in recipes}
     missing = [r for r in recipes if not (dirs[r] / "adapter_config.json").exists()]
     results = {r: {"dir": dirs[r], "cached": r not in missing} for r in recipes}
@@ -86,10 +86,10 @@ def build_experts(base: ResolvedModel, recipes: list[str], cache_dir: Path, lora
 
     trainer = HFTrainer(lora, seed, models)
     for recipe in missing:
-        examples = expert_examples(recipe, steps * optim.batch_size, seed)
-        tick = progress and progress(f"expert {recipe}", steps)
+        examples = expert_examples(recipe, experts.steps * experts.batch_size, seed)
+        tick = progress and progress(f"expert {recipe}", experts.steps)
         with trainer.slot(MemberModel(recipe, base, None)) as slot:
-            metrics = train_sft(slot, recipe, examples, optim, steps, seed, tick)
+            metrics = train_sft(slot, recipe, examples, experts, seed, tick)
             slot.save(dirs[recipe])
         (dirs[recipe] / "sft_metrics.json").write_text(json.dumps(metrics, indent=1))
         results[recipe]["metrics"] = metrics

@@ -22,7 +22,7 @@ from .arena.reputation import ReputationState, initial_state
 from .backends import MemberModel, build_backend
 from .baselines.spin import check_references
 from .config import RunConfig
-from .evaluation import EvalSettings, Evaluator, evaluate, needs_evaluator
+from .evaluation import Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
 from .methods import method_for
 from .models import ModelSpecError, ResolvedModel, default_cache_dir, resolve_adapter, resolve_model
@@ -33,7 +33,7 @@ from .report import write_report
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed
 from .tasks.catalog import get_task
-from .training import DPOJob, OptimSettings, SPPOJob, job_kind, job_steps, run_job
+from .training import DPOJob, SPPOJob, job_kind, job_steps, run_job
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,10 @@ class Pipeline:
             adapters[m.name] = resolve_adapter(m.adapter) if m.adapter else None
             if m.expert:
                 by_base.setdefault(m.model or c.pool.base, []).append(m.expert)
-        ex = c.pool.experts
-        optim = OptimSettings(lr=ex.lr, batch_size=ex.batch_size, micro_batch_size=ex.batch_size,
-                              max_length=ex.max_length)
         built = {}
         for spec, recipes in by_base.items():
             base = resolve_model(spec, self.cache)
-            for recipe, info in build_experts(base, sorted(set(recipes)), self.cache, self.lora, ex.steps, optim,
+            for recipe, info in build_experts(base, sorted(set(recipes)), self.cache, self.lora, c.pool.experts,
                                               c.seed, self.progress, self._store).items():
                 built[(spec, recipe)] = info["dir"]
         for m in c.pool.members:
@@ -252,17 +249,12 @@ class Pipeline:
             results = read_json(path)["results"]
             if set(self.members) <= set(results):
                 return results
-        e = self.c.eval
-        return self._evaluate(0, task, "dev", self.members, e.limit, None, e.max_new_tokens)[0]
+        return self._evaluate(0, task, "dev", self.members, self.c.eval.limit, None)[0]
 
     def _train(self, t: int, pairs: list[dict]) -> None:
         """Each member trains a copy of its adapter at the start of iteration t and writes iter_t/adapters/NAME."""
-        c, run = self.c, self.run
-        tr = c.training
-        optim = OptimSettings(lr=tr.lr, batch_size=tr.batch_size, micro_batch_size=tr.micro_batch_size,
-                              warmup_ratio=tr.warmup_ratio, max_length=tr.max_length,
-                              max_prompt_tokens=c.generation.max_prompt_tokens, after_limit=tr.after_limit)
-        jobs = [self._job(t, member, self.method.rows_for(member.name, pairs), optim)
+        run = self.run
+        jobs = [self._job(t, member, self.method.rows_for(member.name, pairs))
                 for member in self._pool(t) if not run.is_done(t, f"train-{member.name}")]
         with self._gpu_for_training(bool(jobs)):
             for job, metrics in self._run_jobs(jobs):  # in the order they finish
@@ -284,13 +276,14 @@ class Pipeline:
             if release and self.store is not None:
                 self.store.release()
 
-    def _job(self, t: int, member: MemberModel, rows: list[dict], optim: OptimSettings) -> DPOJob | SPPOJob:
+    def _job(self, t: int, member: MemberModel, rows: list[dict]) -> DPOJob | SPPOJob:
         """The member's training job of iteration t: SPPO on its samples for method sppo, else DPO on its pairs."""
         c = self.c
         seed, out = derive_seed(c.seed, t), self.run.adapter_dir(t, member.name)
+        prompt_tokens = c.generation.max_prompt_tokens
         if self.method.loss == "sppo":
-            return SPPOJob(member, rows, optim, c.baseline.sppo_eta, c.training.epochs, seed, out)
-        return DPOJob(member, rows, optim, c.training.beta, c.training.epochs, seed, out)
+            return SPPOJob(member, rows, c.training, prompt_tokens, c.baseline.sppo_eta, seed, out)
+        return DPOJob(member, rows, c.training, prompt_tokens, seed, out)
 
     def _run_jobs(self, jobs: list[DPOJob | SPPOJob]):
         """Yield (job, metrics) as each member's DPO or SPPO finishes: here one after the other, or over the Ray
@@ -347,7 +340,7 @@ class Pipeline:
         return None if requested is None or requested in self.members else self._outside_name(requested)
 
     def _evaluate(self, t: int, task_name: str, split: str, members: list[str], limit: int | None,
-                  evaluator: str | None, max_new_tokens: int = 256) -> tuple[dict, Path]:
+                  evaluator: str | None) -> tuple[dict, Path]:
         """Score the pool as it stands after iteration t (the backend, if loaded, is at that point)."""
         task = get_task(task_name)
         examples = task.examples(split, self.c.data.user_data or None)[:limit or None]
@@ -361,8 +354,7 @@ class Pipeline:
                 state = self.start_state(t + 1)
                 requested = max(self.members, key=lambda m: state.ratings[m])
             judge = Evaluator(backend, outside_judge or requested, self._model_record(requested, t))
-        settings = EvalSettings(max_new_tokens=max_new_tokens, seed=self.c.seed)
-        scored = evaluate(backend, list(names.values()), task, examples, settings, judge, self.progress)
+        scored = evaluate(backend, list(names.values()), task, examples, self.c.eval, judge, self.progress, self.c.seed)
         results = {m: scored[names[m]] for m in members}
         path = self._eval_path(t, task_name, split)
         write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": t,
@@ -394,7 +386,7 @@ class Pipeline:
         for task_name in e.tasks:
             for split in e.splits:
                 if not self._eval_path(t, task_name, split).exists():
-                    self._evaluate(t, task_name, split, self.members, e.limit, None, e.max_new_tokens)
+                    self._evaluate(t, task_name, split, self.members, e.limit, None)
 
     # ---- reporting ---------------------------------------------------------------------------------
 

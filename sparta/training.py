@@ -22,24 +22,10 @@ import torch.nn.functional as F
 
 from .backends import MemberModel
 from .chat import PromptTooLong, encode_chat
+from .config import ExpertsConfig, TrainingConfig
 from .hf_compat import is_checkpointing, kv_cache, with_cache
 from .precision import fp32_linear
 from .seeding import derive_seed
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    lr: float
-    batch_size: int
-    micro_batch_size: int
-    warmup_ratio: float = 0.1
-    max_length: int = 512
-    max_grad_norm: float = 1.0
-    max_prompt_tokens: int | None = None  # the prompt turn's budget (combat's); None = max_length // 2
-    # the trained adapter is scored ("after" metrics) on the pairs (SPPO: samples) of steps spread evenly over the
-    # first epoch, at least after_limit of them in whole steps; None = every pair (what it was), 0 = no pass
-    after_limit: int | None = 8
-    share_prompts: bool = True  # chosen and rejected in one row, their prompt run once (sequence_logprobs)
 
 
 @dataclass(frozen=True)
@@ -48,9 +34,8 @@ class DPOJob:
 
     member: MemberModel  # as it stands at the start of the iteration (its adapter directory)
     pairs: list[dict]
-    optim: OptimSettings
-    beta: float
-    epochs: int
+    training: TrainingConfig  # beta, epochs and the optimiser
+    prompt_tokens: int  # the prompt turn's budget: generation.max_prompt_tokens, as combat encoded it
     seed: int
     out_dir: Path  # where the trained adapter is written (atomically)
 
@@ -61,19 +46,19 @@ class SPPOJob:
 
     member: MemberModel
     samples: list[dict]
-    optim: OptimSettings
+    training: TrainingConfig
+    prompt_tokens: int
     eta: float
-    epochs: int
     seed: int
     out_dir: Path
 
 
 def _dpo(slot, job: DPOJob, progress) -> dict:
-    return train_dpo(slot, job.member.name, job.pairs, job.optim, job.beta, job.epochs, job.seed, progress)
+    return train_dpo(slot, job.member.name, job.pairs, job.training, job.seed, progress, job.prompt_tokens)
 
 
 def _sppo(slot, job: SPPOJob, progress) -> dict:
-    return train_sppo(slot, job.member.name, job.samples, job.optim, job.eta, job.epochs, job.seed, progress)
+    return train_sppo(slot, job.member.name, job.samples, job.training, job.eta, job.seed, progress, job.prompt_tokens)
 
 
 # the one place that knows the job types, so the local pipeline and the Ray workers can never train differently
@@ -97,7 +82,7 @@ def job_kind(job: DPOJob | SPPOJob) -> str:
 def job_steps(job: DPOJob | SPPOJob) -> int:
     """The optimiser steps the job will take (for progress bars): SPPO leaves out samples without a win rate."""
     n = len(job.pairs) if isinstance(job, DPOJob) else sum(x["win_prob"] is not None for x in job.samples)
-    return dpo_steps(n, job.optim.batch_size, job.epochs)
+    return dpo_steps(n, job.training.batch_size, job.training.epochs)
 
 
 def encode_example(tokenizer, prompt: str, response: str, max_length: int,
@@ -288,7 +273,7 @@ def _batches(n: int, batch_size: int, epochs: int, rng: random.Random) -> list[l
     return out
 
 
-def _run_steps(model, params, batches, s: OptimSettings, micro_loss, progress, dropout: bool) -> list[dict]:
+def _run_steps(model, params, batches, s: TrainingConfig, micro_loss, progress, dropout: bool) -> list[dict]:
     """The optimisation loop shared by DPO and SFT: grad accumulation over micro-batches, clipping,
     AdamW, warmup + cosine. `micro_loss(indices, weight)` backpropagates and returns step stats.
     DPO runs without dropout (as trl does by default) so that the policy equals the reference at step one."""
@@ -357,12 +342,12 @@ def scored_steps(per_epoch: int, limit: int | None, batch_size: int) -> list[int
     return [i * per_epoch // n for i in range(n)]
 
 
-def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[int], s: OptimSettings, epochs: int,
+def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[int], s: TrainingConfig,
                            rng: random.Random, progress) -> _Fit:
     """The part DPO and SPPO share: reference log-probs, the steps, and a no-grad pass after them over some steps'
-    examples (`OptimSettings.after_limit`). `logps(indices)` scores examples with the current adapter;
+    examples (`training.after_limit`). `logps(indices)` scores examples with the current adapter;
     `loss_of(indices, policy, reference)` gives a micro-batch's (mean loss, stats)."""
-    batches = _batches(len(lengths), s.batch_size, epochs, rng)
+    batches = _batches(len(lengths), s.batch_size, s.epochs, rng)
     # a step's gradient is the mean over its examples whatever their grouping: micro-batch by length (less padding)
     batches = [sorted(batch, key=lengths.__getitem__) for batch in batches]
 
@@ -370,7 +355,7 @@ def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[in
         return [tuple(b[i:i + s.micro_batch_size]) for b in steps for i in range(0, len(b), s.micro_batch_size)]
 
     micro = micro_batches(batches)
-    per_epoch = len(batches) // epochs
+    per_epoch = len(batches) // s.epochs
     scored = micro_batches([batches[i] for i in scored_steps(per_epoch, s.after_limit, s.batch_size)])
 
     def no_grad_logps(layouts):
@@ -398,15 +383,15 @@ def _fit_against_reference(slot, model, params, logps, loss_of, lengths: list[in
     return _Fit(history, reference, after, scored, seconds, cpu)
 
 
-def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: float, epochs: int, seed: int,
-              progress=None) -> dict:
-    """DPO-train `member`'s adapter (a backends.hf.TrainSlot) on `pairs` (trl conversational format).
-    Returns metrics."""
+def train_dpo(slot, member: str, pairs: list[dict], s: TrainingConfig, seed: int, progress=None,
+              prompt_tokens: int | None = None) -> dict:
+    """DPO-train `member`'s adapter (a backends.hf.TrainSlot) on `pairs` (trl conversational format), each
+    prompt turn encoded within `prompt_tokens` (None: s.max_length // 2). Returns metrics."""
     if not pairs:
         return {"member": member, "pairs": 0, "steps": 0}
     model, params = _prepare(slot, member, seed, "dpo")
     tok = slot.tokenizer
-    examples, counts = _encode_rows(tok, pairs, ("chosen", "rejected"), s)
+    examples, counts = _encode_rows(tok, pairs, ("chosen", "rejected"), s.max_length, prompt_tokens)
     pairs = [p for p, e in zip(pairs, examples) if e is not None]
     examples = [e for e in examples if e is not None]
     if not pairs:
@@ -418,18 +403,18 @@ def train_dpo(slot, member: str, pairs: list[dict], s: OptimSettings, beta: floa
         return total[:len(indices)], total[len(indices):]
 
     def loss_of(indices, policy, ref):
-        loss, rc, rr = dpo_loss(*policy, *ref, beta)
+        loss, rc, rr = dpo_loss(*policy, *ref, s.beta)
         return loss, {"reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
                       "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
     # a pair's row: its prompt and both responses (share_prompts), else its longer sequence
     lengths = [len(c[0]) + len(r[0]) - c[1] if s.share_prompts else max(len(c[0]), len(r[0])) for c, r in examples]
     rng = random.Random(derive_seed(seed, "dpo-order", member))
-    fit = _fit_against_reference(slot, model, params, logps, loss_of, lengths, s, epochs, rng, progress)
+    fit = _fit_against_reference(slot, model, params, logps, loss_of, lengths, s, rng, progress)
     history = fit.history
     return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
             "seconds": fit.seconds, "cpu_seconds": fit.cpu_seconds, **counts,
-            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], **_dpo_after(fit, beta)}
+            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], **_dpo_after(fit, s.beta)}
 
 
 def _dpo_after(fit: _Fit, beta: float) -> dict:
@@ -442,17 +427,17 @@ def _dpo_after(fit: _Fit, beta: float) -> dict:
                       "reward_accuracy": (rc > rr).float().mean().item(), "pairs": len(rc)}}
 
 
-def train_sppo(slot, member: str, samples: list[dict], s: OptimSettings, eta: float, epochs: int, seed: int,
-               progress=None) -> dict:
+def train_sppo(slot, member: str, samples: list[dict], s: TrainingConfig, eta: float, seed: int, progress=None,
+               prompt_tokens: int | None = None) -> dict:
     """SPPO-train `member`'s adapter (a TrainSlot) on its own samples: trl prompt-completion dicts
     {"prompt": [user message], "completion": [assistant message], "win_prob": P̂(y ≻ π_t | x)}
     (sparta.pairs.win_probabilities). A sample whose win rate is None (nobody could compare it) is left out
-    and counted. Returns metrics; "after" measures, on the scored samples (`OptimSettings.after_limit`), how close
+    and counted. Returns metrics; "after" measures, on the scored samples (`training.after_limit`), how close
     the log-ratios came to their targets η (P̂ − ½)."""
     kept = [x for x in samples if x["win_prob"] is not None]
     counts = {"skipped_no_win_prob": len(samples) - len(kept)}
     tok = slot.tokenizer
-    examples, encode_counts = _encode_rows(tok, kept, ("completion",), s)
+    examples, encode_counts = _encode_rows(tok, kept, ("completion",), s.max_length, prompt_tokens)
     counts |= encode_counts
     kept = [x for x, e in zip(kept, examples) if e is not None]
     examples = [e[0] for e in examples if e is not None]
@@ -471,8 +456,8 @@ def train_sppo(slot, member: str, samples: list[dict], s: OptimSettings, eta: fl
         return loss, {"log_ratio": log_ratios.mean().item()}
 
     rng = random.Random(derive_seed(seed, "sppo-order", member))
-    fit = _fit_against_reference(slot, model, params, logps, loss_of, [len(e[0]) for e in examples], s, epochs,
-                                 rng, progress)
+    fit = _fit_against_reference(slot, model, params, logps, loss_of, [len(e[0]) for e in examples], s, rng,
+                                 progress)
     history = fit.history
     metrics = {"member": member, "samples": len(kept), "steps": len(history), "history": history,
                "seconds": fit.seconds, "cpu_seconds": fit.cpu_seconds, **counts,
@@ -499,15 +484,16 @@ def _mean_or_none(x: torch.Tensor) -> float | None:
     return x.mean().item() if len(x) else None
 
 
-def _encode_rows(tok, rows: list[dict], sides: tuple[str, ...], s: OptimSettings):
+def _encode_rows(tok, rows: list[dict], sides: tuple[str, ...], max_length: int, prompt_tokens: int | None):
     """Each row's encodings of its `sides` (one response message each) after the shared prompt, None for a row
     whose prompt does not fit; and the counts of rows with a response cut short, with a shortened prompt, and
-    left out. A row's own `max_prompt_tokens` (meta-rewarding's judge pairs: the judge's window) overrides s's."""
+    left out. A row's own `max_prompt_tokens` (meta-rewarding's judge pairs: the judge's window) overrides
+    `prompt_tokens`."""
     examples, counts = [], {"truncated": 0, "prompt_shortened": 0, "skipped_prompt_too_long": 0}
     for row in rows:
-        prompt, budget = row["prompt"][0]["content"], row.get("max_prompt_tokens") or s.max_prompt_tokens
+        prompt, budget = row["prompt"][0]["content"], row.get("max_prompt_tokens") or prompt_tokens
         try:
-            encoded = [encode_truncated(tok, prompt, row[side][0]["content"], s.max_length, budget)
+            encoded = [encode_truncated(tok, prompt, row[side][0]["content"], max_length, budget)
                        for side in sides]
         except PromptTooLong:
             examples.append(None)
@@ -523,9 +509,13 @@ def dpo_steps(n_pairs: int, batch_size: int, epochs: int) -> int:
     return epochs * math.ceil(n_pairs / batch_size) if n_pairs else 0
 
 
-def train_sft(slot, member: str, examples: list[tuple[str, str]], s: OptimSettings, steps: int, seed: int,
+def train_sft(slot, member: str, examples: list[tuple[str, str]], experts: ExpertsConfig, seed: int,
               progress=None) -> dict:
-    """Supervised fine-tuning of `member`'s adapter (a TrainSlot) on (prompt, response) examples: mean token NLL."""
+    """Supervised fine-tuning of `member`'s adapter (a TrainSlot) on (prompt, response) examples: mean token NLL,
+    `experts.steps` steps of `experts.batch_size` examples; warmup and clipping as training's defaults."""
+    s = TrainingConfig(lr=experts.lr, batch_size=experts.batch_size, micro_batch_size=experts.batch_size,
+                       max_length=experts.max_length)
+    steps = experts.steps
     model, params = _prepare(slot, member, seed, "sft")
     tok = slot.tokenizer
     encoded = []

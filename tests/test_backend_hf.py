@@ -121,17 +121,19 @@ PAIRS = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assis
 def _dpo_counting_layer_calls(tiny, checkpointing: bool, lora_dropout: float = 0.0):
     """A DPO run on the tiny model; (metrics, trained weights, how many times layer 0's attention ran)."""
     from sparta.backends.hf import HFTrainer, ModelStore
-    from sparta.training import OptimSettings, train_dpo
+    from sparta.config import TrainingConfig
+    from sparta.training import train_dpo
 
     # one row per sequence either way (checkpointing turns shared prompts off: training.sequence_logprobs), so the
     # forward passes match and the calls differ by the recomputation alone
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, share_prompts=False)
+    s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, share_prompts=False, beta=0.1,
+                       epochs=2)
     trainer = HFTrainer(LoraShape(dropout=lora_dropout), 3, ModelStore("cpu"), gradient_checkpointing=checkpointing)
     with trainer.slot(MemberModel("a", tiny, None)) as slot:
         calls = []
         layer = slot.model.get_base_model().get_decoder().layers[0]
         hook = layer.self_attn.register_forward_hook(lambda *_: calls.append(1))
-        metrics = train_dpo(slot, "a", PAIRS, s, beta=0.1, epochs=2, seed=1)
+        metrics = train_dpo(slot, "a", PAIRS, s, seed=1)
         hook.remove()
         assert is_checkpointing(slot.model) == checkpointing
         return metrics, [p.detach().clone() for p in slot.parameters()], len(calls)

@@ -10,8 +10,8 @@ from sparta.arena.judging import JUDGE_PROMPT
 from sparta.backends import Generated, MemberModel
 from sparta.backends.hf import HFBackend
 from sparta.cli import main
-from sparta.config import LoraConfig
-from sparta.evaluation import EvalSettings, Evaluator, bootstrap_ci, evaluate, summarise
+from sparta.config import EvalConfig, LoraConfig
+from sparta.evaluation import Evaluator, bootstrap_ci, evaluate, summarise
 from sparta.models import resolve_model
 from sparta.tasks.catalog import Example, get_task
 
@@ -27,7 +27,7 @@ def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
 
 
 def test_summarise_counts_failures_apart():
-    m = summarise([1.0, 0.0, None, 1.0], EvalSettings(bootstrap=100))
+    m = summarise([1.0, 0.0, None, 1.0], EvalConfig(bootstrap=100), seed=0)
     assert m["value"] == pytest.approx(2 / 3) and m["n"] == 3 and m["failed"] == 1
 
 
@@ -37,7 +37,7 @@ def backend(tmp_path_factory):
     return HFBackend([MemberModel(n, resolved, None) for n in ("a", "b")], LoraConfig(dropout=0.0), seed=0)
 
 
-SETTINGS = EvalSettings(max_new_tokens=8, mc_max_new_tokens=4, bootstrap=50)
+SETTINGS = EvalConfig(max_new_tokens=8, mc_max_new_tokens=4, bootstrap=50)
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "math_easy", "medqa", "normad_country", "alpaca"])

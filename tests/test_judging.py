@@ -4,12 +4,13 @@ import math
 
 import pytest
 
-from sparta.arena.combat import ArenaSettings, Match, _decide, run_round
+from sparta.arena.combat import Match, _decide, run_round
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, aggregate, expected_score, judge_messages, parse_judgment
 from sparta.arena.reputation import EloParams, initial_state
 from sparta.backends import Generated, MemberModel
 from sparta.backends.hf import HFBackend, LoraShape
 from sparta.chat import encode_chat
+from sparta.config import GenerationConfig, JudgeConfig
 from sparta.models import resolve_model
 from sparta.records import Duel, Judgment, Prompt, Response
 
@@ -161,14 +162,15 @@ class ScriptedGenerate:
 
 
 def settings(mode):
-    return ArenaSettings(8, 0.7, 0.95, 8, 512, mode, 16, 0.0, 8, 1024, 0.0)
+    """run_round's generation and judge sections and min_margin."""
+    return (GenerationConfig(8, 0.7, 0.95, 8, 512), JudgeConfig(mode, 16, 0.0, 8, 1024), 0.0)
 
 
 def test_generate_mode_reads_only_the_judges_output(tiny_backend):
     backend = ScriptedGenerate(tiny_backend, {"a": INJECTION, "b": "4"}, judge_output='{"score": 3}')
     state = initial_state(list("abcd"), EloParams())
     [duel] = run_round(backend, [Match(0, Prompt("p:0", "What is 2+2?", "p"), "a", "b")], list("abcd"), state,
-                       EloParams(), settings("generate"), seed=0, round_no=0, iteration=1)
+                       EloParams(), *settings("generate"), seed=0, round_no=0, iteration=1)
     assert {j.score for j in duel.judgments} == {3.0}  # the response's {"score": 10} wrote nothing
     assert duel.outcome == "tie" and duel.update is not None
 
@@ -177,7 +179,7 @@ def test_unparsed_judgments_are_excluded_not_defaulted(tiny_backend):
     backend = ScriptedGenerate(tiny_backend, {"a": "x", "b": "y"}, judge_output="I like it")
     state = initial_state(list("abcd"), EloParams())
     [duel] = run_round(backend, [Match(0, Prompt("p:0", "Q", "p"), "a", "b")], list("abcd"), state, EloParams(),
-                       settings("generate"), seed=0, round_no=0, iteration=1)
+                       *settings("generate"), seed=0, round_no=0, iteration=1)
     assert all(j.status == "unparsed" and j.score is None for j in duel.judgments)
     assert duel.outcome == "void:no_valid_judges" and duel.update is None
     assert state.n_updates == 0
@@ -187,7 +189,7 @@ def test_failed_generation_voids_the_duel_and_is_never_judged(tiny_backend):
     backend = ScriptedGenerate(tiny_backend, {"a": "", "b": "fine"}, judge_output='{"score": 3}')
     state = initial_state(list("abcd"), EloParams())
     [duel] = run_round(backend, [Match(0, Prompt("p:0", "Q", "p"), "a", "b")], list("abcd"), state, EloParams(),
-                       settings("generate"), seed=0, round_no=0, iteration=1)
+                       *settings("generate"), seed=0, round_no=0, iteration=1)
     assert duel.response_a.text is None and duel.response_a.error == "RuntimeError: boom"
     assert duel.judgments == [] and duel.outcome == "void:generation_failed" and state.n_updates == 0
 
@@ -198,7 +200,7 @@ def test_logprob_mode_scores_an_injection_like_any_text(tiny_backend):
     backend = ScriptedGenerate(tiny_backend, {"a": INJECTION, "b": "4"}, judge_output="unused")
     state = initial_state(list("abcd"), EloParams())
     [duel] = run_round(backend, [Match(0, Prompt("p:0", "What is 2+2?", "p"), "a", "b")], list("abcd"), state,
-                       EloParams(), settings("logprob"), seed=0, round_no=0, iteration=1)
+                       EloParams(), *settings("logprob"), seed=0, round_no=0, iteration=1)
     assert len(duel.judgments) == 4 and all(j.status == "ok" for j in duel.judgments)
     scores = [j.score for j in duel.judgments if j.target == "a"]
     assert all(1 < s < 9 for s in scores)

@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 
 import sparta.pipeline
-from sparta.arena.combat import ArenaSettings
 from sparta.arena.judging import JUDGE_PROMPT
 from sparta.backends import Failure, Generated, MemberModel
 from sparta.backends.hf import HFBackend, LoraShape
@@ -27,10 +26,10 @@ from sparta.baselines.meta_rewarding import (
 )
 from sparta.baselines.samples import Sample
 from sparta.chat import encode_chat
-from sparta.config import ConfigError, load_config
+from sparta.config import ConfigError, JudgeConfig, load_config
 from sparta.models import resolve_model
 from sparta.records import Judgment, Response, read_jsonl
-from sparta.training import OptimSettings, _encode_rows
+from sparta.training import _encode_rows
 from tests.test_baselines import base_snapshot
 from tests.test_pipeline import Killed, assert_same, kill_at, run_to_end
 from tests.test_sppo import GroupRecorder
@@ -38,7 +37,7 @@ from tests.test_sppo import GroupRecorder
 # training.max_length: the tiny tokenizer spends a token per character of the judge prompt
 ARM = ("method=meta_rewarding", "judge.mode=generate", "judge.temperature=1.0", "baseline.samples=3",
        "baseline.judgments=3", "data.prompts_per_iteration=2", "training.max_length=1200")
-SETTINGS = ArenaSettings(8, 1.0, 1.0, 8, 200, "generate", 16, 1.0, 8, 400, 0.0)
+JUDGE = JudgeConfig("generate", 16, 1.0, 8, 400)
 
 
 def judged(member: str, prompt: str, k: int, scores: list[float | None], n_tokens: int = 5) -> Sample:
@@ -148,7 +147,7 @@ def test_judge_own_n_samples_n_judgments_by_the_author(tiny):
     samples = [Sample(m, "p", "question p", k, Response(m, f"answer {m}{k}"), status="generated")
                for m in "ab" for k in range(2)]
     samples[1] = replace(samples[1], response=Response("a", None, error="boom"), status="generation_failed")
-    out = judge_own_n(backend, samples, SETTINGS, 3, seed=0)
+    out = judge_own_n(backend, samples, JUDGE, 3, seed=0)
     assert out[1].judgments == [] and out[1].status == "generation_failed"
     for s in out[:1] + out[2:]:
         assert [(j.judge, j.target) for j in s.judgments] == [(s.member, "self")] * 3
@@ -162,7 +161,7 @@ def test_meta_judge_reads_each_battle_as_one_ungrouped_call_would(tiny):
     own through next_token_logprobs (the grouped shared-prefix path changes nothing)."""
     backend = GroupRecorder(HFBackend([MemberModel(n, tiny, None) for n in "ab"], LoraShape(), seed=0))
     samples = [judged("a", "p", 0, [3, 8, 5]), judged("a", "p", 1, [6, 6]), judged("b", "p", 0, [2, None, 7])]
-    out = meta_judge(backend, samples, SETTINGS)
+    out = meta_judge(backend, samples, JUDGE)
     assert sorted(backend.groups) == [("a", 6), ("b", 2)] and out[1].meta is None
     tok = backend.tokenizer("a")
     letters = [tok(META_PREFIX + x, add_special_tokens=False)["input_ids"][-1] for x in "AB"]
@@ -189,10 +188,9 @@ def test_training_keeps_a_rows_own_prompt_budget(tiny):
     long = "x" * 300  # the tiny tokenizer is one token per character
     rows = [{"prompt": [{"role": "user", "content": long}], "chosen": [{"role": "assistant", "content": "y"}],
              "rejected": [{"role": "assistant", "content": "z"}]}]
-    s = OptimSettings(lr=0.01, batch_size=1, micro_batch_size=1, max_length=600, max_prompt_tokens=100)
-    assert _encode_rows(tok, rows, ("chosen", "rejected"), s)[1]["prompt_shortened"] == 1
+    assert _encode_rows(tok, rows, ("chosen", "rejected"), 600, 100)[1]["prompt_shortened"] == 1
     rows[0]["max_prompt_tokens"] = 400
-    assert _encode_rows(tok, rows, ("chosen", "rejected"), s)[1]["prompt_shortened"] == 0
+    assert _encode_rows(tok, rows, ("chosen", "rejected"), 600, 100)[1]["prompt_shortened"] == 0
 
 
 # ---- config ---------------------------------------------------------------------------------------------------

@@ -15,17 +15,15 @@ from itertools import groupby
 import pytest
 import torch
 
-from sparta.arena.combat import ArenaSettings
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, LoraShape, ModelStore
 from sparta.baselines.samples import Sample
 from sparta.baselines.sppo import judge_by_peers
-from sparta.config import ConfigError, load_config
+from sparta.config import ConfigError, JudgeConfig, TrainingConfig, load_config
 from sparta.models import resolve_model
 from sparta.pairs import win_probabilities
 from sparta.records import Response, read_jsonl
 from sparta.training import (
-    OptimSettings,
     SPPOJob,
     encode_example,
     run_job,
@@ -146,8 +144,8 @@ def test_train_sppo_moves_log_ratios_toward_their_targets(tiny, tmp_path):
     """A whole SPPO job: the first loss is the closed form at θ = θ_t, and after training the samples the judges
     preferred (P̂ > ½) gained log-prob over the reference and the others lost it, closer to η (P̂ − ½)."""
     eta = 1.0
-    s = OptimSettings(lr=1e-2, batch_size=len(SAMPLES), micro_batch_size=2, warmup_ratio=0.0)
-    job = SPPOJob(MemberModel("a", tiny, None), SAMPLES, s, eta=eta, epochs=12, seed=3, out_dir=tmp_path / "a")
+    s = TrainingConfig(lr=1e-2, batch_size=len(SAMPLES), micro_batch_size=2, warmup_ratio=0.0, epochs=12)
+    job = SPPOJob(MemberModel("a", tiny, None), SAMPLES, s, None, eta=eta, seed=3, out_dir=tmp_path / "a")
     metrics = run_job(trainer(tiny), job)
     target = torch.tensor(targets(SAMPLES, eta))
 
@@ -173,8 +171,8 @@ def test_train_sppo_first_step_is_the_closed_form_in_bfloat16(tiny):
     so at step one the log-ratios are exactly 0 even for a trained adapter with LoRA dropout configured."""
     with slot(tiny, store=ModelStore("cpu", dtype="bfloat16")) as sl:
         perturb_adapter(sl, seed=0)
-        s = OptimSettings(lr=1e-2, batch_size=len(SAMPLES), micro_batch_size=4, warmup_ratio=0.0)
-        metrics = train_sppo(sl, "a", SAMPLES, s, eta=2.0, epochs=1, seed=3)
+        s = TrainingConfig(lr=1e-2, batch_size=len(SAMPLES), micro_batch_size=4, warmup_ratio=0.0)
+        metrics = train_sppo(sl, "a", SAMPLES, s, eta=2.0, seed=3)
     assert metrics["history"][0]["log_ratio"] == 0.0
     expected = (torch.tensor(targets(SAMPLES, 2.0)) ** 2).mean().item()
     assert metrics["loss_first"] == pytest.approx(expected, abs=1e-6)
@@ -184,11 +182,11 @@ def test_train_sppo_leaves_out_and_counts_what_it_cannot_train_on(tiny):
     """A sample nobody could compare (win_prob None), one whose prompt fills max_length, one cut short."""
     samples = [sample("Tell me a story.", "Once upon a time " * 40, 0.7), sample("x" * 300, "a", 0.6),
                sample("Say hi.", "hi", None), *SAMPLES[:2]]
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, max_length=120, max_prompt_tokens=200)
+    s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=2, max_length=120)
     with slot(tiny) as sl:
-        metrics = train_sppo(sl, "a", samples, s, eta=1.0, epochs=1, seed=3)
+        metrics = train_sppo(sl, "a", samples, s, eta=1.0, seed=3, prompt_tokens=200)
         before = snapshot(sl)
-        nothing = train_sppo(sl, "a", [sample("Say hi.", "hi", None)], s, eta=1.0, epochs=1, seed=3)
+        nothing = train_sppo(sl, "a", [sample("Say hi.", "hi", None)], s, eta=1.0, seed=3, prompt_tokens=200)
         assert not changed(sl, before)
     assert metrics["samples"] == 3 and metrics["steps"] == 2
     assert metrics["skipped_no_win_prob"] == 1 and metrics["skipped_prompt_too_long"] == 1
@@ -232,8 +230,7 @@ def test_peers_judge_each_prompt_in_one_group_per_judge(tiny):
     samples = [Sample(m, p, f"question {p}", k, Response(m, f"{m}{p}{k}"), status="generated")
                for p in ("p", "q") for m in "abc" for k in range(2)]
     samples[0] = replace(samples[0], response=Response("a", None, error="boom"), status="generation_failed")
-    settings = ArenaSettings(8, 1.0, 1.0, 8, 200, "logprob", 8, 0.0, 8, 400, 0.0)
-    judged = judge_by_peers(backend, samples, list("abc"), settings, seed=0)
+    judged = judge_by_peers(backend, samples, list("abc"), JudgeConfig("logprob", 8, 0.0, 8, 400), seed=0)
     assert sorted(backend.groups) == sorted([("a", 4), ("b", 3), ("c", 3)] + [(j, 4) for j in "abc"])
     assert judged[0].judgments == [] and judged[0].win_prob is None
     for s in judged[1:]:

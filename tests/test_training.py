@@ -16,9 +16,9 @@ import torch
 
 from sparta.backends import MemberModel
 from sparta.backends.hf import HFBackend, HFTrainer, LoraShape, ModelStore, TrainSlot
+from sparta.config import ExpertsConfig, TrainingConfig
 from sparta.models import ResolvedModel, resolve_model
 from sparta.training import (
-    OptimSettings,
     dpo_loss,
     dpo_steps,
     encode_example,
@@ -244,11 +244,11 @@ def test_train_dpo_trains_only_its_adapter(tiny, monkeypatch):
         return sequence_logprobs(model, examples, pad_id, device, **options)
 
     monkeypatch.setattr(training, "sequence_logprobs", counting)
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
+    s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, beta=BETA, epochs=2)
     with slot(tiny, "a", store=store) as sl:
         assert store.loads == 1  # training shares the inference backend's loaded base
         before = snapshot(sl)
-        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=2, seed=3)
+        metrics = train_dpo(sl, "a", PAIRS, s, seed=3)
         moved = changed(sl, before)
         trained = lora_names(sl)
         assert sl.model.training is False  # back in eval mode
@@ -288,8 +288,8 @@ def test_train_dpo_first_step_is_ln2_for_a_trained_adapter(tiny):
     """DPO runs without LoRA dropout (as trl does), so policy == reference at step one even for a trained adapter."""
     with slot(tiny) as sl:  # default LoraShape: dropout 0.05
         perturb_adapter(sl, seed=0)
-        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0)
-        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
+        s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, beta=BETA)
+        metrics = train_dpo(sl, "a", PAIRS, s, seed=3)
     assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
 
 
@@ -300,8 +300,8 @@ def test_train_dpo_first_step_is_exactly_ln2_in_bfloat16(tiny):
     with slot(tiny, store=store, dropout=0.0) as sl:
         perturb_adapter(sl, seed=0)
         # micro-batches of 2 pairs of different lengths: the reference used to run in other batches
-        s = OptimSettings(lr=1e-2, batch_size=4, micro_batch_size=2, warmup_ratio=0.0)
-        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=1, seed=3)
+        s = TrainingConfig(lr=1e-2, batch_size=4, micro_batch_size=2, warmup_ratio=0.0, beta=BETA)
+        metrics = train_dpo(sl, "a", PAIRS, s, seed=3)
     assert metrics["history"][0]["reward_margin"] == 0.0
     assert metrics["loss_first"] == pytest.approx(LN2, abs=1e-7)
 
@@ -324,10 +324,10 @@ def test_dpo_cuts_an_over_long_response_from_its_end_and_never_splices(tiny, tin
     assert chosen[1] <= 60 and tiny_tok.decode(chosen[0]).endswith("<|im_start|>assistant\na<|im_end|>\n")
     pairs = [conversation(prompt, long, "No."), conversation("x" * 300, "a", "b"), *PAIRS[:2]]
     with slot(tiny) as sl:
-        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, max_length=120)
-        metrics = train_dpo(sl, "a", pairs, s, beta=BETA, epochs=1, seed=3)
-        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, max_length=120, max_prompt_tokens=200)
-        left_out = train_dpo(sl, "a", pairs, s, beta=BETA, epochs=1, seed=3)
+        s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, max_length=120, beta=BETA)
+        metrics = train_dpo(sl, "a", pairs, s, seed=3)
+        s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=2, max_length=120, beta=BETA)
+        left_out = train_dpo(sl, "a", pairs, s, seed=3, prompt_tokens=200)
     assert metrics["pairs"] == 4 and metrics["truncated"] == 1 and metrics["prompt_shortened"] == 1
     assert left_out["pairs"] == 3 and left_out["skipped_prompt_too_long"] == 1
 
@@ -370,8 +370,8 @@ def test_adapter_parameters_are_exact_for_a_member_named_like_a_module(tiny, tmp
 def test_train_dpo_without_pairs_does_nothing(tiny):
     with slot(tiny) as sl:
         before = snapshot(sl)
-        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2)
-        assert train_dpo(sl, "a", [], s, beta=BETA, epochs=2, seed=3) == {"member": "a", "pairs": 0, "steps": 0}
+        s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=2, beta=BETA, epochs=2)
+        assert train_dpo(sl, "a", [], s, seed=3) == {"member": "a", "pairs": 0, "steps": 0}
         assert not changed(sl, before)
 
 
@@ -388,8 +388,8 @@ def test_train_sft_lowers_nll_and_trains_only_its_adapter(tiny):
         encoded = [encode_example(sl.tokenizer, p, r, 512) for p, r in examples]
         nll_before = mean_nll(sl, encoded)
         before = snapshot(sl)
-        s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.1)
-        metrics = train_sft(sl, "b", examples, s, steps=10, seed=5)
+        s = ExpertsConfig(steps=10, batch_size=2, lr=1e-2, max_length=512)
+        metrics = train_sft(sl, "b", examples, s, seed=5)
         nll_after = mean_nll(sl, encoded)
         moved, mine = changed(sl, before), lora_names(sl)
     assert metrics["steps"] == 10 and len(metrics["history"]) == 10
@@ -402,11 +402,11 @@ def test_train_sft_lowers_nll_and_trains_only_its_adapter(tiny):
 
 
 def test_train_dpo_is_deterministic(tiny):
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1)
+    s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=1, beta=BETA, epochs=2)
     runs = []
     for _ in range(2):
         with slot(tiny, "c", seed=11) as sl:
-            metrics = train_dpo(sl, "c", PAIRS, s, beta=BETA, epochs=2, seed=9)
+            metrics = train_dpo(sl, "c", PAIRS, s, seed=9)
             runs.append((metrics["history"], [p.detach().clone() for p in sl.parameters()]))
     (history1, weights1), (history2, weights2) = runs
     assert history1 == history2
@@ -452,11 +452,11 @@ def test_bf16_dpo_follows_fp32(tiny):
     """One member, the same pairs and start, fp32 vs a bf16 base (bf16 matmuls, the adapter's deltas and the
     residual stream in fp32): loss after training within 0.02, the same reward accuracy. (Where plain bf16 sums
     fall short, on SmolLM2, is measured by bench.backends; this tiny model's activations do not show it.)"""
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0)
+    s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, beta=BETA, epochs=2)
     after = {}
     for dtype in ("float32", "bfloat16"):
         with slot(tiny, store=ModelStore("cpu", dtype=dtype), dropout=0.0) as sl:
-            metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=2, seed=3)
+            metrics = train_dpo(sl, "a", PAIRS, s, seed=3)
         after[dtype] = metrics["after"]
     assert after["float32"]["loss"] < LN2 - 0.05  # it learned
     assert abs(after["bfloat16"]["loss"] - after["float32"]["loss"]) < 0.02, after
@@ -536,8 +536,9 @@ def test_dpo_with_shared_prompts_trains_as_before(tiny):
     runs = {}
     for share in (False, True):
         with slot(tiny, "c", seed=11) as sl:
-            s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, share_prompts=share)
-            metrics = train_dpo(sl, "c", PAIRS, s, beta=BETA, epochs=2, seed=9)
+            s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=2, warmup_ratio=0.0, share_prompts=share,
+                               beta=BETA, epochs=2)
+            metrics = train_dpo(sl, "c", PAIRS, s, seed=9)
             runs[share] = (metrics, [p.detach().clone() for p in sl.parameters()])
     (old, old_weights), (new, new_weights) = runs[False], runs[True]
     assert len(old["history"]) == len(new["history"]) == 4
@@ -552,9 +553,10 @@ def test_dpo_with_shared_prompts_trains_as_before(tiny):
 @pytest.mark.parametrize("limit, scored", [(None, 4), (2, 2), (3, 4), (0, 0)])
 def test_after_limit_scores_whole_steps_or_nothing(tiny, limit, scored):
     """after_limit: at least that many pairs in whole steps of the first epoch (None: all; 0: no pass, no "after")."""
-    s = OptimSettings(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, after_limit=limit)
+    s = TrainingConfig(lr=1e-2, batch_size=2, micro_batch_size=1, warmup_ratio=0.0, after_limit=limit, beta=BETA,
+                       epochs=2)
     with slot(tiny) as sl:
-        metrics = train_dpo(sl, "a", PAIRS, s, beta=BETA, epochs=2, seed=3)
+        metrics = train_dpo(sl, "a", PAIRS, s, seed=3)
     assert metrics["steps"] == 4 and metrics["loss_first"] == pytest.approx(LN2, abs=1e-4)
     if scored:
         assert metrics["after"]["pairs"] == scored and set(metrics["seconds"]) == {"reference", "steps", "after"}

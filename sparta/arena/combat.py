@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..chat import PromptTooLong, encode_chat
-from ..config import RunConfig
+from ..config import GenerationConfig, JudgeConfig
 from ..records import Duel, Judgment, Prompt, Response
 from .judges import JudgeAsk, judge_asks
 from .judging import aggregate
@@ -26,40 +26,17 @@ class Match:
     b: str
 
 
-@dataclass(frozen=True)
-class ArenaSettings:
-    """Plain numbers for one round (`of(config)`)."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    gen_batch_size: int
-    max_prompt_tokens: int
-    judge_mode: str
-    judge_max_new_tokens: int
-    judge_temperature: float
-    judge_batch_size: int
-    judge_max_prompt_tokens: int
-    min_margin: float
-
-    @classmethod
-    def of(cls, c: RunConfig) -> ArenaSettings:
-        g, j = c.generation, c.judge
-        return cls(g.max_new_tokens, g.temperature, g.top_p, g.batch_size, g.max_prompt_tokens, j.mode,
-                   j.max_new_tokens, j.temperature, j.batch_size, j.max_prompt_tokens, c.arena.min_margin)
-
-
 def run_round(backend, matches: list[Match], members: list[str], state: ReputationState, elo: EloParams,
-              settings: ArenaSettings, seed: int, round_no: int, iteration: int, progress=None,
-              timings: dict | None = None) -> list[Duel]:
+              gen: GenerationConfig, judge: JudgeConfig, min_margin: float, seed: int, round_no: int,
+              iteration: int, progress=None, timings: dict | None = None) -> list[Duel]:
     """Fight `matches`, mutating `state` in duel order. Returns one combat-log row per match.
     Seconds spent generating, judging and updating reputations are added to `timings`."""
     timings = {} if timings is None else timings
     clock = time.perf_counter()
-    responses = _combat(backend, matches, settings, seed, progress)
+    responses = _combat(backend, matches, gen, seed, progress)
     timings["generate"] = timings.get("generate", 0.0) + time.perf_counter() - clock
     clock = time.perf_counter()
-    judgments = _judge(backend, matches, responses, members, settings, seed, progress)
+    judgments = _judge(backend, matches, responses, members, judge, seed, progress)
     timings["judge"] = timings.get("judge", 0.0) + time.perf_counter() - clock
     clock = time.perf_counter()
     duels = []
@@ -67,19 +44,19 @@ def run_round(backend, matches: list[Match], members: list[str], state: Reputati
         ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
         duel = Duel(iteration, round_no, m.index, m.prompt.id, m.prompt.text, m.a, m.b, ra, rb,
                     judgments.get(m.index, []))
-        _decide(duel, state, elo, settings.min_margin)
+        _decide(duel, state, elo, min_margin)
         duels.append(duel)
     timings["reputation"] = timings.get("reputation", 0.0) + time.perf_counter() - clock
     return duels
 
 
-def _combat(backend, matches, s: ArenaSettings, seed: int, progress) -> dict[tuple[int, str], Response]:
+def _combat(backend, matches, gen: GenerationConfig, seed: int, progress) -> dict[tuple[int, str], Response]:
     keys = [(m.index, side) for m in matches for side in ("a", "b")]
     asks = [(member, m.prompt.text) for m in matches for member in (m.a, m.b)]
-    return dict(zip(keys, generate_responses(backend, asks, s, seed, progress)))
+    return dict(zip(keys, generate_responses(backend, asks, gen, seed, progress)))
 
 
-def generate_responses(backend, asks: list[tuple[str, str]], s: ArenaSettings, seed: int, progress
+def generate_responses(backend, asks: list[tuple[str, str]], gen: GenerationConfig, seed: int, progress
                        ) -> list[Response]:
     """One sampled answer per (member, prompt text), in order, all in one batched call. A prompt that cannot be
     encoded is a failed Response (never generated, never judged)."""
@@ -87,22 +64,22 @@ def generate_responses(backend, asks: list[tuple[str, str]], s: ArenaSettings, s
     responses: list[Response | None] = [None] * len(asks)
     for i, (member, text) in enumerate(asks):
         try:
-            enc = encode_chat(backend.tokenizer(member), [("user", "{0}")], [text], max_tokens=s.max_prompt_tokens)
+            enc = encode_chat(backend.tokenizer(member), [("user", "{0}")], [text], max_tokens=gen.max_prompt_tokens)
         except PromptTooLong as e:
             responses[i] = Response(member, None, error=str(e))
             continue
         requests.append((member, enc))
         positions.append(i)
     generated = backend.generate([r[0] for r in requests], [r[1].ids for r in requests],
-                                 max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                 batch_size=s.gen_batch_size, seed=seed,
+                                 max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                                 batch_size=gen.batch_size, seed=seed,
                                  progress=progress and progress("generate", len(requests)))
     for i, (member, enc), g in zip(positions, requests, generated):
         responses[i] = Response(member, g.text, g.error, g.finish_reason, g.n_tokens, enc.shortened)
     return responses  # type: ignore[return-value]
 
 
-def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, progress
+def _judge(backend, matches, responses, members, judge: JudgeConfig, seed: int, progress
            ) -> dict[int, list[Judgment]]:
     """Every member that did not fight scores each response of every duel whose responses both exist."""
     asks = []
@@ -113,7 +90,7 @@ def _judge(backend, matches, responses, members, s: ArenaSettings, seed: int, pr
         asks += [JudgeAsk(j, m.prompt.text, r.text, m.index, target) for j in members if j not in (m.a, m.b)
                  for target, r in (("a", ra), ("b", rb))]
     out: dict[int, list[Judgment]] = {}
-    for ask, judgment in zip(asks, judge_asks(backend, asks, s, seed, progress)):
+    for ask, judgment in zip(asks, judge_asks(backend, asks, judge, seed, progress)):
         out.setdefault(ask.group, []).append(judgment)
     return out
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING
 
 from ..backends import Failure
 from ..chat import PromptTooLong, encode_chat
+from ..config import JudgeConfig
 from ..records import Judgment
 from .judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
-
-if TYPE_CHECKING:
-    from .combat import ArenaSettings
 
 
 @dataclass(frozen=True)
@@ -37,8 +34,8 @@ class JudgeAsk:
 class LogprobJudge:
     answer_prefix = ANSWER_PREFIX
 
-    def __init__(self, settings: ArenaSettings):
-        self.s = settings
+    def __init__(self, config: JudgeConfig):
+        self.c = config
 
     def appended(self, tokenizer) -> list[int]:
         """Tokens after the answer prefix that the score is read after (ScoreTokens)."""
@@ -53,7 +50,7 @@ class LogprobJudge:
         results: list = [None] * len(asks)
         lps = grouped_by_tokenizer(backend, [judges[g[0]] for g in groups], [[prompts[i] for i in g] for g in groups],
                                    lambda j: (tuple(tokens[j].candidates), tokens[j].positions),
-                                   self.s.judge_batch_size, tick)
+                                   self.c.batch_size, tick)
         for g, group_lps in zip(groups, lps):
             for i, lp in zip(g, group_lps):
                 if isinstance(lp, Failure):  # a remote backend could not score it: a failed judgment
@@ -67,17 +64,17 @@ class LogprobJudge:
 class GenerateJudge:
     answer_prefix = ""
 
-    def __init__(self, settings: ArenaSettings):
-        self.s = settings
+    def __init__(self, config: JudgeConfig):
+        self.c = config
 
     def appended(self, tokenizer) -> list[int]:
         return []
 
     def scores(self, backend, asks: list[JudgeAsk], prompts: list[list[int]], seed: int, tick) -> list[tuple]:
         """(score, status, raw) per prompt: the parsed score (unparsed: None) and the text it was read from."""
-        s = self.s
-        generated = backend.generate([a.judge for a in asks], prompts, max_new_tokens=s.judge_max_new_tokens,
-                                     temperature=s.judge_temperature, top_p=1.0, batch_size=s.judge_batch_size,
+        c = self.c
+        generated = backend.generate([a.judge for a in asks], prompts, max_new_tokens=c.max_new_tokens,
+                                     temperature=c.temperature, top_p=1.0, batch_size=c.batch_size,
                                      seed=seed + 1, progress=tick)
         results = []
         for g in generated:
@@ -92,17 +89,17 @@ class GenerateJudge:
 JUDGES = {"logprob": LogprobJudge, "generate": GenerateJudge}
 
 
-def judge_asks(backend, asks: list[JudgeAsk], settings: ArenaSettings, seed: int, progress=None) -> list[Judgment]:
-    """A Judgment per ask, in order, by the judge of settings.judge_mode. A judge prompt that cannot be encoded
-    (too long for judge.max_prompt_tokens even shortened) is a failed judgment."""
-    judge_kind = JUDGES[settings.judge_mode](settings)
+def judge_asks(backend, asks: list[JudgeAsk], config: JudgeConfig, seed: int, progress=None) -> list[Judgment]:
+    """A Judgment per ask, in order, by the judge of config.mode. A judge prompt that cannot be encoded (too
+    long for judge.max_prompt_tokens even shortened) is a failed judgment."""
+    judge_kind = JUDGES[config.mode](config)
     appended = {j: judge_kind.appended(backend.tokenizer(j)) for j in {a.judge for a in asks}}
     out: list = [None] * len(asks)
     todo, prompts, shortened = [], [], []
     for i, a in enumerate(asks):
         try:
             enc = encode_chat(backend.tokenizer(a.judge), judge_messages(), [a.question, a.response],
-                              max_tokens=settings.judge_max_prompt_tokens - len(appended[a.judge]),
+                              max_tokens=config.max_prompt_tokens - len(appended[a.judge]),
                               assistant_prefix=judge_kind.answer_prefix)
         except PromptTooLong as e:
             out[i] = Judgment(a.judge, a.target, None, "failed", str(e), False)

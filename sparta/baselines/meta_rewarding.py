@@ -11,12 +11,11 @@ import re
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings
 from ..arena.judges import JudgeAsk, grouped_by_tokenizer, judge_asks
 from ..arena.judging import JUDGE_PROMPT, token_ids
 from ..backends import Failure
 from ..chat import PromptTooLong, encode_chat
-from ..config import META_OVERHEAD
+from ..config import META_OVERHEAD, JudgeConfig
 from .samples import Sample, pair_row
 from .self_rewarding import STATUS
 
@@ -33,14 +32,14 @@ Operation: Output ONLY a JSON object naming the better judgment, in this exact f
 META_PREFIX = '{"better": "'
 
 
-def meta_window(settings: ArenaSettings) -> int:
+def meta_window(judge: JudgeConfig) -> int:
     """The meta-judge's prompt budget: the judge's window plus two judgments and the instructions."""
-    return settings.judge_max_prompt_tokens + 2 * settings.judge_max_new_tokens + META_OVERHEAD
+    return judge.max_prompt_tokens + 2 * judge.max_new_tokens + META_OVERHEAD
 
 
 # ---- the judge: N judgments of each answer ------------------------------------------------------------------
 
-def judge_own_n(backend, samples: list[Sample], settings: ArenaSettings, n: int, seed: int, progress=None
+def judge_own_n(backend, samples: list[Sample], judge: JudgeConfig, n: int, seed: int, progress=None
                 ) -> list[Sample]:
     """N sampled judgments of every generated sample by the member that wrote it (judge.mode=generate, so each
     judgment is text the meta-judge can read and DPO can train on). A sample is `scored` when at least one of its
@@ -48,7 +47,7 @@ def judge_own_n(backend, samples: list[Sample], settings: ArenaSettings, n: int,
     todo = [i for i, s in enumerate(samples) if s.status == "generated"]
     asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id, "self")
             for i in todo for _ in range(n)]
-    judgments = judge_asks(backend, asks, settings, seed, progress)
+    judgments = judge_asks(backend, asks, judge, seed, progress)
     out = list(samples)
     for k, i in enumerate(todo):
         mine = judgments[k * n:(k + 1) * n]
@@ -86,7 +85,7 @@ def disputed(samples: list[Sample]) -> tuple[int | None, str]:
     return (k, "") if _variance(scores) > 0 else (None, "judgments_agree")
 
 
-def meta_judge(backend, samples: list[Sample], settings: ArenaSettings, progress=None) -> list[Sample]:
+def meta_judge(backend, samples: list[Sample], judge: JudgeConfig, progress=None) -> list[Sample]:
     """For each member's answers to a prompt, its most disputed answer (`disputed`) gets a round robin of its
     readable judgments, every pair in both orders, each read from the member's next-token distribution over
     "A" / "B" after META_PREFIX (one forward pass, never unparsed). Kept in that sample's `meta`."""
@@ -105,7 +104,7 @@ def meta_judge(backend, samples: list[Sample], settings: ArenaSettings, progress
         try:
             encoded = [encode_chat(backend.tokenizer(s.member), [("user", META_JUDGE_PROMPT)],
                                    [s.prompt, s.response.text, s.judgments[x].raw, s.judgments[y].raw],
-                                   max_tokens=meta_window(settings), assistant_prefix=META_PREFIX)
+                                   max_tokens=meta_window(judge), assistant_prefix=META_PREFIX)
                        for x, y in battles]
         except PromptTooLong as e:
             out[i] = replace(s, meta={"status": "failed", "error": str(e), "battles": [], "strength": None})
@@ -116,7 +115,7 @@ def meta_judge(backend, samples: list[Sample], settings: ArenaSettings, progress
     # one group per answer: its battles share the instructions, the question and the answer
     lps = grouped_by_tokenizer(backend, [samples[i].member for i, _, _ in asks],
                                [[e.ids for e in encoded] for _, _, encoded in asks],
-                               lambda m: (tuple(letters[m].ids), 1), settings.judge_batch_size, tick)
+                               lambda m: (tuple(letters[m].ids), 1), judge.batch_size, tick)
     for (i, battles, encoded), rows in zip(asks, lps):
         out[i] = replace(samples[i], meta=round_robin(battles, rows, len(samples[i].judgments),
                                                        any(e.shortened for e in encoded)))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..arena.combat import ArenaSettings, generate_responses
+from ..arena.combat import generate_responses
+from ..config import GenerationConfig
 from ..records import Judgment, Prompt, Response
 
 
@@ -49,11 +50,11 @@ class Sample:
         return Sample(**d)
 
 
-def draw_samples(backend, members: list[str], prompts: list[Prompt], n: int, settings: ArenaSettings, seed: int,
+def draw_samples(backend, members: list[str], prompts: list[Prompt], n: int, gen: GenerationConfig, seed: int,
                  progress=None) -> list[Sample]:
     """n sampled answers per (prompt, member), in one batched call; a failed generation stays a failed sample."""
     keys = [(p, m, k) for p in prompts for m in members for k in range(n)]
-    responses = generate_responses(backend, [(m, p.text) for p, m, _ in keys], settings, seed, progress)
+    responses = generate_responses(backend, [(m, p.text) for p, m, _ in keys], gen, seed, progress)
     return [Sample(m, p.id, p.text, k, r, status="generated" if r.text is not None else "generation_failed")
             for (p, m, k), r in zip(keys, responses)]
 

@@ -6,21 +6,21 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings
 from ..arena.judges import JudgeAsk, judge_asks
+from ..config import JudgeConfig
 from .samples import Sample, pair_row
 
 STATUS = {"ok": "scored", "unparsed": "judgment_unparsed", "failed": "judgment_failed"}
 
 
-def judge_own(backend, samples: list[Sample], settings: ArenaSettings, seed: int, progress=None) -> list[Sample]:
+def judge_own(backend, samples: list[Sample], judge: JudgeConfig, seed: int, progress=None) -> list[Sample]:
     """Every generated sample judged by the member that wrote it; failed generations are never judged."""
     todo = [i for i, s in enumerate(samples) if s.status == "generated"]
     # group: one member's samples of one prompt share the judge prompt's question (logprob mode runs it once)
     asks = [JudgeAsk(samples[i].member, samples[i].prompt, samples[i].response.text, samples[i].prompt_id, "self")
             for i in todo]
     out = list(samples)
-    for i, judgment in zip(todo, judge_asks(backend, asks, settings, seed, progress)):
+    for i, judgment in zip(todo, judge_asks(backend, asks, judge, seed, progress)):
         out[i] = replace(samples[i], judgment=judgment, status=STATUS[judgment.status])
     return out
 

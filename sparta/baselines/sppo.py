@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import replace
 from itertools import groupby
 
-from ..arena.combat import ArenaSettings
 from ..arena.judges import JudgeAsk, judge_asks
+from ..config import JudgeConfig
 from ..pairs import win_probabilities
 from .samples import Sample
 
 
-def judge_by_peers(backend, samples: list[Sample], members: list[str], settings: ArenaSettings, seed: int,
+def judge_by_peers(backend, samples: list[Sample], members: list[str], judge: JudgeConfig, seed: int,
                    progress=None) -> list[Sample]:
     """Every generated sample scored by every member but its author (failed generations are never judged), and
     the win rates those scores give."""
@@ -25,7 +25,7 @@ def judge_by_peers(backend, samples: list[Sample], members: list[str], settings:
     asks = [JudgeAsk(judge, samples[i].prompt, samples[i].response.text, samples[i].prompt_id, "peer")
             for i, judge in keys]
     verdicts: dict[int, list] = {i: [] for i in todo}
-    for (i, _), judgment in zip(keys, judge_asks(backend, asks, settings, seed, progress)):
+    for (i, _), judgment in zip(keys, judge_asks(backend, asks, judge, seed, progress)):
         verdicts[i].append(judgment)  # in the members' order
     out = list(samples)
     for i in todo:

@@ -15,7 +15,6 @@ import functools
 import time
 from dataclasses import dataclass
 
-from ..arena.combat import ArenaSettings
 from ..backends import check_generations
 from ..baselines.meta_rewarding import judge_own_n, meta_judge, meta_rewarding_pairs
 from ..baselines.samples import Sample, draw_samples, own_pairs, to_row
@@ -49,7 +48,6 @@ class SelfAlignment:
 
     def __init__(self, config: RunConfig):
         self.c = config
-        self.settings = ArenaSettings.of(config)
 
     def samples_per_prompt(self) -> int:
         return self.c.baseline.samples
@@ -73,7 +71,7 @@ class SelfAlignment:
         if not run.is_done(t, "generate"):
             clock = time.perf_counter()
             samples = draw_samples(engine.backend_at(t), engine.members, prompts, self.samples_per_prompt(),
-                                   self.settings, derive_seed(c.seed, t, "samples"), engine.progress)
+                                   c.generation, derive_seed(c.seed, t, "samples"), engine.progress)
             check_generations([s.response for s in samples])
             write_jsonl_atomic(path, [to_row(s) for s in samples])
             run.mark_done(t, "generate")
@@ -100,7 +98,7 @@ class SelfRewarding(SelfAlignment):
     stages = (Stage("judge", "self-judge"),)
 
     def judge(self, backend, samples: list[Sample], seed: int, engine: Engine) -> list[Sample]:
-        return judge_own(backend, samples, self.settings, seed, engine.progress)
+        return judge_own(backend, samples, self.c.judge, seed, engine.progress)
 
     def rows(self, samples, t, engine):
         return best_vs_worst(samples, t, self.c.arena.min_margin)
@@ -113,14 +111,14 @@ class MetaRewarding(SelfAlignment):
     stages = (Stage("judge", "self-judge"), Stage("meta_judge", "meta-judge"))
 
     def judge(self, backend, samples: list[Sample], seed: int, engine: Engine) -> list[Sample]:
-        return judge_own_n(backend, samples, self.settings, self.c.baseline.judgments, seed, engine.progress)
+        return judge_own_n(backend, samples, self.c.judge, self.c.baseline.judgments, seed, engine.progress)
 
     def meta_judge(self, backend, samples: list[Sample], seed: int, engine: Engine) -> list[Sample]:
-        return meta_judge(backend, samples, self.settings, engine.progress)
+        return meta_judge(backend, samples, self.c.judge, engine.progress)
 
     def rows(self, samples, t, engine):
         return meta_rewarding_pairs(samples, t, self.c.arena.min_margin, self.c.baseline.length_tolerance,
-                                    self.settings.judge_max_prompt_tokens)
+                                    self.c.judge.max_prompt_tokens)
 
 
 class Spin(SelfAlignment):
@@ -144,7 +142,7 @@ class SPPO(SelfAlignment):
     stages = (Stage("judge", "peer-judge"),)
 
     def judge(self, backend, samples: list[Sample], seed: int, engine: Engine) -> list[Sample]:
-        return judge_by_peers(backend, samples, engine.members, self.settings, seed, engine.progress)
+        return judge_by_peers(backend, samples, engine.members, self.c.judge, seed, engine.progress)
 
     def rows(self, samples, t, engine):
         return sppo_rows(samples, t)

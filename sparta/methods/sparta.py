@@ -12,7 +12,7 @@ import functools
 from dataclasses import asdict
 from pathlib import Path
 
-from ..arena.combat import ArenaSettings, Match, run_round
+from ..arena.combat import Match, run_round
 from ..arena.matchmaking import leader_order, pick_opponent
 from ..arena.reputation import ReputationState, apply_duel
 from ..backends import check_generations
@@ -85,7 +85,6 @@ class Sparta:
     def _fight(self, engine: Engine, t, prompts, state, duels, journal, timings) -> None:
         c = self.c
         leaders = leader_order(engine.members, len(prompts), rng(c.seed, t, "leaders"))
-        settings = ArenaSettings.of(c)
         tick = engine.progress("combat", len(prompts))
         if tick and duels:
             tick(len(duels))
@@ -99,8 +98,9 @@ class Sparta:
             matches = [Match(i, prompts[i], leaders[i], pick_opponent(leaders[i], ratings, c.arena.alpha,
                                                                       c.arena.k, draw))
                        for i in range(start, min(start + size, len(prompts)))]
-            new = run_round(engine.backend_at(t), matches, engine.members, state, c.reputation,
-                            settings, derive_seed(c.seed, t, "round", r), r, t, engine.progress, timings)
+            new = run_round(engine.backend_at(t), matches, engine.members, state, c.reputation, c.generation,
+                            c.judge, c.arena.min_margin, derive_seed(c.seed, t, "round", r), r, t, engine.progress,
+                            timings)
             append_jsonl(journal, [to_json(d) for d in new])
             duels += new
             if tick:
