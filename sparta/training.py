@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from .backends import MemberModel
 from .chat import PromptTooLong, encode_chat
 from .config import ExpertsConfig, TrainingConfig
-from .hf_compat import is_checkpointing, kv_cache, with_cache
+from .hf_compat import is_checkpointing
+from .kv_continuation import continue_rows, padded
 from .precision import fp32_linear
 from .seeding import derive_seed
 
@@ -169,25 +170,15 @@ class _Layout:
                 rest_row += 1
 
     def hidden_states(self, decoder, pad_id: int, device) -> torch.Tensor:
-        ids, mask = _right_padded(self.prompts, pad_id, device)
+        ids, mask = padded(self.prompts, pad_id, device)
         first = decoder(input_ids=ids, attention_mask=mask, use_cache=bool(self.rests))
         hidden = first.last_hidden_state.flatten(0, 1)
         if not self.rests:
             return hidden
-        expand = torch.tensor(self.expand, device=device)
-        kv_cache(first).reorder_cache(expand)
-        rest_ids, rest_mask = _right_padded(self.rests, pad_id, device)
-        # the prompt's padding sits between it and the response: masked out, and positions continue the prompt
-        positions = mask.sum(-1)[expand][:, None] + torch.arange(rest_ids.shape[1], device=device)
-        second = decoder(input_ids=rest_ids, attention_mask=torch.cat([mask[expand], rest_mask], -1),
-                         position_ids=positions, use_cache=False, **with_cache(kv_cache(first)))
+        # the prompt's padding sits between it and the response: continue_rows masks it out and continues the
+        # positions from the prompt's real tokens
+        second = continue_rows(decoder, first, mask, self.expand, *padded(self.rests, pad_id, device))
         return torch.cat([hidden, second.last_hidden_state.flatten(0, 1)])
-
-
-def _right_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
-    return ids, torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
 
 
 def _can_share(model, width: int) -> bool:

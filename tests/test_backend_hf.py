@@ -71,6 +71,27 @@ def test_a_kv_cache_read_from_one_pass_continues_the_next_on_this_transformers(b
     assert torch.allclose(rest, whole, atol=1e-5)
 
 
+def test_continuations_on_a_cached_prefix_score_as_whole_sequences(backend):
+    """continuation_logprobs (left-padded prefixes run once, continuations right-padded on copies of their cache)
+    gives the log-probs of each prefix + continuation scored whole in its own row: prefixes and continuations of
+    different lengths, so that padding sits on both sides and a wrong position or mask shows."""
+    ids = prompts(backend, 3)
+    prefixes = [ids[0], ids[1][:-4], ids[2] + [11, 12, 13]]
+    continuations = [[[5], [6, 7, 8, 9]], [[10, 11, 12]], [[13, 14], [15], [16, 17, 18, 19, 20]]]
+    got = backend.continuation_logprobs("a", prefixes, continuations, batch_size=2)
+    model, adapter = backend.adapter("a")
+    model.set_adapter(adapter)
+    expected = []
+    with torch.no_grad():
+        for prefix, options in zip(prefixes, continuations):
+            row = []
+            for c in options:
+                logits = model(input_ids=torch.tensor([prefix + c])).logits[0, len(prefix) - 1:-1]
+                row.append(sum(torch.log_softmax(logits, -1)[k, t].item() for k, t in enumerate(c)))
+            expected.append(row)
+    assert [len(r) for r in got] == [2, 1, 3]
+    assert [x for r in got for x in r] == pytest.approx([x for r in expected for x in r], abs=1e-4)
+
 def test_sampling_uses_only_sparta_temperature_and_top_p(backend):
     """top_k=1 and temperature 1e-4 from the model's file would make sampling greedy; ours (T=1, top_p=1) samples."""
     ids = prompts(backend, 8)

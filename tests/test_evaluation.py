@@ -191,7 +191,8 @@ def test_shared_prefix_option_scores_equal_full_sequence_scores(backend):
     model, adapter = backend.adapter("a")
     model.set_adapter(adapter)  # score the whole sequences with member a's adapter active
     with torch.inference_mode():
-        whole, _ = sequence_logprobs(model, full, tok.pad_token_id, "cpu")
+        # share_prompts=False: each sequence whole in its own row, not on the prompt cache it is checked against
+        whole, _ = sequence_logprobs(model, full, tok.pad_token_id, "cpu", share_prompts=False)
     assert [x for row in shared for x in row] == pytest.approx(whole.tolist(), abs=1e-4)
 
 

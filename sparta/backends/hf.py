@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from ..config import LoraConfig as LoraShape
-from ..hf_compat import is_checkpointing, kv_cache, set_checkpointing, with_cache
+from ..hf_compat import is_checkpointing, set_checkpointing
+from ..kv_continuation import continue_rows, padded, position_ids
 from ..mixed_lora import fp32_lora_sums, row_lora
 from ..models import ResolvedModel, load_random_model
 from ..precision import fp32_linear
@@ -236,23 +237,18 @@ class HFBackend:
                 else nullcontext():
             yield {} if stacked else {"adapter_names": names}
 
-    def _run_prefixes(self, base: _Base, members: list[str], prefixes: list[list[int]], expand: list[int]):
-        """Run each prefix once (row i with members[i]'s adapter) and copy its KV cache to the rows that
-        `expand` maps to it. Returns the pass's output (logits of each prefix's last token, the copied cache)
-        and the prefixes' attention mask."""
+    def _run_prefixes(self, base: _Base, members: list[str], prefixes: list[list[int]]):
+        """Run each prefix once (row i with members[i]'s adapter), left-padded, keeping its KV cache for
+        `continue_rows`. Returns the pass's output (logits of each prefix's last token, the cache) and the
+        prefixes' attention mask."""
         ids, mask = self._left_pad(base, prefixes)
         with self._adapters(base, members, scoring=True) as adapters:
-            first = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+            first = base.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True,
                                logits_to_keep=1, **adapters)
-        kv_cache(first).reorder_cache(torch.tensor(expand, device=base.device))
         return first, mask
 
     def _left_pad(self, base: _Base, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(s) for s in seqs)
-        pad = base.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=base.device)
-        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=base.device)
-        return ids, mask
+        return padded(seqs, base.tokenizer.pad_token_id, base.device, left=True)
 
     @torch.inference_mode()
     def generate(self, members: list[str], prompts: list[list[int]], *, max_new_tokens: int, temperature: float,
@@ -317,7 +313,7 @@ class HFBackend:
             candidates = torch.tensor(token_ids, device=base.device)
             ids, mask = self._left_pad(base, [prompts[i] for i in rows])
             with self._adapters(base, [members[i] for i in rows], scoring=True) as adapters:
-                logits = base.model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask),
+                logits = base.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                                     logits_to_keep=last, **adapters).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)[:, :, candidates]
             for i, lp in zip(rows, logprobs.tolist()):
@@ -342,14 +338,12 @@ class HFBackend:
                 raise ValueError(f"grouped_next_token_logprobs: every prompt needs more than last={last} tokens")
             expand = [i for i, g in enumerate(rows) for _ in groups[g]]
             first, mask = self._run_prefixes(base, [members[g] for g in rows],
-                                             [groups[g][0][:c] for g, c in zip(rows, cut)], expand)
+                                             [groups[g][0][:c] for g, c in zip(rows, cut)])
+            # the rests left-padded, so that their last positions line up for logits_to_keep
             rests, rest_mask = self._left_pad(base, [p[c:] for g, c in zip(rows, cut) for p in groups[g]])
-            # left padding here sits between prefix and rest: masked out, and positions continue the prefix
-            positions = torch.tensor(cut, device=base.device)[expand][:, None] + _positions(rest_mask)
             with self._adapters(base, [members[rows[i]] for i in expand], scoring=True) as adapters:
-                logits = base.model(input_ids=rests, attention_mask=torch.cat([mask[expand], rest_mask], -1),
-                                    position_ids=positions, use_cache=False, logits_to_keep=last,
-                                    **with_cache(kv_cache(first)), **adapters).logits
+                logits = continue_rows(base.model, first, mask, expand, rests, rest_mask, logits_to_keep=last,
+                                       **adapters).logits
             logprobs = iter(torch.log_softmax(logits.float(), dim=-1)[:, :, candidates].tolist())
             for g in rows:
                 out[g] = [next(logprobs) for _ in groups[g]]
@@ -372,20 +366,13 @@ class HFBackend:
                 out += [None] * len(chunk)
                 continue
             expand = [i for i, options in enumerate(conts) for _ in options]
-            first, mask = self._run_prefixes(base, [member] * len(chunk), chunk, expand)
-            rows = torch.tensor(expand, device=base.device)
-            flat = [c for options in conts for c in options]
-            width = max(len(c) for c in flat)
-            pad = base.tokenizer.pad_token_id
-            cont_ids = torch.tensor([c + [pad] * (width - len(c)) for c in flat], device=base.device)
-            cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in flat], device=base.device)
-            positions = mask.sum(-1)[rows][:, None] + torch.arange(width, device=base.device)[None]
-            with self._adapters(base, [member] * len(flat), scoring=True) as adapters:
-                logits = base.model(input_ids=cont_ids, attention_mask=torch.cat([mask[rows], cont_mask], -1),
-                                    position_ids=positions, use_cache=False, **with_cache(kv_cache(first)),
-                                    **adapters).logits
+            first, mask = self._run_prefixes(base, [member] * len(chunk), chunk)
+            cont_ids, cont_mask = padded([c for options in conts for c in options], base.tokenizer.pad_token_id,
+                                         base.device)
+            with self._adapters(base, [member] * len(expand), scoring=True) as adapters:
+                logits = continue_rows(base.model, first, mask, expand, cont_ids, cont_mask, **adapters).logits
             # token k of a continuation is predicted by the prefix's last logits (k = 0) or by position k - 1
-            logits = torch.cat([first.logits[rows], logits[:, :-1]], 1).float()
+            logits = torch.cat([first.logits[torch.tensor(expand, device=base.device)], logits[:, :-1]], 1).float()
             token_lp = torch.log_softmax(logits, -1).gather(-1, cont_ids[..., None])[..., 0] * cont_mask
             sums = iter(token_lp.sum(-1).tolist())
             out += [[next(sums) for _ in options] for options in conts]
@@ -501,11 +488,6 @@ def fp32_head(model):
         yield
     finally:
         hook.remove()
-
-
-def _positions(mask: torch.Tensor) -> torch.Tensor:
-    """Position ids of a left-padded batch: padding must not shift the real tokens' positions."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _common_prefix(seqs: list[list[int]]) -> int:
