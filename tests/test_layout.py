@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "hf_compat", "precision",
          "mixed_lora", "backends", "arena", "pairs", "baselines", "methods", "training", "cluster", "experts",
-         "evaluation", "ratings", "report", "pipeline", "compare", "cli"]
+         "eval_results", "evaluation", "ratings", "report", "pipeline", "compare", "cli"]
 
 
 def layer(module: str) -> int:
