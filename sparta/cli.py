@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .eval_results import EvalFile, ModelResult  # json only: `sparta --help` stays light
+
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 
@@ -107,18 +109,18 @@ def _training_cell(t: dict) -> str:
     return f"{t['loss_first']:.3f}→{after['loss']:.3f}, {fit} ({scored(after)})"
 
 
-def print_eval(task: str, split: str, results: dict, path: Path) -> None:
+def print_eval(task: str, split: str, results: dict[str, ModelResult], path: Path) -> None:
     print(f"\n{task} ({split}):")
     for member, r in results.items():
         cells = []
-        for name, m in r["metrics"].items():
-            lo, hi = m["ci95"]
-            mark = "*" if name == r["primary"] else ""
-            cells.append(f"{name}{mark} {m['value']:.3f} [{lo:.3f}, {hi:.3f}] n={m['n']}"
-                         + (f" failed={m['failed']}" if m["failed"] else "")
-                         + (f" excluded={m['excluded']}" if m.get("excluded") else ""))
-        print(f"  {member:<16} " + "; ".join(cells) + f"  ({r['wall_s']:.0f}s)")
-    judge = next((r["evaluator"] for r in results.values() if r.get("evaluator")), None)
+        for name, m in r.metrics.items():
+            lo, hi = m.ci95
+            mark = "*" if name == r.primary else ""
+            cells.append(f"{name}{mark} {m.value:.3f} [{lo:.3f}, {hi:.3f}] n={m.n}"
+                         + (f" failed={m.failed}" if m.failed else "")
+                         + (f" excluded={m.excluded}" if m.excluded else ""))
+        print(f"  {member:<16} " + "; ".join(cells) + f"  ({r.wall_s:.0f}s)")
+    judge = next((r.evaluator for r in results.values() if r.evaluator), None)
     if judge:
         print(f"scored 1-10 by {judge['name']!r}" + (f" ({judge['spec']})" if judge.get("spec") != judge["name"]
                                                       else ""))
@@ -153,10 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = Pipeline(config, progress=bars, on_iteration=lambda summary: (bars.close(), print_summary(summary)))
     try:
         if args.command == "eval":
-            results, path = pipeline.evaluate(args.task, args.split, args.iteration, args.members, args.limit,
-                                              args.evaluator)
+            path = pipeline.evaluate(args.task, args.split, args.iteration, args.members, args.limit,
+                                     args.evaluator)[1]
             bars.close()
-            print_eval(args.task, args.split, results, path)
+            print_eval(args.task, args.split, EvalFile.read(path).results, path)  # what the file says
         elif args.command == "experts":
             pipeline.check()
             for member, path in pipeline.build_initial_adapters().items():

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .config import ConfigError, RunConfig, load_config, validate
+from .eval_results import EvalFile, ModelResult
 from .methods import METHODS
 from .pipeline import Pipeline
 from .records import read_json, write_json_atomic
@@ -172,38 +173,37 @@ def task_row(root: Path, iteration: int, task: str, split: str) -> dict:
             "notes": _notes(initial, after) if initial and after else []}
 
 
-def _eval_file(root: Path, t: int, task: str, split: str) -> dict | None:
+def _eval_file(root: Path, t: int, task: str, split: str) -> EvalFile | None:
     path = RunDir(root).evaluation(t, task, split)
-    return read_json(path) if path.exists() else None
+    return EvalFile.read(path) if path.exists() else None
 
 
-def _primary(data: dict | None) -> str | None:
+def _primary(data: EvalFile | None) -> str | None:
     """The file's primary metric (the same for every member of a file)."""
-    return next((r["primary"] for r in data["results"].values()), None) if data else None
+    return next((r.primary for r in data.results.values()), None) if data else None
 
 
-def _score(member: str, result: dict | None, metric: str) -> dict:
-    m = (result or {}).get("metrics", {}).get(metric)
+def _score(member: str, result: ModelResult | None, metric: str) -> dict:
+    m = result.metrics.get(metric) if result else None
     if m is None:
         return {"member": member, "missing": f"{member} not scored on {metric}"}
-    if not m["n"]:  # every example failed: a NaN mean, never a number to compare
-        return {"member": member, "missing": f"{member}: no scored example", "failed": m["failed"]}
-    extra = {"excluded": m["excluded"]} if "excluded" in m else {}
-    return {"member": member, "value": m["value"], "ci95": list(m["ci95"]), "n": m["n"], "failed": m["failed"],
-            **extra}
+    if not m.n:  # every example failed: a NaN mean, never a number to compare
+        return {"member": member, "missing": f"{member}: no scored example", "failed": m.failed}
+    extra = {} if m.excluded is None else {"excluded": m.excluded}
+    return {"member": member, "value": m.value, "ci95": list(m.ci95), "n": m.n, "failed": m.failed, **extra}
 
 
-def _best(data: dict, metric: str) -> dict:
+def _best(data: EvalFile, metric: str) -> dict:
     # a model from outside the pool (`sparta eval --members SPEC` rewrites the file) is never a pool's best
-    outside = {m for m, record in data.get("models", {}).items() if not record.get("member", True)}
-    scored = [s for s in (_score(m, r, metric) for m, r in data["results"].items() if m not in outside)
+    outside = data.outside()
+    scored = [s for s in (_score(m, r, metric) for m, r in data.results.items() if m not in outside)
               if "value" in s]
     if not scored:
         return {"missing": "no member has a scored example"}
     return max(scored, key=lambda s: s["value"])  # ties: the first member in the file's (the pool's) order
 
 
-def _top_reputation(root: Path, iteration: int, after: dict, metric: str) -> dict:
+def _top_reputation(root: Path, iteration: int, after: EvalFile, metric: str) -> dict:
     method = method_of(root)
     if not METHODS[method].has_reputations:  # its reputations.json files only carry the start state forward
         return {"missing": f"method {method} has no reputations"}
@@ -212,7 +212,7 @@ def _top_reputation(root: Path, iteration: int, after: dict, metric: str) -> dic
         return {"missing": f"no reputations after iteration {iteration}"}
     ratings = read_json(path)["ratings"]
     top = max(ratings, key=ratings.get)
-    return {**_score(top, after["results"].get(top), metric), "reputation": ratings[top]}
+    return {**_score(top, after.results.get(top), metric), "reputation": ratings[top]}
 
 
 def _gain(before: dict, after: dict) -> float | None:
@@ -228,13 +228,13 @@ def _overlap(a: dict, b: dict) -> bool | None:
     return a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1]
 
 
-def _notes(initial: dict, after: dict) -> list[str]:
+def _notes(initial: EvalFile, after: EvalFile) -> list[str]:
     """What makes the two files less comparable than they look."""
     notes = []
-    if initial["n_examples"] != after["n_examples"]:  # made by runs with different eval.limit
-        notes.append(f"iteration 0 and {after['iteration']} were scored on different numbers of examples "
-                     f"({initial['n_examples']} vs {after['n_examples']})")
-    judges = [(d.get("evaluator") or {}).get("name") for d in (initial, after)]
+    if initial.n_examples != after.n_examples:  # made by runs with different eval.limit
+        notes.append(f"iteration 0 and {after.iteration} were scored on different numbers of examples "
+                     f"({initial.n_examples} vs {after.n_examples})")
+    judges = [(d.evaluator or {}).get("name") for d in (initial, after)]
     if any(judges):
         same = "" if judges[0] == judges[1] else " (a different evaluator: scores are on different scales)"
         notes.append(f"scored 1-10 by {judges[0]} at iteration 0 and by {judges[1]} after{same}")

@@ -22,6 +22,7 @@ from .arena.reputation import ReputationState, initial_state
 from .backends import MemberModel, build_backend
 from .baselines.spin import check_references
 from .config import RunConfig
+from .eval_results import EvalFile, ModelResult
 from .evaluation import Evaluator, evaluate, needs_evaluator
 from .experts import build_experts, check_recipes
 from .methods import method_for
@@ -233,23 +234,24 @@ class Pipeline:
         path = self.run.initial_reputations
         if task != "fair" and not path.exists():
             results = self._dev_results(task)
-            scores = {m: results[m]["metrics"][results[m]["primary"]]["value"] for m in self.members}
+            scores = {m: results[m].primary_metric.value for m in self.members}
             unscored = [m for m, v in scores.items() if v != v]  # NaN: every example failed
             if unscored:
                 raise RuntimeError(f"reputation.initial={task}: no scored dev example for {unscored}")
             state = initial_state(self.members, self.elo, scores)
-            write_json_atomic(path, {"task": task, "split": "dev", "metric": {m: results[m]["primary"]
+            write_json_atomic(path, {"task": task, "split": "dev", "metric": {m: results[m].primary
                                                                                for m in self.members},
                                      "scores": scores, "state": state.to_dict()})
 
-    def _dev_results(self, task: str) -> dict:
+    def _dev_results(self, task: str) -> dict[str, ModelResult]:
         """The initial pool's dev results on `task`: the run's own file if it covers every member, else fresh."""
         path = self._eval_path(0, task, "dev")
         if path.exists():
-            results = read_json(path)["results"]
+            results = EvalFile.read(path).results
             if set(self.members) <= set(results):
                 return results
-        return self._evaluate(0, task, "dev", self.members, self.c.eval.limit, None)[0]
+        written = self._evaluate(0, task, "dev", self.members, self.c.eval.limit, None)[1]
+        return EvalFile.read(written).results  # results are read from their file, whichever way they came
 
     def _train(self, t: int, pairs: list[dict]) -> None:
         """Each member trains a copy of its adapter at the start of iteration t and writes iter_t/adapters/NAME."""

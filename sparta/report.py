@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .eval_results import EvalFile, ModelResult
 from .methods import METHODS
 from .ratings import write_ratings
 from .records import read_json, read_jsonl
@@ -102,25 +102,21 @@ def _reputation_table(root: Path, iterations: list[int], members: list[str]) -> 
     return out + [""]
 
 
-def _evals(root: Path) -> dict[tuple[str, str], dict[int, dict]]:
-    """{(task, split): {iteration: file contents}}"""
-    out: dict[tuple[str, str], dict[int, dict]] = {}
+def _evals(root: Path) -> dict[tuple[str, str], dict[int, EvalFile]]:
+    """{(task, split): {iteration: file}}"""
+    out: dict[tuple[str, str], dict[int, EvalFile]] = {}
     for path in RunDir(root).evaluations():
-        data = json.loads(path.read_text())
-        out.setdefault((data["task"], data["split"]), {})[data["iteration"]] = data
+        data = EvalFile.read(path)
+        out.setdefault((data.task, data.split), {})[data.iteration] = data
     return out
 
 
-def _cell(result: dict, metric: str | None = None) -> str:
-    m = result["metrics"][metric or result["primary"]]
-    failed = f" ({m['failed']} failed)" if m.get("failed") else ""
-    if not m["n"]:
+def _cell(result: ModelResult, metric: str | None = None) -> str:
+    m = result.metrics[metric or result.primary]
+    failed = f" ({m.failed} failed)" if m.failed else ""
+    if not m.n:
         return f"n/a{failed}"
-    return f"{m['value']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]{failed}"
-
-
-def _primary(result: dict) -> float:
-    return result["metrics"][result["primary"]]["value"]
+    return f"{m.value:.3f} [{m.ci95[0]:.3f}, {m.ci95[1]:.3f}]{failed}"
 
 
 def _eval_tables(evals: dict, members: list[str]) -> list[str]:
@@ -132,31 +128,31 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
     for (task, split), by_iter in sorted(evals.items()):
         its = sorted(by_iter)
         # a file may hold some members only (`sparta eval --members`), or models from outside the pool
-        labels = list(members) + sorted({m for t in its for m in by_iter[t]["results"]} - set(members))
-        results = [r for t in its for r in by_iter[t]["results"].values()]
-        primary = results[-1]["primary"]  # the latest file's choice
-        names = {k for r in results for k in r["metrics"]}
+        labels = list(members) + sorted({m for t in its for m in by_iter[t].results} - set(members))
+        results = [r for t in its for r in by_iter[t].results.values()]
+        primary = results[-1].primary  # the latest file's choice
+        names = {k for r in results for k in r.metrics}
         for metric in [primary, *sorted(names - {primary})]:  # e.g. MC: letter, then loglik and loglik_norm
             tag = " (primary)" if metric == primary else ""
-            out += [f"### {task} ({split}, n={by_iter[its[-1]]['n_examples']}): {metric}{tag}", "",
+            out += [f"### {task} ({split}, n={by_iter[its[-1]].n_examples}): {metric}{tag}", "",
                     "| member | " + " | ".join("initial" if t == 0 else f"after iter {t}" for t in its) + " |",
                     "|---" * (len(its) + 1) + "|"]
             for m in labels:
-                cells = [_cell(by_iter[t]["results"][m], metric)
-                         if metric in by_iter[t]["results"].get(m, {}).get("metrics", {}) else "-" for t in its]
+                cells = [_cell(r, metric) if (r := by_iter[t].results.get(m)) and metric in r.metrics else "-"
+                         for t in its]
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
             out.append("")
         dev = evals.get((task, "dev"), {})
         if split == "test" and 0 in by_iter and its[-1] != 0:
             chosen_on = dev if 0 in dev else by_iter
-            scored = [m for m in members if m in chosen_on[0]["results"] and m in by_iter[0]["results"]
-                      and m in by_iter[its[-1]]["results"]]
+            chosen, last = chosen_on[0].results, by_iter[its[-1]].results
+            scored = [m for m in members if m in chosen and m in by_iter[0].results and m in last]
             if not scored:
                 continue
-            best = max(scored, key=lambda m: _primary(chosen_on[0]["results"][m]))
+            best = max(scored, key=lambda m: chosen[m].primary_metric.value)
             note = "dev" if chosen_on is dev else "test (no dev evaluation: optimistic)"
-            out += [f"Best initial member (chosen on {note}): **{best}** {_cell(by_iter[0]['results'][best])} → "
-                    f"after iteration {its[-1]}: {_cell(by_iter[its[-1]]['results'][best])}.", ""]
+            out += [f"Best initial member (chosen on {note}): **{best}** {_cell(by_iter[0].results[best])} → "
+                    f"after iteration {its[-1]}: {_cell(last[best])}.", ""]
     return out
 
 
@@ -355,19 +351,19 @@ def _plot_reputation_vs_accuracy(root: Path, iterations: list[int], evals: dict,
     for (task, split), by_iter in sorted(evals.items()):
         if iterations[-1] not in by_iter or split != "test" and (task, "test") in evals:
             continue
-        results = by_iter[iterations[-1]]["results"]
+        results = by_iter[iterations[-1]].results
         scored = [m for m in members if m in results]
         if len(scored) < 2:
             continue
         plt = plt or _pyplot()
-        scores = [_primary(results[m]) for m in scored]
+        scores = [results[m].primary_metric.value for m in scored]
         reps = [ratings[m] for m in scored]
         fig, ax = plt.subplots(figsize=(4.5, 3.5))
         ax.scatter(reps, scores)
         for m, x, y in zip(scored, reps, scores):
             ax.annotate(m, (x, y), fontsize=7)
         ax.set_xlabel("reputation")
-        ax.set_ylabel(results[scored[0]]["primary"])
+        ax.set_ylabel(results[scored[0]].primary)
         ax.set_title(f"{task} ({split}): Pearson r = {pearson(reps, scores):.2f}")
         path = root / f"reputation_vs_{task}.png"
         fig.tight_layout()

@@ -28,13 +28,14 @@ from sparta.tasks.catalog import TASKS
 
 
 def result(value: float, n: int, lo: float, hi: float, failed: int = 0, metric: str = "letter") -> dict:
-    return {"primary": metric, "metrics": {metric: {"value": value, "n": n, "failed": failed, "ci95": [lo, hi]}}}
+    return {"primary": metric, "metrics": {metric: {"value": value, "n": n, "failed": failed, "ci95": [lo, hi]}},
+            "examples": [], "wall_s": 1.0}
 
 
 def write_eval(root: Path, t: int, task: str, results: dict, n_examples: int = 10, models: dict | None = None):
     write_json_atomic(root / "eval" / f"iter_{t:02d}" / f"{task}-test.json",
-                      {"task": task, "split": "test", "iteration": t, "n_examples": n_examples, "evaluator": None,
-                       "models": models or {}, "results": results})
+                      {"task": task, "kind": "mc", "split": "test", "iteration": t, "n_examples": n_examples,
+                       "evaluator": None, "models": models or {}, "results": results})
 
 
 def finish(root: Path, t: int, ratings: dict) -> None:

@@ -11,6 +11,7 @@ from sparta.backends import Generated, MemberModel
 from sparta.backends.hf import HFBackend
 from sparta.cli import main
 from sparta.config import EvalConfig, LoraConfig
+from sparta.eval_results import EvalFile
 from sparta.evaluation import Evaluator, bootstrap_ci, evaluate, summarise
 from sparta.models import resolve_model
 from sparta.tasks.catalog import Example, get_task
@@ -90,6 +91,11 @@ def test_mc_letter_grader_on_scripted_outputs(backend):
     assert r["examples"][1]["letter"] == "A" and r["examples"][1]["letter_method"] == "option_text"
 
 
+def same_text(path) -> bool:
+    """The typed file gives back the JSON text the writer wrote (sparta.eval_results)."""
+    return json.dumps(EvalFile.read(path).to_dict(), indent=2) + "\n" == path.read_text()
+
+
 def test_sparta_eval_on_a_run_directory(tiny_config, tmp_path, capsys):
     from sparta.pipeline import Pipeline
 
@@ -117,8 +123,10 @@ def test_run_with_evaluation_writes_report_and_plots(tiny_config, tmp_path):
     for t in (0, 1, 2):
         for task in ("medqa", "gsm8k"):
             for split in ("dev", "test"):
-                data = json.loads((root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json").read_text())
+                path = root / "eval" / f"iter_{t:02d}" / f"{task}-{split}.json"
+                data = json.loads(path.read_text())
                 assert data["n_examples"] == 4 and set(data["results"]) == set("abcd")
+                assert same_text(path)
     report = (root / "report.md").read_text()
     assert "### medqa (test, n=4): letter (primary)" in report and "after iter 2" in report
     assert "### medqa (test, n=4): loglik_norm" in report and "### gsm8k (dev, n=4): strict" in report
@@ -303,7 +311,9 @@ def test_outside_evaluator_in_a_run_shares_the_loaded_base(tiny_config):
     root = pipeline.run_all().root
     assert pipeline.store.loads == 1
     for t in (0, 1):
-        data = json.loads((root / "eval" / f"iter_{t:02d}" / "com2-dev.json").read_text())
+        path = root / "eval" / f"iter_{t:02d}" / "com2-dev.json"
+        data = json.loads(path.read_text())
+        assert same_text(path)
         assert data["evaluator"]["name"] == "tiny" and data["evaluator"]["member"] is False
         assert data["evaluator"]["spec"] == "tiny" and data["judge_prompt"] == JUDGE_PROMPT
         assert {r["primary"] for r in data["results"].values()} == {"judged_score"}
@@ -331,7 +341,9 @@ def test_sparta_eval_scores_and_judges_with_model_specs(tiny_config, tmp_path, c
     args = ["eval", config.run_dir, "--task", "alpaca", "--limit", "2", "--members", "a", "tiny:1", "--evaluator", "b"]
     assert main(args) == 0
     assert "scored 1-10 by 'b' (tiny)" in capsys.readouterr().out
-    data = json.loads((tmp_path / "run" / "eval" / "iter_01" / "alpaca-dev.json").read_text())
+    path = tmp_path / "run" / "eval" / "iter_01" / "alpaca-dev.json"
+    data = json.loads(path.read_text())
+    assert same_text(path)
     assert list(data["results"]) == ["a", "tiny:1"]
     assert data["models"]["tiny:1"] == {**data["models"]["tiny:1"], "member": False, "spec": "tiny:1", "adapter": None}
     assert data["evaluator"] == {**data["evaluator"], "name": "b", "member": True, "iteration": 1}

@@ -191,10 +191,13 @@ def test_initial_reputations_from_dev_scores(tiny_config, tmp_path):
     pipeline = Pipeline(config)
     pipeline.prepare()
     root = pipeline.run.root
-    # the run's own dev results, as if already evaluated: a, b, c, d score .1, .2, .3, .6
+    # the run's own dev results, as if already evaluated: a, b, c, d score .1, .2, .3, .6 (a whole file: reading it
+    # checks every key the pipeline writes)
     scores = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.6}
-    write_json_atomic(root / "eval" / "iter_00" / "medqa-dev.json", {"results": {
-        m: {"primary": "letter", "metrics": {"letter": {"value": v}}} for m, v in scores.items()}})
+    letter = {m: {"value": v, "n": 3, "failed": 0, "ci95": [0.0, 1.0]} for m, v in scores.items()}
+    write_json_atomic(root / "eval" / "iter_00" / "medqa-dev.json", {
+        "task": "medqa", "kind": "mc", "split": "dev", "iteration": 0, "n_examples": 3, "results": {
+            m: {"metrics": {"letter": letter[m]}, "primary": "letter", "examples": [], "wall_s": 1.0} for m in scores}})
     state = pipeline.start_state(1)
     # mean .3, population std sqrt(.035) = .18708: d = 100 + 20 * .3 / .18708 = 132.07
     assert state.ratings["d"] == pytest.approx(132.0713, abs=1e-3)
