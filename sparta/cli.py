@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "eval":
             path = pipeline.evaluate(args.task, args.split, args.iteration, args.members, args.limit,
-                                     args.evaluator)[1]
+                                     args.evaluator)
             bars.close()
             print_eval(args.task, args.split, EvalFile.read(path).results, path)  # what the file says
         elif args.command == "experts":

@@ -16,14 +16,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .arena.judging import JUDGE_PROMPT
 from .arena.matchmaking import uniform_warning
 from .arena.reputation import ReputationState, initial_state
 from .backends import MemberModel, build_backend
 from .baselines.spin import check_references
 from .config import RunConfig
-from .eval_results import EvalFile, ModelResult
-from .evaluation import Evaluator, evaluate, needs_evaluator
+from .evaluation import needs_evaluator
 from .experts import build_experts, check_recipes
 from .methods import method_for
 from .models import ModelSpecError, ResolvedModel, default_cache_dir, resolve_adapter, resolve_model
@@ -31,6 +29,7 @@ from .prompts import load_prompts, load_references, sample_prompts
 from .ratings import start_state as saved_start_state
 from .records import Duel, Prompt, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
 from .report import write_report
+from .run_evaluation import RunEvaluation
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed
 from .tasks.catalog import get_task
@@ -58,6 +57,7 @@ class Pipeline:
         self.store = None  # HF models loaded in this process (shared by the HF backend and training)
         self.trainer = None  # training on those models, built on first use
         self.outside: dict[str, MemberModel] = {}  # model spec -> a model from outside the pool (evaluation)
+        self.evaluation = RunEvaluation(self)
         # set by check() (no model needed) and prepare() (the run directory, resolved models, initial adapters)
         self.prompt_pool: list[Prompt] = []
         self.references: dict[str, str] = {}  # prompt id -> reference answer (spin)
@@ -78,7 +78,7 @@ class Pipeline:
         for name in c.eval.tasks:
             get_task(name).examples(c.eval.splits[0], c.data.user_data or None)  # unknown task / missing data
         if c.eval.evaluator:
-            self._check_model(c.eval.evaluator, "eval.evaluator")
+            self.evaluation.check_model(c.eval.evaluator, "eval.evaluator")
         if c.reputation.initial != "fair":
             task = get_task(c.reputation.initial)  # an unknown name fails here, listing the tasks
             if needs_evaluator(task):  # its evaluator would be picked by reputation: circular
@@ -179,11 +179,11 @@ class Pipeline:
             torch.set_num_threads(self.c.threads)
         self.prepare()
         try:
-            self._evaluate_due(0)
+            self.evaluation.due(0)
             for t in range(1, self.c.iterations + 1):
                 if not self.run.is_done(t, "iteration"):
                     self.iteration(t)
-                self._evaluate_due(t)
+                self.evaluation.due(t)
                 self.on_iteration(self.summary(t))
         finally:
             self.close()
@@ -233,7 +233,7 @@ class Pipeline:
         task = self.c.reputation.initial
         path = self.run.initial_reputations
         if task != "fair" and not path.exists():
-            results = self._dev_results(task)
+            results = self.evaluation.dev_results(task)
             scores = {m: results[m].primary_metric.value for m in self.members}
             unscored = [m for m, v in scores.items() if v != v]  # NaN: every example failed
             if unscored:
@@ -242,16 +242,6 @@ class Pipeline:
             write_json_atomic(path, {"task": task, "split": "dev", "metric": {m: results[m].primary
                                                                                for m in self.members},
                                      "scores": scores, "state": state.to_dict()})
-
-    def _dev_results(self, task: str) -> dict[str, ModelResult]:
-        """The initial pool's dev results on `task`: the run's own file if it covers every member, else fresh."""
-        path = self._eval_path(0, task, "dev")
-        if path.exists():
-            results = EvalFile.read(path).results
-            if set(self.members) <= set(results):
-                return results
-        written = self._evaluate(0, task, "dev", self.members, self.c.eval.limit, None)[1]
-        return EvalFile.read(written).results  # results are read from their file, whichever way they came
 
     def _train(self, t: int, pairs: list[dict]) -> None:
         """Each member trains a copy of its adapter at the start of iteration t and writes iter_t/adapters/NAME."""
@@ -300,95 +290,32 @@ class Pipeline:
     def _training(self, t: int) -> dict[str, dict]:
         return {m: read_json(self.run.training(t, m)) for m in self.members}
 
-    # ---- evaluation --------------------------------------------------------------------------------
+    # ---- evaluation (sparta/run_evaluation.py) -----------------------------------------------------------------------
 
     def evaluate(self, task_name: str, split: str, iteration: int | None = None, members: list[str] | None = None,
-                 limit: int | None = None, evaluator: str | None = None) -> tuple[dict, Path]:
+                 limit: int | None = None, evaluator: str | None = None) -> Path:
         """`sparta eval`: score members as they stood after `iteration` (0 = the initial pool; None = the last
-        finished one) on a task split; writes RUN/eval/iter_NN/TASK-SPLIT.json and returns (results, path).
+        finished one) on a task split; writes RUN/eval/iter_NN/TASK-SPLIT.json and returns its path.
         `members` and `evaluator` name pool members or model specs (models from outside the pool, scored or
         scoring as they are, without an adapter); the evaluator defaults to eval.evaluator, then to the member
         with the highest reputation."""
         get_task(task_name).examples(split, self.c.data.user_data or None)  # a bad task or split fails first
         for name in (members or []) + ([evaluator] if evaluator else []):
-            self._check_model(name, "--members / --evaluator")
+            self.evaluation.check_model(name, "--members / --evaluator")
         self.prepare()
         finished = [t for t in range(1, self.c.iterations + 1) if self.run.is_done(t, "iteration")]
         iteration = (finished[-1] if finished else 0) if iteration is None else iteration
         if iteration and iteration not in finished:
             raise RunDirError(f"iteration {iteration} of {self.run.root} has not finished")
-        return self._evaluate(iteration, task_name, split, members or self.members, limit, evaluator)
+        return self.evaluation.score(iteration, task_name, split, members or self.members, limit, evaluator)
 
-    def _check_model(self, name: str, where: str) -> None:
-        """A pool member's name, or a model spec that resolves (nothing is built or loaded)."""
-        if name in self.members:
-            return
-        try:
-            resolve_model(name, self.cache, build=False)
-        except ModelSpecError as e:
-            raise ValueError(f"{where}: {name!r} is neither a pool member ({', '.join(self.members)}) nor a "
-                             f"model spec: {e}") from None
-
-    def _outside_name(self, spec: str) -> str:
-        """The backend name of a model from outside the pool. It joins the backend's pool, so a spec whose weights
-        are already loaded (pool.base) shares them: its fresh LoRA adapter adds exactly zero, so it computes the
-        base model's own function, and no second copy is loaded."""
+    def outside_model(self, spec: str) -> MemberModel:
+        """A model from outside the pool (evaluation's), by its spec. It joins the backend's pool, so a spec whose
+        weights are already loaded (pool.base) shares them: its fresh LoRA adapter adds exactly zero, so it
+        computes the base model's own function, and no second copy is loaded."""
         if spec not in self.outside:
             self.outside[spec] = MemberModel(f"@{len(self.outside)}", resolve_model(spec, self.cache), None)
-        return self.outside[spec].name
-
-    def _evaluator_name(self, requested: str | None) -> str | None:
-        """The backend name of an outside evaluator; None for a member."""
-        return None if requested is None or requested in self.members else self._outside_name(requested)
-
-    def _evaluate(self, t: int, task_name: str, split: str, members: list[str], limit: int | None,
-                  evaluator: str | None) -> tuple[dict, Path]:
-        """Score the pool as it stands after iteration t (the backend, if loaded, is at that point)."""
-        task = get_task(task_name)
-        examples = task.examples(split, self.c.data.user_data or None)[:limit or None]
-        requested = (evaluator or self.c.eval.evaluator) if needs_evaluator(task) else None
-        outside_judge = self._evaluator_name(requested)
-        names = {m: m if m in self.members else self._outside_name(m) for m in members}
-        backend = self.backend_at(t + 1)
-        judge = None
-        if needs_evaluator(task):
-            if requested is None:  # default: the member with the highest reputation
-                state = self.start_state(t + 1)
-                requested = max(self.members, key=lambda m: state.ratings[m])
-            judge = Evaluator(backend, outside_judge or requested, self._model_record(requested, t))
-        scored = evaluate(backend, list(names.values()), task, examples, self.c.eval, judge, self.progress, self.c.seed)
-        results = {m: scored[names[m]] for m in members}
-        path = self._eval_path(t, task_name, split)
-        write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": t,
-                                 "n_examples": len(examples),
-                                 "models": {m: self._model_record(m, t) for m in members},
-                                 "evaluator": judge.record if judge else None,
-                                 "judge_prompt": JUDGE_PROMPT if judge else None, "results": results})
-        return results, path
-
-    def _eval_path(self, t: int, task_name: str, split: str) -> Path:
-        return self.run.evaluation(t, task_name, split)
-
-    def _model_record(self, name: str, t: int) -> dict:
-        """What a scored or scoring model is: a member (its base spec and adapter after iteration t) or a spec."""
-        if name in self.members:
-            m = next(m for m in self.c.pool.members if m.name == name)
-            adapter = self.run.adapter_dir(t, name) if t else self.initial_adapters[name]
-            return {"name": name, "member": True, "spec": m.model or self.c.pool.base, "iteration": t,
-                    "adapter": str(adapter) if adapter else None}
-        resolved = self.outside[name].base
-        return {"name": name, "member": False, "spec": name, "kind": resolved.kind,
-                "fingerprint": resolved.fingerprint, "adapter": None}
-
-    def _evaluate_due(self, t: int) -> None:
-        """The run's own evaluation (eval.tasks) after iteration t; each task-split file is done once."""
-        e = self.c.eval
-        if not e.tasks or not (t == 0 or t % e.every == 0 or t == self.c.iterations):
-            return
-        for task_name in e.tasks:
-            for split in e.splits:
-                if not self._eval_path(t, task_name, split).exists():
-                    self._evaluate(t, task_name, split, self.members, e.limit, None)
+        return self.outside[spec]
 
     # ---- reporting ---------------------------------------------------------------------------------
 

@@ -363,6 +363,7 @@ def test_outside_model_named_after_the_pool_is_loaded_shares_its_base(tiny_confi
     pipeline = Pipeline(tiny_config())
     pipeline.prepare()
     backend = pipeline.backend_at(1)
-    name = pipeline._outside_name("tiny")  # pool.base
+    name = pipeline.outside_model("tiny").name  # pool.base
     assert pipeline.backend_at(1) is backend and backend.loads == 1
-    assert name in backend.base_of and pipeline._evaluator_name("b") is None  # a member needs no registration
+    assert name in backend.base_of
+    assert pipeline.evaluation._backend_name("b") == "b" and len(pipeline.outside) == 1  # a member joins nothing

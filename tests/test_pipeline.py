@@ -244,7 +244,8 @@ def test_resume_with_new_eval_keys_reads_each_iterations_own_adapters(tiny_confi
     run_to_end(tiny_config("iterations=3", *evals, run_dir=resumed))  # evaluates 0..3, fights and trains 3
     assert_same(snapshot(reference, iterations=3), snapshot(resumed, iterations=3))
     for t in range(4):
-        fresh, _ = Pipeline(tiny_config("iterations=3", run_dir=reference)).evaluate("medqa", "dev", t, limit=2)
+        path = Pipeline(tiny_config("iterations=3", run_dir=reference)).evaluate("medqa", "dev", t, limit=2)
+        fresh = json.loads(path.read_text())["results"]
         got = json.loads((resumed / f"eval/iter_{t:02d}/medqa-dev.json").read_text())["results"]
         for m in "abcd":
             assert got[m]["examples"] == fresh[m]["examples"], (t, m)
