@@ -1,6 +1,6 @@
 """Evaluation files (RUN/eval/iter_NN/TASK-SPLIT.json) as typed, read-only objects for the code that reads them.
 
-`sparta.evaluation.evaluate` and `Pipeline._evaluate` write the files as plain dicts. `EvalFile.read` checks that a
+`sparta.evaluation.evaluate` and `RunEvaluation.score` write the files as plain dicts. `EvalFile.read` checks that a
 file has what every writer has put in it, and fails naming the file and what is missing. Keys that nothing reads
 (`judge_prompt`, or a key a later writer adds) ride along in `extras`, so `to_dict` gives back the dict that was
 read, keys in the same order: the same JSON text. Light (json only, no torch): report and cli import it.
