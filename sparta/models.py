@@ -179,45 +179,12 @@ def resolve_model(spec: str, cache_dir: Path | None = None, build: bool = True) 
         raise ModelSpecError(f"model spec {spec!r} is empty; {_ACCEPTED_FORMS}")
     spec_s = spec.strip()
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-
-    # tiny / tiny:<seed>
     if spec_s == "tiny" or spec_s.startswith("tiny:"):
-        seed_s = spec_s.partition(":")[2] if ":" in spec_s else "0"
-        try:
-            seed = int(seed_s)
-        except ValueError:
-            raise ModelSpecError(
-                f"model spec {spec!r}: tiny seed {seed_s!r} is not an integer; expected 'tiny' or "
-                "'tiny:<seed>' such as 'tiny:3'"
-            ) from None
-        if seed < 0:
-            raise ModelSpecError(f"model spec {spec!r}: tiny seed must be >= 0")
-        target = cache / "models" / f"tiny-{seed}"
-        if not build:
-            return ResolvedModel(spec, str(target), "tiny", "")
-        _materialise(target, lambda tmp: build_tiny_model(tmp, seed=seed))
-        return ResolvedModel(spec, str(target), "tiny", f"tiny:{seed}:{TINY_VERSION}")
-
+        return _resolve_tiny(spec, spec_s, cache, build)
     if spec_s.startswith("random:"):
         return _resolve_random(spec, spec_s, cache, build)
-
-    # packaged:<name> / alias
     if spec_s.startswith("packaged:") or spec_s in _PACKAGED_ALIASES:
-        name = spec_s.partition(":")[2] if spec_s.startswith("packaged:") else spec_s
-        name = _PACKAGED_ALIASES.get(name, name)
-        if name not in PACKAGED_MODELS:
-            raise ModelSpecError(
-                f"model spec {spec!r}: unknown packaged model {name!r}; known packaged models: "
-                + ", ".join(sorted(PACKAGED_MODELS))
-                + f" (alias {', '.join(sorted(_PACKAGED_ALIASES))})"
-            )
-        gguf_path = _packaged_gguf_path(spec, PACKAGED_MODELS[name])
-        if not build:
-            return ResolvedModel(spec, str(gguf_path), "packaged", "")
-        source, fp = _convert_gguf_cached(gguf_path, cache)
-        return ResolvedModel(spec, source, "packaged", fp)
-
-    # paths
+        return _resolve_packaged(spec, spec_s, cache, build)
     expanded = Path(spec_s).expanduser()
     path_like = (
         spec_s.startswith(("/", "./", "../", "~", ".\\"))
@@ -226,30 +193,69 @@ def resolve_model(spec: str, cache_dir: Path | None = None, build: bool = True) 
         or expanded.exists()
     )
     if path_like:
-        if not expanded.exists():
-            raise ModelSpecError(f"model path {spec_s!r} does not exist (resolved to {expanded.absolute()})")
-        path = expanded.resolve()
-        if path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelSpecError(
-                    f"model spec {spec!r}: {path} is a directory but has no config.json; "
-                    "expected a Hugging Face model directory"
-                )
-            return ResolvedModel(spec, str(path), "local", _local_dir_fingerprint(path))
-        if path.suffix.lower() == ".gguf":
-            if not build:
-                return ResolvedModel(spec, str(path), "gguf", "")
-            source, fp = _convert_gguf_cached(path, cache)
-            return ResolvedModel(spec, source, "gguf", fp)
-        raise ModelSpecError(
-            f"model spec {spec!r}: {path} is a file but not a .gguf file; expected a .gguf file or a "
-            "Hugging Face model directory"
-        )
-
+        return _resolve_path(spec, spec_s, expanded, cache, build)
     if _HUB_ID_RE.match(spec_s):
         return ResolvedModel(spec, spec_s, "hub", spec_s)
-
     raise ModelSpecError(f"model spec {spec!r} is not recognised; {_ACCEPTED_FORMS}")
+
+
+def _resolve_tiny(spec: str, spec_s: str, cache: Path, build: bool) -> ResolvedModel:
+    """tiny / tiny:<seed>: a randomly initialised tiny model, built in code."""
+    seed_s = spec_s.partition(":")[2] if ":" in spec_s else "0"
+    try:
+        seed = int(seed_s)
+    except ValueError:
+        raise ModelSpecError(
+            f"model spec {spec!r}: tiny seed {seed_s!r} is not an integer; expected 'tiny' or "
+            "'tiny:<seed>' such as 'tiny:3'"
+        ) from None
+    if seed < 0:
+        raise ModelSpecError(f"model spec {spec!r}: tiny seed must be >= 0")
+    target = cache / "models" / f"tiny-{seed}"
+    if not build:
+        return ResolvedModel(spec, str(target), "tiny", "")
+    _materialise(target, lambda tmp: build_tiny_model(tmp, seed=seed))
+    return ResolvedModel(spec, str(target), "tiny", f"tiny:{seed}:{TINY_VERSION}")
+
+
+def _resolve_packaged(spec: str, spec_s: str, cache: Path, build: bool) -> ResolvedModel:
+    """packaged:<name> or an alias: a GGUF shipped in a Python package, converted once into the cache."""
+    name = spec_s.partition(":")[2] if spec_s.startswith("packaged:") else spec_s
+    name = _PACKAGED_ALIASES.get(name, name)
+    if name not in PACKAGED_MODELS:
+        raise ModelSpecError(
+            f"model spec {spec!r}: unknown packaged model {name!r}; known packaged models: "
+            + ", ".join(sorted(PACKAGED_MODELS))
+            + f" (alias {', '.join(sorted(_PACKAGED_ALIASES))})"
+        )
+    gguf_path = _packaged_gguf_path(spec, PACKAGED_MODELS[name])
+    if not build:
+        return ResolvedModel(spec, str(gguf_path), "packaged", "")
+    source, fp = _convert_gguf_cached(gguf_path, cache)
+    return ResolvedModel(spec, source, "packaged", fp)
+
+
+def _resolve_path(spec: str, spec_s: str, expanded: Path, cache: Path, build: bool) -> ResolvedModel:
+    """A local Hugging Face model directory, or a .gguf file (converted once into the cache)."""
+    if not expanded.exists():
+        raise ModelSpecError(f"model path {spec_s!r} does not exist (resolved to {expanded.absolute()})")
+    path = expanded.resolve()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSpecError(
+                f"model spec {spec!r}: {path} is a directory but has no config.json; "
+                "expected a Hugging Face model directory"
+            )
+        return ResolvedModel(spec, str(path), "local", _local_dir_fingerprint(path))
+    if path.suffix.lower() == ".gguf":
+        if not build:
+            return ResolvedModel(spec, str(path), "gguf", "")
+        source, fp = _convert_gguf_cached(path, cache)
+        return ResolvedModel(spec, source, "gguf", fp)
+    raise ModelSpecError(
+        f"model spec {spec!r}: {path} is a file but not a .gguf file; expected a .gguf file or a "
+        "Hugging Face model directory"
+    )
 
 
 def _resolve_random(spec: str, spec_s: str, cache: Path, build: bool) -> ResolvedModel:
