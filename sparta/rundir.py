@@ -14,6 +14,7 @@
     RUN/initial_reputations.json   the start state when reputation.initial is a task (kept for resuming)
     RUN/eval/iter_00/TASK-SPLIT.json   evaluation of the pool after iteration t (0: before any)
     RUN/report.md, RUN/ratings.json, RUN/*.png   the report (rebuilt from the files above at any time)
+    RUN/view/index.html         `sparta view`: the duel browser (sparta/viewer.py; rebuilt whole at any time)
 
 `RunDir` is the one place that spells these paths; everything else asks it.
 """
@@ -116,6 +117,10 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.root / "config.yaml"
+
+    @property
+    def view(self) -> Path:
+        return self.root / "view"
 
     @property
     def initial_reputations(self) -> Path:
