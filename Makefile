@@ -49,14 +49,16 @@ TEST_LOWER = SPARTA_TRANSFORMERS=$(LOWER_TRANSFORMERS) PYTHONPATH=$(CURDIR)/$(LO
 	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_cluster.py
 
 # A headless browser for tests/test_viewer.py (`sparta view`'s page, driven and screenshotted): Debian's chromium,
-# installed with apt-get when missing (needs root; about 25 s and 414 MB here).
+# installed with apt-get when missing (needs root; about 25 s and 414 MB here). Without root it says so and the
+# browser tests skip, unless SPARTA_REQUIRE_BROWSER=1 (CI): then it stops here.
 browser:
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
 	else \
-		echo "make browser: chromium is missing; install it as root (apt-get install chromium) or put it on PATH" \
-			"(tests/test_viewer.py skips its browser test without it, unless SPARTA_REQUIRE_BROWSER=1)" >&2; exit 1; \
+		echo "make browser: chromium is missing and cannot be installed here (needs root and apt-get): run" \
+			"apt-get install chromium as root, or put it on PATH; tests/test_viewer.py's browser tests skip without it" >&2; \
+		[ "$$SPARTA_REQUIRE_BROWSER" != 1 ]; \
 	fi
 
 demo: install
