@@ -1,4 +1,4 @@
-"""Imports flow one way (records/config → models → backend → arena → pairs → training → ratings → report →
+"""Imports flow one way (records/config → models → backend → arena → pairs → training → ratings → report → export →
 pipeline → compare → cli), and importing the package or the CLI stays light (no torch until a model is needed)."""
 
 import ast
@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "hf_compat",
          "kv_continuation", "precision", "mixed_lora", "backends", "arena", "pairs", "baselines", "methods",
          "training", "cluster", "experts", "eval_results", "evaluation", "run_evaluation", "ratings", "report",
-         "pipeline", "compare", "cli"]
+         "export", "pipeline", "compare", "cli"]
 
 
 def layer(module: str) -> int:
