@@ -170,6 +170,17 @@ def test_pairs_are_exactly_the_members_training_rows(run, tmp_path):
     want = read_jsonl(run / "iter_01" / "pairs.jsonl") + read_jsonl(run / "iter_02" / "pairs.jsonl")  # pairs: all
     assert len(want) > 0 and [decode_row(row, out / "pairs") for row in data] == want
     assert (out / "pairs" / "README.md").exists()
+    # training.pairs=own: each member trained on its own duels' pairs only, and exports those
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = copy / "config.yaml"
+    config.write_text(config.read_text().replace("  pairs: all\n", "  pairs: own\n"))
+    for member in "abc":
+        pairs = tmp_path / f"own-{member}" / "pairs"
+        assert export(copy, pairs.parent, "--member", member) == 0
+        own = [p for p in want if member in (p["chosen_model"], p["rejected_model"])]
+        got = [decode_row(row, pairs) for row in load_from_disk(str(pairs))]
+        assert 0 < len(own) < len(want) and got == own, member
 
 
 def test_out_is_written_whole_or_not_at_all(run, tmp_path, capsys, monkeypatch):
