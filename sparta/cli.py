@@ -1,4 +1,4 @@
-"""`sparta run | validate | experts | report | eval | compare | view` — the only module that prints or draws
+"""`sparta run | validate | experts | report | eval | compare | view | export` — the only module that prints or draws
 progress."""
 
 from __future__ import annotations
@@ -42,7 +42,24 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="where the page goes (default: RUN/view; replaced whole on each call)")
     p.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1 until Ctrl-C")
     p.add_argument("--port", type=int, default=0, help="with --serve: the port (default 0: a free one)")
+    _add_export(sub)
     return parser
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a member of a run (adapter or merged model, card, its pairs) to a "
+                       "directory, optionally pushed to the hub (docs/export.md)")
+    p.add_argument("run", metavar="RUN", help="a run directory")
+    p.add_argument("--member", required=True, help="a member's name, or 'best': the best primary metric on the run's "
+                   "dev evaluation of --task at that iteration")
+    p.add_argument("--task", help="with --member best: the task whose dev evaluation picks the member")
+    p.add_argument("--iteration", type=int, help="the member after this iteration (0 = its starting adapter; "
+                   "default: the last finished)")
+    p.add_argument("--merged", action="store_true", help="base + adapter merged into a plain transformers model")
+    p.add_argument("--out", required=True, help="the directory to write (must not exist or be empty, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--push-to-hub", metavar="REPO", help="then upload --out to this hub repo (token: HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
 
 
 def _add_compare(sub) -> None:
@@ -140,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return _compare(args)
     if args.command == "view":
         return _view(args)
+    if args.command == "export":
+        return _export(args)
     from .config import ConfigError, dump_yaml, load_config
 
     config_path, overrides = args.config, list(args.overrides)
@@ -234,6 +253,28 @@ def _compare(args) -> int:
     md, js = write_comparison(Path(args.out), table)
     print("\n" + "\n".join(render_summary(table)))
     print(f"wrote {md} and {js}")
+    return 0
+
+
+def _export(args) -> int:
+    """A member of a finished run to --out (whole or not at all); then, if asked, to the hub."""
+    from .export import ExportError, plan, push_to_hub, write_export
+
+    try:
+        export = plan(Path(args.run), args.member, args.task, args.iteration)
+        out = write_export(export, Path(args.out), args.merged, args.force)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # config, eval file, model spec, export
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    what = "merged model" if args.merged else "adapter"
+    chosen = f" (best on {args.task} dev)" if export.chosen else ""
+    print(f"exported {export.member}{chosen} after iteration {export.iteration} ({what}) to {out}")
+    if args.push_to_hub:
+        try:
+            print(f"pushed to {push_to_hub(out, args.push_to_hub, args.private)}")
+        except ExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 0
 
 

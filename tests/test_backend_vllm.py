@@ -82,19 +82,25 @@ def test_greedy_generation_matches_hf_with_mixed_adapters_in_one_call(pools):
 def test_logprob_judge_matches_hf(pools):
     """Expected 1-10 scores of the same judgments: |vLLM - HF| < 0.02 (fp32 both; measured ~1e-4)."""
     hf, vllm = pools
-    tok = hf.tokenizer("x")
+    judges = ["x", "y", "plain", "x"]
+    judges_agree(hf, judges, vllm, judges, "judge")
+
+
+def judges_agree(hf, hf_judges: list[str], other, other_judges: list[str], label: str) -> None:
+    """The judge's next-token log-probs over 1..10 after each of QUESTIONS, judged by hf_judges on the HF backend and
+    by other_judges on `other`: expected scores within 0.02, log-probs within 0.05."""
+    tok = hf.tokenizer(hf_judges[0])
     st = ScoreTokens(tok)
     prompts = [encode_chat(tok, judge_messages(), [q, "I think the answer is 42."], max_tokens=1024,
                            assistant_prefix=ANSWER_PREFIX).ids + st.appended for q in QUESTIONS]
-    judges = ["x", "y", "plain", "x"]
-    a = hf.next_token_logprobs(judges, prompts, st.candidates, last=st.positions, batch_size=4)
-    b = vllm.next_token_logprobs(judges, prompts, st.candidates, last=st.positions, batch_size=4)
+    a = hf.next_token_logprobs(hf_judges, prompts, st.candidates, last=st.positions, batch_size=4)
+    b = other.next_token_logprobs(other_judges, prompts, st.candidates, last=st.positions, batch_size=4)
     diffs = []
     for ra, rb in zip(a, b):
         sa, sb = expected_score(st.distribution(ra)), expected_score(st.distribution(rb))
         diffs.append((abs(sa - sb), max(abs(x - y) for pa, pb in zip(ra, rb) for x, y in zip(pa, pb))))
         assert diffs[-1][0] < 0.02 and diffs[-1][1] < 0.05, (sa, sb)
-    print(f"judge: max |expected score diff| {max(d[0] for d in diffs):.2e}, max |logprob diff| "
+    print(f"{label}: max |expected score diff| {max(d[0] for d in diffs):.2e}, max |logprob diff| "
           f"{max(d[1] for d in diffs):.2e}")
 
 
@@ -127,6 +133,40 @@ def test_a_new_adapter_directory_is_served_under_a_new_name(pools, adapters, smo
         assert vllm.generate(["x"], prompt, **kw)[0].text == as_y != before
     finally:
         vllm.set_pool([MemberModel("x", smollm2, adapters["x"])])
+
+
+def test_a_merged_export_is_served_as_a_model_spec(pools, smollm2, adapters, tmp_path):
+    """`sparta export --merged` (member x of a run, at its starting adapter: iteration 0) served by vLLM as a local
+    model directory, no LoRA: it answers as the HF backend's member x (base + adapter), to the tolerances above."""
+    from sparta.backends.vllm import VLLMBackend
+    from sparta.cli import main
+    from sparta.config import load_config
+    from sparta.rundir import RunDir
+
+    hf, _ = pools
+    root = tmp_path / "run"
+    RunDir.open(load_config(None, [
+        f"run_dir={root}", f"cache_dir={tmp_path / 'cache'}", f"pool.base={smollm2.source}",
+        f"pool.members=[{{name: plain}}, {{name: x, adapter: {adapters['x']}}}, "
+        f"{{name: y, adapter: {adapters['y']}}}]"]))
+    out = tmp_path / "merged"
+    assert main(["export", str(root), "--member", "x", "--iteration", "0", "--merged", "--out", str(out)]) == 0
+    merged = MemberModel("merged", resolve_model(str(out), tmp_path / "cache"), None)
+    vllm = VLLMBackend([merged], VLLMConfig(python=str(PYTHON), max_model_len=2048, max_loras=1, max_lora_rank=8,
+                                            extra_args=("--max-num-seqs", "16")),
+                       HTTPConfig(max_concurrency=8, retries=1), ModelConfig(dtype="float32"),
+                       log_path=tmp_path / "server.log")
+    try:
+        prompts = [chat_ids(hf, "x", q) for q in QUESTIONS]
+        kw = dict(max_new_tokens=24, temperature=0.0, top_p=1.0, batch_size=4, seed=0)
+        want = hf.generate(["x"] * len(prompts), prompts, **kw)
+        got = vllm.generate(["merged"] * len(prompts), prompts, **kw)
+        same = sum(w.text == g.text for w, g in zip(want, got))
+        print(f"merged export on vLLM: greedy texts identical to HF member x: {same}/{len(got)}")
+        assert all(g.text for g in got) and same >= len(got) - 1, [(w.text, g.text) for w, g in zip(want, got)]
+        judges_agree(hf, ["x"] * len(QUESTIONS), vllm, ["merged"] * len(QUESTIONS), "merged export judge")
+    finally:
+        vllm.close()
 
 
 @pytest.mark.parametrize("release", [False, True])

@@ -1,5 +1,5 @@
 """Imports flow one way (records/config → models → backend → arena → pairs → training → ratings → report →
-viewer → pipeline → compare → cli), and importing the package or the CLI stays light (no torch until a model is
+viewer → export → pipeline → compare → cli), and importing the package or the CLI stays light (no torch until a model is
 needed)."""
 
 import ast
@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "hf_compat",
          "kv_continuation", "precision", "mixed_lora", "backends", "arena", "pairs", "baselines", "methods",
          "training", "cluster", "experts", "eval_results", "evaluation", "run_evaluation", "ratings", "report",
-         "viewer", "pipeline", "compare", "cli"]
+         "viewer", "export", "pipeline", "compare", "cli"]
 
 
 def layer(module: str) -> int:
