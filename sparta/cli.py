@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = pipeline.run_all()
             print(f"\nrun complete: {run.root}")
+            for line in pipeline.tracking.locations():
+                print(f"tracking: {line}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -274,6 +274,19 @@ class BaselineConfig:
 
 
 METHODS = ("sparta", "self_rewarding", "meta_rewarding", "spin", "sppo")
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")  # accelerate's trackers that sparta resumes (sparta.tracking)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Experiment tracking (sparta.tracking, docs/tracking.md): each finished stage is logged live to the trackers
+    named; the run directory stays the source of truth (a tracker that fails is a warning). It may change on a
+    resumed run: a tracker added later is given every stage already finished."""
+
+    report_to: tuple[str, ...] = ()  # tensorboard | mlflow | wandb | trackio; empty = no tracking
+    project: str = "sparta"  # wandb/trackio project, MLflow experiment
+    run_name: str = ""  # "" = the run directory's name
+    logging_dir: str = ""  # TensorBoard logs and MLflow's local store; "" = RUN/tracking
 
 
 @dataclass(frozen=True)
@@ -298,11 +311,13 @@ class RunConfig:
     training: TrainingConfig = TrainingConfig()
     eval: EvalConfig = EvalConfig()
     baseline: BaselineConfig = BaselineConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 # Keys that may change between invocations on the same run directory without invalidating it.
-# runtime: a run started here may resume on a cluster (the results do not depend on where stages run)
-RESUMABLE_KEYS = ("run_dir", "iterations", "threads", "cache_dir", "eval", "runtime")
+# runtime: a run started here may resume on a cluster (the results do not depend on where stages run); tracking: a
+# tracker may be added to a resumed run (it is given what is already finished)
+RESUMABLE_KEYS = ("run_dir", "iterations", "threads", "cache_dir", "eval", "runtime", "tracking")
 
 
 def _build(cls: type, data: object, where: str) -> object:
@@ -445,6 +460,11 @@ def validate(c: RunConfig) -> None:
          f"({c.reputation.floor})"),
         (c.eval.every >= 1 and c.eval.limit >= 0, "eval.every must be >= 1 and eval.limit >= 0"),
         *_length_checks(c),
+        (set(c.tracking.report_to) <= set(TRACKERS),
+         f"tracking.report_to: unknown tracker(s) {sorted(set(c.tracking.report_to) - set(TRACKERS))}; known: "
+         f"{', '.join(TRACKERS)}"),
+        (len(set(c.tracking.report_to)) == len(c.tracking.report_to),
+         f"tracking.report_to names a tracker twice: {list(c.tracking.report_to)}"),
         (set(c.eval.splits) <= {"dev", "test"} and len(c.eval.splits) > 0,
          f"eval.splits must be a non-empty list of 'dev' and 'test', got {list(c.eval.splits)}"),
     ]

@@ -26,13 +26,15 @@ from .experts import build_experts, check_recipes
 from .methods import method_for
 from .models import ModelSpecError, ResolvedModel, default_cache_dir, resolve_adapter, resolve_model
 from .prompts import load_prompts, load_references, sample_prompts
+from .ratings import leaderboard_at
 from .ratings import start_state as saved_start_state
-from .records import Duel, Prompt, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
+from .records import Prompt, read_json, read_jsonl, to_json, write_json_atomic, write_jsonl_atomic
 from .report import write_report
 from .run_evaluation import RunEvaluation
 from .rundir import RunDir, RunDirError
 from .seeding import derive_seed
 from .tasks.catalog import get_task
+from .tracking import Tracking
 from .training import DPOJob, SPPOJob, job_kind, job_steps, run_job
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class Pipeline:
         self.run: RunDir | None = None
         self.resolved: dict[str, ResolvedModel] = {}
         self.initial_adapters: dict[str, Path | None] = {}
+        self.tracking: Tracking | None = None  # experiment tracking (sparta.tracking), started by run_all
 
     # ---- set-up: everything cheap is checked before anything expensive ---------------------------
 
@@ -178,14 +181,17 @@ class Pipeline:
 
             torch.set_num_threads(self.c.threads)
         self.prepare()
+        self.tracking = Tracking(self.c, self.run, self.members)
         try:
             self.evaluation.due(0)
             for t in range(1, self.c.iterations + 1):
                 if not self.run.is_done(t, "iteration"):
                     self.iteration(t)
                 self.evaluation.due(t)
+                self._tracked()
                 self.on_iteration(self.summary(t))
         finally:
+            self.tracking.finish()  # never raises
             self.close()
         write_report(self.run.root, self.members)
         return self.run
@@ -198,12 +204,18 @@ class Pipeline:
         timings["prompts"] = time.perf_counter() - clock
         played = self.method.play(self, t, prompts, timings)
         pairs = self._pairs(t, played.rows, timings)
+        self._tracked()
         clock = time.perf_counter()
         self._train(t, pairs)
         timings[self.method.loss] = time.perf_counter() - clock
         metrics = {**played.counts(pairs), **training_and_costs(self._training(t), timings)}
         write_json_atomic(run.metrics(t), metrics)
         run.mark_done(t, "iteration")
+
+    def _tracked(self) -> None:
+        """A stage finished: the trackers get it (sparta.tracking); nothing when tracking was not started."""
+        if self.tracking is not None:
+            self.tracking.update()
 
     def _pairs(self, t: int, made: list[dict], timings: dict) -> list[dict]:
         """iter_t/pairs.jsonl, written once; read back from the file, so a resumed run trains on the same pairs."""
@@ -252,6 +264,7 @@ class Pipeline:
             for job, metrics in self._run_jobs(jobs):  # in the order they finish
                 write_json_atomic(run.training(t, job.member.name), metrics)
                 run.mark_done(t, f"train-{job.member.name}")
+                self._tracked()
 
     @contextmanager
     def _gpu_for_training(self, training: bool):
@@ -320,28 +333,8 @@ class Pipeline:
     # ---- reporting ---------------------------------------------------------------------------------
 
     def summary(self, t: int) -> dict:
-        run = self.run
-        state = ReputationState.from_dict(read_json(run.reputations(t)))
-        duels = [Duel.from_dict(row) for row in read_jsonl(run.journal(t))]
-        return {"iteration": t, "leaderboard": leaderboard(self.members, state, duels, read_jsonl(run.pairs(t))),
-                "metrics": read_json(run.metrics(t))}
-
-
-def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], pairs: list[dict]) -> list[dict]:
-    rows = []
-    for m in members:
-        fought = [d for d in duels if m in (d.a, d.b)]
-        side = {d.index: ("a" if d.a == m else "b") for d in fought}
-        rows.append({
-            "member": m, "reputation": state.ratings[m], "sigma": state.sigmas[m],
-            "wins": sum(d.outcome == side[d.index] for d in fought),
-            "losses": sum(d.outcome in ("a", "b") and d.outcome != side[d.index] for d in fought),
-            "ties": sum(d.outcome in ("tie", "below_margin") for d in fought),
-            "void": sum(d.outcome.startswith("void") for d in fought),
-            "chosen": sum(p.get("chosen_model") == m for p in pairs),  # sppo's rows are samples, not pairs
-            "rejected": sum(p.get("rejected_model") == m for p in pairs),
-        })
-    return sorted(rows, key=lambda r: -r["reputation"])
+        return {"iteration": t, "leaderboard": leaderboard_at(self.run, t, self.members),
+                "metrics": read_json(self.run.metrics(t))}
 
 
 def training_and_costs(training: dict[str, dict], timings: dict) -> dict:

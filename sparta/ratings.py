@@ -213,8 +213,34 @@ def order_dependence(duels: Sequence[Duel], start: ReputationState, params: EloP
 # ---- a run directory ---------------------------------------------------------------------------------------
 
 
-def _duels(root: Path, t: int) -> list[Duel]:
+def iteration_duels(root: Path, t: int) -> list[Duel]:
+    """Iteration t's duels, from its combat journal (none for a baseline)."""
     return [Duel.from_dict(row) for row in read_jsonl(RunDir(root).journal(t))]
+
+
+def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], pairs: list[dict]) -> list[dict]:
+    """Per member, highest reputation first: reputation, sigma, wins/losses/ties/void in `duels`, and how often
+    its answer was chosen or rejected in `pairs` (the summary `sparta run` prints; sparta.tracking logs it)."""
+    rows = []
+    for m in members:
+        fought = [d for d in duels if m in (d.a, d.b)]
+        side = {d.index: ("a" if d.a == m else "b") for d in fought}
+        rows.append({
+            "member": m, "reputation": state.ratings[m], "sigma": state.sigmas[m],
+            "wins": sum(d.outcome == side[d.index] for d in fought),
+            "losses": sum(d.outcome in ("a", "b") and d.outcome != side[d.index] for d in fought),
+            "ties": sum(d.outcome in ("tie", "below_margin") for d in fought),
+            "void": sum(d.outcome.startswith("void") for d in fought),
+            "chosen": sum(p.get("chosen_model") == m for p in pairs),  # sppo's rows are samples, not pairs
+            "rejected": sum(p.get("rejected_model") == m for p in pairs),
+        })
+    return sorted(rows, key=lambda r: -r["reputation"])
+
+
+def leaderboard_at(run: RunDir, t: int, members: list[str]) -> list[dict]:
+    """The leaderboard after iteration t, from its files (reputations, combat journal, pairs)."""
+    state = ReputationState.from_dict(read_json(run.reputations(t)))
+    return leaderboard(members, state, iteration_duels(run.root, t), read_jsonl(run.pairs(t)))
 
 
 def start_state(root: Path, t: int, members: list[str], params: EloParams) -> ReputationState:
@@ -241,7 +267,7 @@ def run_ratings(root: Path, members: list[str], iterations: list[int] | None = N
         iterations = RunDir(root).done_iterations("combat")
     per_iteration, pooled = {}, []
     for t in iterations:
-        duels = _duels(root, t)
+        duels = iteration_duels(root, t)
         pooled += duels
         wins, void = win_matrix(duels, members)
         start = start_state(root, t, members, params)

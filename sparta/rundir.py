@@ -15,6 +15,8 @@
     RUN/eval/iter_00/TASK-SPLIT.json   evaluation of the pool after iteration t (0: before any)
     RUN/report.md, RUN/ratings.json, RUN/*.png   the report (rebuilt from the files above at any time)
     RUN/view/index.html         `sparta view`: the duel browser (sparta/viewer.py; rebuilt whole at any time)
+    RUN/tracking.json           experiment tracking: each tracker's run id and the stages it was given
+    RUN/tracking/               TensorBoard logs and MLflow's local store (tracking.logging_dir = "")
 
 `RunDir` is the one place that spells these paths; everything else asks it.
 """
@@ -121,6 +123,14 @@ class RunDir:
     @property
     def view(self) -> Path:
         return self.root / "view"
+
+    @property
+    def tracking_state(self) -> Path:
+        return self.root / "tracking.json"
+
+    @property
+    def tracking_dir(self) -> Path:
+        return self.root / "tracking"
 
     @property
     def initial_reputations(self) -> Path:

@@ -213,9 +213,10 @@ def test_empty_config_file_is_defaults(tmp_path):
 
 
 def test_fingerprint_ignores_resumable_keys():
-    assert set(RESUMABLE_KEYS) == {"run_dir", "iterations", "threads", "cache_dir", "eval", "runtime"}
+    assert set(RESUMABLE_KEYS) == {"run_dir", "iterations", "threads", "cache_dir", "eval", "runtime", "tracking"}
     base = load_config(None)
-    moved = load_config(None, ["run_dir=/elsewhere", "iterations=9", "threads=1", "cache_dir=/tmp/c"])
+    moved = load_config(None, ["run_dir=/elsewhere", "iterations=9", "threads=1", "cache_dir=/tmp/c",
+                               "tracking.report_to=[tensorboard]"])
     assert moved != base
     assert fingerprint(moved) == fingerprint(base)
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "hf_compat",
          "kv_continuation", "precision", "mixed_lora", "backends", "arena", "pairs", "baselines", "methods",
          "training", "cluster", "experts", "eval_results", "evaluation", "run_evaluation", "ratings", "report",
-         "viewer", "export", "pipeline", "compare", "cli"]
+         "viewer", "export", "tracking", "pipeline", "compare", "cli"]
 
 
 def layer(module: str) -> int:

@@ -59,7 +59,8 @@ def test_reopen_same_config(tmp_path):
     assert snapshot(tmp_path / "run") == before
 
 
-@pytest.mark.parametrize("override", ["iterations=9", "threads=1", "cache_dir=/tmp/other-cache"])
+@pytest.mark.parametrize("override", ["iterations=9", "threads=1", "cache_dir=/tmp/other-cache",
+                                      "tracking.report_to=[tensorboard, mlflow]", "tracking.logging_dir=/tmp/logs"])
 def test_reopen_with_resumable_key_changed(tmp_path, override):
     RunDir.open(config_for(tmp_path / "run"))
     before = snapshot(tmp_path / "run")
