@@ -221,20 +221,19 @@ def iteration_duels(root: Path, t: int) -> list[Duel]:
 def leaderboard(members: list[str], state: ReputationState, duels: list[Duel], pairs: list[dict]) -> list[dict]:
     """Per member, highest reputation first: reputation, sigma, wins/losses/ties/void in `duels`, and how often
     its answer was chosen or rejected in `pairs` (the summary `sparta run` prints; sparta.tracking logs it)."""
-    rows = []
-    for m in members:
-        fought = [d for d in duels if m in (d.a, d.b)]
-        side = {d.index: ("a" if d.a == m else "b") for d in fought}
-        rows.append({
-            "member": m, "reputation": state.ratings[m], "sigma": state.sigmas[m],
-            "wins": sum(d.outcome == side[d.index] for d in fought),
-            "losses": sum(d.outcome in ("a", "b") and d.outcome != side[d.index] for d in fought),
-            "ties": sum(d.outcome in ("tie", "below_margin") for d in fought),
-            "void": sum(d.outcome.startswith("void") for d in fought),
-            "chosen": sum(p.get("chosen_model") == m for p in pairs),  # sppo's rows are samples, not pairs
-            "rejected": sum(p.get("rejected_model") == m for p in pairs),
-        })
+    rows = [{"member": m, "reputation": state.ratings[m], "sigma": state.sigmas[m], **duel_record(m, duels),
+             "chosen": sum(p.get("chosen_model") == m for p in pairs),  # sppo's rows are samples, not pairs
+             "rejected": sum(p.get("rejected_model") == m for p in pairs)} for m in members]
     return sorted(rows, key=lambda r: -r["reputation"])
+
+
+def duel_record(member: str, duels: list[Duel]) -> dict[str, int]:
+    """The member's wins, losses, ties (a tie or a gap below the margin) and void duels among `duels`."""
+    fought = [(d, "a" if d.a == member else "b") for d in duels if member in (d.a, d.b)]
+    return {"wins": sum(d.outcome == side for d, side in fought),
+            "losses": sum(d.outcome in ("a", "b") and d.outcome != side for d, side in fought),
+            "ties": sum(d.outcome in ("tie", "below_margin") for d, _ in fought),
+            "void": sum(d.outcome.startswith("void") for d, _ in fought)}
 
 
 def leaderboard_at(run: RunDir, t: int, members: list[str]) -> list[dict]:

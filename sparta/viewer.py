@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from .pairs import pairs_for
+from .ratings import duel_record
 from .records import Duel, read_json, read_jsonl
 from .rundir import RunDir, method_of, swap_in
 
@@ -134,13 +135,9 @@ def leaderboard(members: list[str], iterations: list[dict], duels: list[Duel]) -
     state = next((it["reputations"] for it in reversed(iterations) if it["reputations"]), None) or {}
     rows, trained = [], [r for it in iterations for r in it["pairs"]["rows"]]
     for m in members:
-        fought = [(d, "a" if d.a == m else "b") for d in duels if m in (d.a, d.b)]
         rows.append({
             "member": m, "reputation": state.get("ratings", {}).get(m), "sigma": state.get("sigmas", {}).get(m),
-            "wins": sum(d.outcome == side for d, side in fought),
-            "losses": sum(d.outcome in ("a", "b") and d.outcome != side for d, side in fought),
-            "ties": sum(d.outcome in ("tie", "below_margin") for d, _ in fought),
-            "void": sum(d.outcome.startswith("void") for d, _ in fought),
+            **duel_record(m, duels),
             "chosen": sum(r[1] == m for r in trained), "rejected": sum(r[2] == m for r in trained),
             "trained_on": sum(r[4] is None or m in r[4] for r in trained)})
     return sorted(rows, key=lambda r: -(r["reputation"] if r["reputation"] is not None else float("-inf")))

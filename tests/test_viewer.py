@@ -15,7 +15,8 @@ import pytest
 from bench.view import synthetic_run
 from sparta.arena.reputation import ReputationState
 from sparta.cli import main
-from sparta.pipeline import Pipeline, leaderboard
+from sparta.pipeline import Pipeline
+from sparta.ratings import leaderboard
 from sparta.records import Duel, read_json, read_jsonl
 from sparta.rundir import RunDir
 from sparta.viewer import read_data, server, write_view
