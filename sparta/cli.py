@@ -192,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{member:<16} {path or 'fresh adapter'}")
         else:
             run = pipeline.run_all()
-            print(f"\nrun complete: {run.root}")
+            print(f"\nrun complete: {run.root}\nreport:   {run.root / 'report.md'}")
+            if (run.view / "index.html").exists():
+                print(f"duels:    {run.view / 'index.html'} (open it in a browser; `sparta view {run.root} --serve` "
+                      "serves it)")
             for line in pipeline.tracking.locations():
                 print(f"tracking: {line}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:

@@ -187,9 +187,12 @@ class ReputationConfig:
     sigma_min: float = 0.1
     initial_rating: float = 100.0
     initial_sigma: float = 0.5
-    # "fair" (every member at initial_rating) or a task name: the members' primary metric on that task's dev
-    # split (eval.limit items), measured before iteration 1, z-scored to mean initial_rating, std 20 (SPARTA.md)
+    # "fair" (every member at initial_rating) or a task name: the members' score on that task's dev split
+    # (eval.limit items), measured before iteration 1, z-scored to mean initial_rating, std 20 (SPARTA.md)
     initial: str = "fair"
+    # which of the task's metrics gives that score: "" = its primary metric (MC: the generated letter; `loglik`
+    # reads the options' likelihoods instead, which no letter bias can move: docs/tasks.md)
+    initial_metric: str = ""
     # how the judges' scores are averaged: "reputation" (SPARTA.md 1d) or "uniform", equal weights (the
     # paper's ablation without reputation weighting). Reputations still move: they drive match-making
     weighting: str = "reputation"
@@ -458,6 +461,8 @@ def validate(c: RunConfig) -> None:
         (c.reputation.initial_rating >= c.reputation.floor,
          f"reputation.initial_rating ({c.reputation.initial_rating}) must be >= reputation.floor "
          f"({c.reputation.floor})"),
+        (not c.reputation.initial_metric or c.reputation.initial != "fair",
+         f"reputation.initial_metric={c.reputation.initial_metric!r} needs reputation.initial = a task"),
         (c.eval.every >= 1 and c.eval.limit >= 0, "eval.every must be >= 1 and eval.limit >= 0"),
         *_length_checks(c),
         (set(c.tracking.report_to) <= set(TRACKERS),

@@ -36,6 +36,7 @@ from .seeding import derive_seed
 from .tasks.catalog import get_task
 from .tracking import Tracking
 from .training import DPOJob, SPPOJob, job_kind, job_steps, run_job
+from .viewer import write_view
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,16 @@ class Pipeline:
             self.tracking.finish()  # never raises
             self.close()
         write_report(self.run.root, self.members)
+        self._write_view()
         return self.run
+
+    def _write_view(self) -> None:
+        """The duel browser (RUN/view), rewritten whole after every run: 4 s for a paper-sized one. A directory
+        there that `sparta view` did not write stays as it is (a warning): the run itself is done."""
+        try:
+            write_view(self.run.root)
+        except (FileExistsError, OSError) as e:
+            log.warning("the duel browser was not written: %s", e)
 
     def iteration(self, t: int) -> None:
         """Prompts, the method's training rows, pairs.jsonl, every member trained, metrics: iteration t."""
@@ -246,13 +256,17 @@ class Pipeline:
         path = self.run.initial_reputations
         if task != "fair" and not path.exists():
             results = self.evaluation.dev_results(task)
-            scores = {m: results[m].primary_metric.value for m in self.members}
+            metric = self.c.reputation.initial_metric or results[self.members[0]].primary
+            missing = [m for m in self.members if metric not in results[m].metrics]
+            if missing:
+                raise RuntimeError(f"reputation.initial_metric={metric!r}: {task}'s dev results of {missing} have no "
+                                   f"such metric; they have {sorted(results[missing[0]].metrics)}")
+            scores = {m: results[m].metrics[metric].value for m in self.members}
             unscored = [m for m, v in scores.items() if v != v]  # NaN: every example failed
             if unscored:
                 raise RuntimeError(f"reputation.initial={task}: no scored dev example for {unscored}")
             state = initial_state(self.members, self.elo, scores)
-            write_json_atomic(path, {"task": task, "split": "dev", "metric": {m: results[m].primary
-                                                                               for m in self.members},
+            write_json_atomic(path, {"task": task, "split": "dev", "metric": dict.fromkeys(self.members, metric),
                                      "scores": scores, "state": state.to_dict()})
 
     def _train(self, t: int, pairs: list[dict]) -> None:

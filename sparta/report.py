@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .config import load_config
 from .eval_results import EvalFile, ModelResult
 from .methods import METHODS
-from .ratings import write_ratings
+from .ratings import duel_record, iteration_duels, start_state, write_ratings
 from .records import read_json, read_jsonl
 from .rundir import RunDir, method_of
 from .tasks.catalog import TASKS, MissingUserData
@@ -35,6 +36,7 @@ def write_report(root: Path, members: list[str]) -> Path:
         lines += _eval_tables(evals, members)
         return _write(root, lines)
     trajectory = _trajectories(root, iterations, members)
+    lines += _glance(root, iterations, members)
     lines += _iteration_table(root, iterations)
     lines += _reputation_table(root, iterations, members)
     lines += _eval_tables(evals, members)
@@ -71,6 +73,56 @@ def _baseline_table(root: Path, iterations: list[int]) -> list[str]:
                    f"{m['pairs']} | {skipped} | {s.get('generate', 0):.0f} | "
                    f"{s.get('judge', 0) + s.get('meta_judge', 0):.0f} | {s.get('dpo', s.get('sppo', 0)):.0f} |")
     return out + [""]
+
+
+def _glance(root: Path, iterations: list[int], members: list[str]) -> list[str]:
+    """What a reader wants first: where each reputation started and ended, each member's record over the run, and
+    the duel the judges split most clearly, linked to the duel browser."""
+    if not iterations:
+        return []
+    run, params = RunDir(root), load_config(RunDir(root).config_file).reputation
+    start = start_state(root, 1, members, params).ratings
+    end = read_json(run.reputations(iterations[-1]))["ratings"]
+    duels = [d for t in iterations for d in iteration_duels(root, t)]
+    pairs = [p for t in iterations for p in read_jsonl(run.pairs(t))]
+    origin = read_json(run.initial_reputations) if run.initial_reputations.exists() else None
+    how = (f"from the members' dev scores on {origin['task']} ({next(iter(origin['metric'].values()))}, z-scored to "
+           f"std 20: {', '.join(f'{m} {v:.2f}' for m, v in origin['scores'].items())})" if origin else
+           f"fair (all {params.initial_rating:g}; with equal ratings the formula's first updates are tiny, gap = ε)")
+    out = ["## At a glance", "", f"{len(duels)} duels and {len(pairs)} preference pairs over {len(iterations)} "
+           f"iteration(s). Reputations started {how}.", "",
+           "| member | start | now | change | won | lost | tied | void | chosen | rejected |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in sorted(members, key=lambda m: -end[m]):
+        r = duel_record(m, duels)
+        out.append(f"| {m} | {start[m]:.3f} | {end[m]:.3f} | {end[m] - start[m]:+.3f} | {r['wins']} | {r['losses']} | "
+                   f"{r['ties']} | {r['void']} | {sum(p.get('chosen_model') == m for p in pairs)} | "
+                   f"{sum(p.get('rejected_model') == m for p in pairs)} |")
+    return out + [""] + _clearest_duel(duels)
+
+
+def _clearest_duel(duels) -> list[str]:
+    """The decided duel with the widest score gap, its texts quoted in fences no model output can close."""
+    decided = [d for d in duels if d.outcome in ("a", "b")]
+    if not decided:
+        return []
+    d = max(decided, key=lambda d: (abs(d.score_a - d.score_b), -d.iteration, -d.index))
+    win, lose = ("a", "b") if d.outcome == "a" else ("b", "a")
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", d.prompt + str(d.response_a.text)
+                                                                  + str(d.response_b.text))), default=0))
+    link = f"view/index.html#view=duels&iter={d.iteration}&duel={d.iteration}:{d.index}"
+    out = [f"The clearest verdict ([duel {d.index} of iteration {d.iteration}]({link}) in the duel browser, "
+           "`sparta view`): the prompt, then the chosen and the rejected answer, first 400 characters.", "",
+           fence, _excerpt(d.prompt), fence]
+    for side, label in ((win, "chosen"), (lose, "rejected")):
+        member, score = getattr(d, side), getattr(d, f"score_{side}")
+        out += ["", f"{label}: **{member}**, aggregated score {score:.3f}", "", fence,
+                _excerpt(getattr(d, f"response_{side}").text), fence]
+    return out + [""]
+
+
+def _excerpt(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit] + " […]"
 
 
 def _iteration_table(root: Path, iterations: list[int]) -> list[str]:
@@ -289,13 +341,19 @@ def _pyplot():
 def _plot_trajectories(root: Path, trajectory: dict) -> Path | None:
     if not any(len(p) > 1 for p in trajectory.values()):
         return None
+    # beside the ratings, each one's change since its start: on a spread-out start (dev scores, std 20) a scale
+    # that fits every rating flattens moves of a tenth of a point, which is what a short run's duels make
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, moved) = plt.subplots(1, 2, figsize=(11, 4))
     for member, points in trajectory.items():
-        ax.plot([x for x, _ in points], [y for _, y in points], label=member, marker=".", linewidth=1)
-    ax.set_xlabel("duel (across iterations)")
+        xs = [x for x, _ in points]
+        ax.plot(xs, [y for _, y in points], label=member, marker=".", linewidth=1)
+        moved.plot(xs, [y - points[0][1] for _, y in points], label=member, marker=".", linewidth=1)
+    for axis, title in ((ax, "Reputation trajectories"), (moved, "Change since the start")):
+        axis.set_xlabel("duel (across iterations)")
+        axis.set_title(title)
     ax.set_ylabel("reputation")
-    ax.set_title("Reputation trajectories")
+    moved.set_ylabel("reputation − start")
     ax.legend(fontsize=8)
     path = root / "reputations.png"
     fig.tight_layout()

@@ -196,6 +196,10 @@ def test_run_prints_leaderboard_and_resumes_as_a_no_op(tmp_path, cache, capsys):
     assert main(["run", str(path)]) == 0
     first = capsys.readouterr().out
     assert "== iteration 1" in first and "reputation" in first and "run complete" in first
+    # where to look next, each printed path a file the run wrote (the browser: written whole at the run's end)
+    run = tmp_path / "run"
+    assert f"report:   {run / 'report.md'}" in first and (run / "report.md").exists()
+    assert f"duels:    {run / 'view' / 'index.html'}" in first and (run / "view" / "index.html").exists()
     assert main(["run", str(path)]) == 0
     assert "== iteration 1" in capsys.readouterr().out  # the summary is shown again, nothing is recomputed
 

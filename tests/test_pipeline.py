@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sparta.config import ConfigError
 from sparta.pipeline import Pipeline
 from sparta.records import read_jsonl
 
@@ -182,22 +183,28 @@ def test_kill_9_then_resume_matches(reference_run, tiny_config, tmp_path, wait_f
     assert_same(snapshot(reference_root), snapshot(tmp_path / "kill9"))
 
 
+def _dev_results(root, metrics: dict[str, dict[str, float]]) -> None:
+    """RUN/eval/iter_00/medqa-dev.json as if already evaluated, `metrics` = {metric: {member: value}} (a whole file:
+    reading it checks every key the pipeline writes); the first metric is the primary one."""
+    from sparta.records import write_json_atomic
+
+    members = next(iter(metrics.values()))
+    write_json_atomic(root / "eval" / "iter_00" / "medqa-dev.json", {
+        "task": "medqa", "kind": "mc", "split": "dev", "iteration": 0, "n_examples": 3, "results": {
+            m: {"metrics": {name: {"value": values[m], "n": 3, "failed": 0, "ci95": [0.0, 1.0]}
+                            for name, values in metrics.items()},
+                "primary": next(iter(metrics)), "examples": [], "wall_s": 1.0} for m in members}})
+
+
 def test_initial_reputations_from_dev_scores(tiny_config, tmp_path):
     """reputation.initial=TASK: the members' dev scores, z-scored to mean 100 / std 20, start iteration 1, and
     are kept, so a resumed run starts from the same ratings even if the eval file changes."""
-    from sparta.records import write_json_atomic
-
     config = tiny_config("iterations=1", "reputation.initial=medqa", "eval.limit=3")
     pipeline = Pipeline(config)
     pipeline.prepare()
     root = pipeline.run.root
-    # the run's own dev results, as if already evaluated: a, b, c, d score .1, .2, .3, .6 (a whole file: reading it
-    # checks every key the pipeline writes)
-    scores = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.6}
-    letter = {m: {"value": v, "n": 3, "failed": 0, "ci95": [0.0, 1.0]} for m, v in scores.items()}
-    write_json_atomic(root / "eval" / "iter_00" / "medqa-dev.json", {
-        "task": "medqa", "kind": "mc", "split": "dev", "iteration": 0, "n_examples": 3, "results": {
-            m: {"metrics": {"letter": letter[m]}, "primary": "letter", "examples": [], "wall_s": 1.0} for m in scores}})
+    # a, b, c, d score .1, .2, .3, .6 by the primary metric
+    _dev_results(root, {"letter": {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.6}})
     state = pipeline.start_state(1)
     # mean .3, population std sqrt(.035) = .18708: d = 100 + 20 * .3 / .18708 = 132.07
     assert state.ratings["d"] == pytest.approx(132.0713, abs=1e-3)
@@ -212,6 +219,35 @@ def test_initial_reputations_from_dev_scores(tiny_config, tmp_path):
     assert rep["ratings"]["d"] > rep["ratings"]["a"] + 50  # a few tiny duels cannot undo a 64-point head start
     report = (root / "report.md").read_text()
     assert "| member | start (medqa dev) | iter 1 |" in report and "| d | 132.071 |" in report
+    # at a glance: start, now and the change of each member, from the files
+    assert "Reputations started from the members' dev scores on medqa (letter" in report
+    for m in "abcd":
+        start, now = state.ratings[m], rep["ratings"][m]
+        assert f"| {m} | {start:.3f} | {now:.3f} | {now - start:+.3f} |" in report
+
+
+def test_initial_reputations_from_a_chosen_metric(tiny_config, tmp_path):
+    """reputation.initial_metric picks which dev metric ranks the start (the demo: loglik, which no letter bias
+    moves); a metric the results lack fails naming the ones they have; without a task it is a config error."""
+    config = tiny_config("iterations=1", "reputation.initial=medqa", "reputation.initial_metric=loglik")
+    pipeline = Pipeline(config)
+    pipeline.prepare()
+    # the two metrics rank the members in opposite orders
+    _dev_results(pipeline.run.root, {"letter": {"a": 0.6, "b": 0.3, "c": 0.2, "d": 0.1},
+                                     "loglik": {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.6}})
+    ratings = pipeline.start_state(1).ratings
+    assert ratings["d"] == pytest.approx(132.0713, abs=1e-3) and max(ratings, key=ratings.get) == "d"
+    kept = json.loads(pipeline.run.initial_reputations.read_text())
+    assert kept["metric"] == dict.fromkeys("abcd", "loglik") and kept["scores"]["d"] == 0.6
+
+    wrong = Pipeline(tiny_config("iterations=1", "reputation.initial=medqa", "reputation.initial_metric=circular",
+                                 run_dir=tmp_path / "wrong"))
+    wrong.prepare()
+    _dev_results(wrong.run.root, {"letter": dict.fromkeys("abcd", 0.5)})
+    with pytest.raises(RuntimeError, match=r"initial_metric='circular'.*have \['letter'\]"):
+        wrong.start_state(1)
+    with pytest.raises(ConfigError, match="initial_metric='loglik' needs reputation.initial = a task"):
+        tiny_config("reputation.initial_metric=loglik")
 
 
 def test_initial_reputations_evaluate_dev_when_missing(tiny_config):
