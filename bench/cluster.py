@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.cluster [--members 4] [--prompts 8] [--out bench/results/NAME.json]
 
-Two demo iterations (`sparta/configs/demo.yaml`: SmolLM2-135M experts) run fresh in each arm, on this machine:
+Two demo-sized iterations (`sparta/configs/ablations/size_4.yaml`, the demo before it was shortened: SmolLM2-135M
+experts) run fresh in each arm, on this machine:
 
 - local-1t: runtime=local, 1 torch thread;
 - ray-1w:   runtime=ray, 1 worker of 1 CPU: the same work in one Ray actor, so the difference is Ray's overhead;
@@ -31,7 +32,7 @@ from sparta.pipeline import Pipeline
 from sparta.records import read_json
 from sparta.rundir import package_versions
 
-DEMO = Path(__file__).parents[1] / "sparta/configs/demo.yaml"
+DEMO = Path(__file__).parents[1] / "sparta/configs/ablations/size_4.yaml"
 ARMS = {"local-1t": ["threads=1"],
         "ray-1w": ["threads=1", "runtime.kind=ray", "runtime.workers=1", "runtime.num_cpus=2"],
         "ray-2w": ["threads=1", "runtime.kind=ray", "runtime.workers=2", "runtime.num_cpus=2"],

@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.dpo [--pairs 32] [--out bench/results/NAME.json] [--pairs-file PATH]
 
 Pairs: SmolLM2's own answers (two members, temperature 0.7) to GSM8K prompts of 100-300 tokens (questions joined
-until a seeded target length), 100-250 new tokens each; the demo's training settings (sparta/configs/demo.yaml
-leaves `training` at TrainingConfig's defaults). Both paths train the same start adapter with the same seed:
+until a seeded target length), 100-250 new tokens each; TrainingConfig's defaults (the demo's, but for `pairs`).
+Both paths train the same start adapter with the same seed:
 
   old  training.after_limit=None, share_prompts=False: every pair scored again after training, chosen and
        rejected as two rows (the behaviour before issue 15 §5; the output layer's restriction to response

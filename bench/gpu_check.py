@@ -371,7 +371,8 @@ def run(sc: Scale, timeout: float, work: Path, cache: Path) -> dict:
     members = ", ".join(f"m{i}" for i in range(sc.run_members))
     overrides = [f"run_dir={run_dir}", f"cache_dir={cache}", "iterations=1", f"pool.base={sc.run_model}",
                  f"pool.members=[{members}]", "backend.kind=hf", *sc.run_overrides]
-    cmd = [sys.executable, "-m", "sparta.cli", "run", str(ROOT / "sparta/configs/demo.yaml"), *overrides]
+    cmd = [sys.executable, "-m", "sparta.cli", "run", str(ROOT / "sparta/configs/ablations/size_4.yaml"),
+           *overrides]
     proc, seconds = _subprocess(cmd, timeout)
     out = {"command": " ".join(cmd[1:]), "returncode": proc.returncode, "wall_s": seconds}
     metrics_path = run_dir / "iter_01" / "metrics.json"

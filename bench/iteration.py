@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.iteration [--grid 4x8,4x16,4x32,8x8] [--out bench/results/NAME.json]
 
-Each grid point (members x prompts) is one fresh run of one iteration of `sparta/configs/demo.yaml`: the demo's
+Each grid point (members x prompts) is one fresh run of one iteration of `sparta/configs/ablations/size_4.yaml` (the
+demo before it was shortened, kept so that timings compare across sessions): the demo's
 experts (8 members = each of the 4 experts twice; cached after the first build), its generation, judging and
 DPO settings. The first point also evaluates the pool on `--eval-task` (test split, `--eval-limit` items) to
 time that stage. Stage times come from the run's own iter_01/metrics.json, so they are what `sparta run`
@@ -38,7 +39,7 @@ def one_iteration(root: Path, m: int, n: int, eval_task: str | None, eval_limit:
                  f"pool.members={pool(m)}"]
     if eval_task:
         overrides += [f"eval.tasks=[{eval_task}]", "eval.splits=[test]", f"eval.limit={eval_limit}"]
-    config = load_config(Path(__file__).parents[1] / "sparta/configs/demo.yaml", overrides + list(extra))
+    config = load_config(Path(__file__).parents[1] / "sparta/configs/ablations/size_4.yaml", overrides + list(extra))
     clock = time.perf_counter()
     Pipeline(config).run_all()
     wall = time.perf_counter() - clock
