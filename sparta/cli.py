@@ -53,6 +53,7 @@ def _add_export(sub) -> None:
     p.add_argument("--member", required=True, help="a member's name, or 'best': the best primary metric on the run's "
                    "dev evaluation of --task at that iteration")
     p.add_argument("--task", help="with --member best: the task whose dev evaluation picks the member")
+    p.add_argument("--metric", help="with --member best: the metric that picks (default: the task's primary one)")
     p.add_argument("--iteration", type=int, help="the member after this iteration (0 = its starting adapter; "
                    "default: the last finished)")
     p.add_argument("--merged", action="store_true", help="base + adapter merged into a plain transformers model")
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError, dump_yaml, load_config
 
     config_path, overrides = args.config, list(args.overrides)
+    if "=" in config_path and not Path(config_path).exists() and args.command in ("run", "validate", "experts"):
+        config_path, overrides = str(DEFAULT_CONFIG), [config_path, *overrides]  # `sparta run iterations=1`: the demo
     if Path(config_path).is_dir():  # a run directory: its own config, and it stays where it is
         config_path, overrides = str(Path(config_path) / "config.yaml"), [*overrides, f"run_dir={args.config}"]
     try:
@@ -266,13 +269,13 @@ def _export(args) -> int:
     from .export import ExportError, plan, push_to_hub, write_export
 
     try:
-        export = plan(Path(args.run), args.member, args.task, args.iteration)
+        export = plan(Path(args.run), args.member, args.task, args.iteration, args.metric)
         out = write_export(export, Path(args.out), args.merged, args.force)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # config, eval file, model spec, export
         print(f"error: {e}", file=sys.stderr)
         return 1
     what = "merged model" if args.merged else "adapter"
-    chosen = f" (best on {args.task} dev)" if export.chosen else ""
+    chosen = f" (best on {args.task} dev, {export.chosen['metric']})" if export.chosen else ""
     print(f"exported {export.member}{chosen} after iteration {export.iteration} ({what}) to {out}")
     if args.push_to_hub:
         try:

@@ -77,7 +77,8 @@ def run_config(root: Path) -> RunConfig:
     return load_config(str(run.config_file), [f"run_dir={root}"])
 
 
-def plan(root: Path, member: str, task: str | None = None, iteration: int | None = None) -> Export:
+def plan(root: Path, member: str, task: str | None = None, iteration: int | None = None,
+         metric: str | None = None) -> Export:
     """Which member at which iteration, its base and adapter, and the evaluations to report."""
     root = Path(root)
     config = run_config(root)
@@ -93,7 +94,7 @@ def plan(root: Path, member: str, task: str | None = None, iteration: int | None
     if member == "best":
         if not task:
             raise ExportError("--member best needs --task: the member with the best primary metric on its dev split")
-        member, chosen = best_member(run, iteration, task, members)
+        member, chosen = best_member(run, iteration, task, members, metric)
     elif member not in members:
         raise ExportError(f"no member {member!r} in {root} (members: {', '.join(members)}; or 'best' with --task)")
     spec = next(m for m in config.pool.members if m.name == member)
@@ -123,9 +124,9 @@ def _initial_adapter(config: RunConfig, spec, base: ResolvedModel, cache: Path) 
     return built[spec.expert]["dir"]
 
 
-def best_member(run: RunDir, t: int, task: str, members: list[str]) -> tuple[str, dict]:
-    """The member with the highest primary metric on the run's dev evaluation of `task` after iteration t (the
-    paper selects on dev); ties go to the first in pool order."""
+def best_member(run: RunDir, t: int, task: str, members: list[str], metric: str | None = None) -> tuple[str, dict]:
+    """The member with the highest `metric` (default: the primary one) on the run's dev evaluation of `task` after
+    iteration t (the paper selects on dev); ties go to the first in pool order."""
     path = run.evaluation(t, task, "dev")
     if not path.exists():
         have = [str(p.relative_to(run.root)) for p in run.evaluations()]
@@ -133,12 +134,18 @@ def best_member(run: RunDir, t: int, task: str, members: list[str]) -> tuple[str
                           f"the run has: {', '.join(have) or 'no evaluation files'}. Make it with "
                           f"`sparta eval {run.root} --task {task} --split dev --iteration {t}`")
     results = EvalFile.read(path).results
-    scores = {m: results[m].primary_metric.value for m in members if m in results}
+    pool = [m for m in members if m in results]
+    metric = metric or (results[pool[0]].primary if pool else None)
+    lacking = [m for m in pool if metric not in results[m].metrics]
+    if lacking:
+        raise ExportError(f"--metric {metric}: {path} has no such metric for {', '.join(lacking)}; it has "
+                          f"{', '.join(sorted(results[lacking[0]].metrics))}")
+    scores = {m: results[m].metrics[metric].value for m in pool}
     scored = {m: v for m, v in scores.items() if not math.isnan(v)}
     if not scored:
         raise ExportError(f"--member best: {path} scores no member of the pool ({', '.join(members)})")
     best = max(scored, key=lambda m: (scored[m], -members.index(m)))
-    return best, {"task": task, "split": "dev", "iteration": t, "metric": results[best].primary, "scores": scores,
+    return best, {"task": task, "split": "dev", "iteration": t, "metric": metric, "scores": scores,
                   "file": str(path)}
 
 
@@ -330,7 +337,7 @@ def _lineage(export: Export, rows: int) -> str:
     if export.chosen:
         ch = export.chosen
         scores = ", ".join(f"{m} {v:.4f}" for m, v in ch["scores"].items())
-        lines.append(f"- **Chosen as:** the best member on {ch['task']} ({ch['split']}, primary metric "
+        lines.append(f"- **Chosen as:** the best member on {ch['task']} ({ch['split']}, metric "
                      f"{ch['metric']}) after iteration {ch['iteration']}: {scores}")
     return "\n".join(lines)
 

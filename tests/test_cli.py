@@ -62,6 +62,13 @@ def test_validate_packaged_demo_config_is_the_default():
     assert cli.make_parser().parse_args(["validate"]).config == str(DEFAULT_CONFIG)
 
 
+def test_overrides_without_a_config_apply_to_the_demo(capsys):
+    """`sparta validate iterations=1 seed=3`: the first word is an override, not a missing file."""
+    assert main(["validate", "iterations=1", "seed=3"]) == 0
+    out = capsys.readouterr().out
+    assert "\niterations: 1\n" in out and "\nseed: 3\n" in out and "run_dir: runs/demo" in out
+
+
 def test_validate_unknown_key(tmp_path, cache, capsys):
     path = write_config(tmp_path, cache, arena__bogus=1)
     assert main(["validate", str(path)]) == 2

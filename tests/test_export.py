@@ -129,7 +129,18 @@ def test_best_picks_the_highest_dev_primary_metric(run, tmp_path, capsys):
     assert export(copy, tmp_path / "best", "--member", "best", "--task", "medqa") == 0
     manifest = json.loads((tmp_path / "best" / "sparta_export.json").read_text())
     assert manifest["member"] == "c" and manifest["chosen"]["scores"] == {"a": 0.25, "b": 0.0, "c": 0.75}
-    assert "exported c (best on medqa dev)" in capsys.readouterr().out
+    assert "exported c (best on medqa dev, letter)" in capsys.readouterr().out
+    # another metric picks by its own values (a is best by loglik); one the file lacks is named with what it has
+    data = EvalFile.read(path).to_dict()
+    for member, value in {"a": 0.5, "b": 0.25, "c": 0.0}.items():
+        data["results"][member]["metrics"]["loglik"]["value"] = value
+    write_json_atomic(path, data)
+    assert export(copy, tmp_path / "by_loglik", "--member", "best", "--task", "medqa", "--metric", "loglik") == 0
+    manifest = json.loads((tmp_path / "by_loglik" / "sparta_export.json").read_text())
+    assert manifest["member"] == "a" and manifest["chosen"]["metric"] == "loglik"
+    assert "exported a (best on medqa dev, loglik)" in capsys.readouterr().out
+    assert export(copy, tmp_path / "none", "--member", "best", "--task", "medqa", "--metric", "nope") == 1
+    assert "--metric nope:" in capsys.readouterr().err
     # a task the run did not evaluate: the error names what exists
     assert export(copy, tmp_path / "none", "--member", "best", "--task", "gsm8k") == 1
     err = capsys.readouterr().err
