@@ -18,6 +18,7 @@ from sparta.config import ConfigError, TrainingConfig, dump_yaml
 from sparta.pairs import judge_disagreement, margin_weights, pairs_for
 from sparta.pipeline import Pipeline
 from sparta.records import read_jsonl
+from sparta.rundir import RunDir, RunDirError
 from sparta.seeding import derive_seed
 from sparta.training import Objective, _batches, dpo_loss, pair_losses, train_dpo
 from tests.test_training import PAIRS, changed, lora_names, slot, snapshot
@@ -86,7 +87,7 @@ def test_zero_eps_and_equal_margins_are_dpo_exactly():
     assert torch.equal(pair_losses(h, "cdpo", 0.0), dpo)
     assert torch.equal(pair_losses(h, "rdpo", 0.0), dpo)
     # equal score gaps (gaps that do not sum exactly in floats) give weights of exactly 1
-    pairs = [{"score_chosen": 7.3, "score_rejected": 7.2}] * 3
+    pairs = [{"score_chosen": 1.7, "score_rejected": 1.0}] * 3  # in floats (0.7 + 0.7 + 0.7) / 3 != 0.7
     weights = margin_weights(pairs)
     assert weights == [1.0, 1.0, 1.0]
     assert torch.equal(pair_losses(h[:3], "margin", weights=torch.tensor(weights)), dpo[:3])
@@ -240,3 +241,17 @@ def test_a_compare_plan_with_loss_arms_validates(tiny_config, tmp_path):
         "config": "base.yaml", "overrides": ["training.loss=rdpo", "training.flip_rate=0.7"]}}}))
     with pytest.raises(ConfigError, match="training.flip_rate must be"):
         arm_configs(make_plan([], str(sweep), None, None, None))
+
+
+def test_a_run_made_before_the_loss_keys_reopens_unless_one_is_set(tiny_config):
+    """Runs made before training.loss/label_smoothing/flip_rate existed: their saved config lacks the keys, which is
+    the same config while the keys keep their defaults (plain dpo, as those runs trained)."""
+    c = tiny_config()
+    run = RunDir.open(c)
+    saved = yaml.safe_load(run.config_file.read_text())
+    for key in ("loss", "label_smoothing", "flip_rate"):
+        del saved["training"][key]
+    run.config_file.write_text(yaml.safe_dump(saved))
+    RunDir.open(c)
+    with pytest.raises(RunDirError, match=r"differs in: training\.loss"):
+        RunDir.open(tiny_config("training.loss=rdpo"))
