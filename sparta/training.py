@@ -233,8 +233,8 @@ def pair_losses(h: torch.Tensor, kind: str, eps: float = 0.0, weights: torch.Ten
                                                           preferences"; trl's sigmoid loss with label_smoothing=ε):
                                                           the label is taken as flipped with probability ε
       rdpo    [−(1−ε) log σ(h) + ε log σ(−h)] / (1 − 2ε)  robust DPO (Chowdhury et al. 2024, "Provably Robust DPO",
-                                                          eq. 7): in expectation over labels flipped at rate ε < ½
-                                                          it equals DPO's loss on the true labels
+                                                          arXiv 2403.00409): in expectation over labels flipped at
+                                                          rate ε < ½ it equals DPO's loss on the true labels
       margin  w · (−log σ(h))                             margin-weighted DPO, w: the pair's weight
                                                           (sparta.pairs.margin_weights)
     ε = 0 gives DPO's loss exactly for cdpo and rdpo, and so do weights of 1 for margin."""

@@ -255,3 +255,27 @@ def test_a_run_made_before_the_loss_keys_reopens_unless_one_is_set(tiny_config):
     RunDir.open(c)
     with pytest.raises(RunDirError, match=r"differs in: training\.loss"):
         RunDir.open(tiny_config("training.loss=rdpo"))
+
+
+def test_the_documented_loss_sweep_validates(tmp_path):
+    """docs/training.md's compare sweep, its config path pointed at the packaged paper.yaml: every arm loads."""
+    doc = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    block = doc.split("Comparing them is a `sparta compare` sweep")[1].split("```yaml\n")[1].split("```")[0]
+    paper = Path(__file__).parents[1] / "sparta" / "configs" / "paper.yaml"
+    sweep = tmp_path / "losses.yaml"
+    sweep.write_text(block.replace("../sparta/configs/paper.yaml", str(paper)))
+    configs = arm_configs(make_plan([], str(sweep), None, None, None))
+    assert {n: c.training.loss for n, c in configs.items()} == {"dpo": "dpo", "cdpo": "cdpo", "rdpo": "rdpo",
+                                                               "margin": "margin"}
+    assert configs["cdpo"].training.label_smoothing == 0.1 and configs["rdpo"].training.flip_rate == "auto"
+
+
+def test_the_iteration_summary_shows_the_loss_and_its_eps():
+    from sparta.cli import _training_cell
+
+    t = {"loss_first": 0.693, "after": {"loss": 0.5, "reward_accuracy": 0.75, "pairs": 8}}
+    assert _training_cell(t) == "0.693→0.500, acc 0.75 (8 pairs)"  # dpo: as it always was
+    rdpo = {**t, "objective": {"loss": "rdpo", "eps": 5 / 36, "flip_rate_estimate": 5 / 36, "estimated_from_pairs": 3}}
+    assert _training_cell(rdpo) == "0.693→0.500, acc 0.75 (8 pairs); rdpo ε 0.139"
+    assert _training_cell({**t, "objective": {"loss": "margin", "weight_min": 0.5, "weight_max": 2.0}}).endswith(
+        "; margin")
