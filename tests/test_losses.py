@@ -1,6 +1,6 @@
 """Preference losses that expect noisy labels (training.loss: dpo, cdpo, rdpo, margin; docs/training.md): each loss
 against numbers worked by hand, the flip-rate estimator on constructed pairs, margin weights, one real train_dpo
-per loss on the tiny model, one tiny iteration end to end, the config's checks, and a compare plan with a loss arm."""
+per loss on the tiny model, two tiny iterations end to end, the config's checks, and a compare plan with a loss arm."""
 
 from __future__ import annotations
 
@@ -178,21 +178,27 @@ def test_train_dpo_with_each_loss(tiny, loss):
         assert metrics["objective"]["estimated_from_pairs"] == 3
 
 
-def test_a_tiny_iteration_with_rdpo_records_each_members_flip_rate(tiny_config):
-    """End to end: the estimate comes from the pairs.jsonl rows the member trains on, and reaches metrics.json."""
-    c = tiny_config("iterations=1", "training.loss=rdpo", "training.pairs=own")
+def test_tiny_iterations_with_rdpo_record_each_members_flip_rate(tiny_config):
+    """End to end: the estimate comes from the pairs.jsonl rows the member trains on, and reaches metrics.json. In
+    iteration 1 every judge is the same fresh adapter on one base, so judges agree (ε̂ = 0); after one iteration of
+    training they differ, and disagree on some pairs."""
+    c = tiny_config("iterations=2", "training.loss=rdpo", "training.pairs=own")
     Pipeline(c).run_all()
-    it = Path(c.run_dir) / "iter_01"
-    pairs = read_jsonl(it / "pairs.jsonl")
-    metrics = json.loads((it / "metrics.json").read_text())["training"]
-    assert pairs and all("judge_scores" in p for p in pairs)
-    trained = [m for m in "abcd" if pairs_for(m, pairs, "own")]
-    assert trained
-    for member in trained:
-        estimate, used = judge_disagreement(pairs_for(member, pairs, "own"))
-        assert metrics[member]["objective"]["flip_rate_estimate"] == estimate
-        assert metrics[member]["objective"]["estimated_from_pairs"] == used
-        assert metrics[member]["objective"]["eps"] == min(estimate, 0.49)
+    estimates = []
+    for t in (1, 2):
+        it = Path(c.run_dir) / f"iter_{t:02d}"
+        pairs = read_jsonl(it / "pairs.jsonl")
+        metrics = json.loads((it / "metrics.json").read_text())["training"]
+        assert pairs and all("judge_scores" in p for p in pairs)
+        trained = [m for m in "abcd" if pairs_for(m, pairs, "own")]
+        assert trained
+        for member in trained:
+            estimate, used = judge_disagreement(pairs_for(member, pairs, "own"))
+            assert metrics[member]["objective"]["flip_rate_estimate"] == estimate
+            assert metrics[member]["objective"]["estimated_from_pairs"] == used
+            assert metrics[member]["objective"]["eps"] == min(estimate, 0.49)
+            estimates.append((t, estimate))
+    assert all(e == 0 for t, e in estimates if t == 1) and any(e > 0 for t, e in estimates if t == 2)
 
 
 # ---- configuration ------------------------------------------------------------------------------------------
