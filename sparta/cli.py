@@ -130,7 +130,15 @@ def _training_cell(t: dict) -> str:
         return "-"
     fit = (f"acc {after['reward_accuracy']:.2f}" if "reward_accuracy" in after
            else f"target error {after['target_error']:.3f}")
-    return f"{t['loss_first']:.3f}→{after['loss']:.3f}, {fit} ({scored(after)})"
+    return f"{t['loss_first']:.3f}→{after['loss']:.3f}, {fit} ({scored(after)}){_objective_note(t)}"
+
+
+def _objective_note(t: dict) -> str:
+    """The preference loss other than plain DPO (training.loss), with its ε: rdpo's estimated flip rate shows here."""
+    o = t.get("objective")
+    if not o:
+        return ""
+    return f"; {o['loss']}" + (f" ε {o['eps']:.3f}" if "eps" in o else "")
 
 
 def print_eval(task: str, split: str, results: dict[str, ModelResult], path: Path) -> None:

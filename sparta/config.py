@@ -232,6 +232,14 @@ class TrainingConfig:
     # a pair's chosen and rejected in one row, their prompt run once (where exact: docs/training.md); false = each
     # sequence its own row, as before
     share_prompts: bool = True
+    # the preference loss of DPO-trained methods (docs/training.md): dpo (Rafailov et al. 2023), cdpo (conservative
+    # DPO: label smoothing), rdpo (robust DPO, Chowdhury et al. 2024: unbiased under a known label flip rate), or
+    # margin (each pair weighted by its aggregated score gap). Peer labels are noisy; all but dpo expect it
+    loss: str = "dpo"
+    label_smoothing: float = 0.0  # cdpo's ε in [0, 0.5): the share of each label taken as flipped
+    # rdpo's flip rate ε in [0, 0.5), or "auto": estimated each iteration from the judges' disagreement with the
+    # verdicts of the member's pairs (sparta.pairs.judge_disagreement), clipped to [0, 0.49]
+    flip_rate: float | str = "auto"
 
     def __post_init__(self) -> None:
         if self.after_limit is not None and self.after_limit < 0:
@@ -277,6 +285,10 @@ class BaselineConfig:
 
 
 METHODS = ("sparta", "self_rewarding", "meta_rewarding", "spin", "sppo")
+LOSSES = ("dpo", "cdpo", "rdpo", "margin")  # training.loss (sparta.training.dpo_loss)
+# the methods whose pairs carry an aggregated score gap of chosen over rejected (meta_rewarding's judge pairs carry
+# the scores the two judgments gave, not a gap in quality; spin's have no score)
+MARGIN_METHODS = ("sparta", "self_rewarding")
 TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")  # accelerate's trackers that sparta resumes (sparta.tracking)
 
 
@@ -347,8 +359,13 @@ def _coerce(tp: object, value: object, where: str) -> object:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
-        (inner,) = [o for o in options if o is not type(None)]
-        return _coerce(inner, value, where)
+        *first, last = [o for o in options if o is not type(None)]
+        for inner in first:  # the first type that takes the value (float | str: 0.1 is a number, "auto" a word)
+            try:
+                return _coerce(inner, value, where)
+            except ConfigError:
+                pass
+        return _coerce(last, value, where)
     if origin is tuple:  # tuple[X, ...]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
@@ -465,6 +482,7 @@ def validate(c: RunConfig) -> None:
          f"reputation.initial_metric={c.reputation.initial_metric!r} needs reputation.initial = a task"),
         (c.eval.every >= 1 and c.eval.limit >= 0, "eval.every must be >= 1 and eval.limit >= 0"),
         *_length_checks(c),
+        *_loss_checks(c),
         (set(c.tracking.report_to) <= set(TRACKERS),
          f"tracking.report_to: unknown tracker(s) {sorted(set(c.tracking.report_to) - set(TRACKERS))}; known: "
          f"{', '.join(TRACKERS)}"),
@@ -495,6 +513,36 @@ def _meta_rewarding_checks(c: RunConfig) -> list[tuple[bool, str]]:
          f"training.max_length ({c.training.max_length}) < a judge pair's prompt and judgment "
          f"({duel + JUDGE_OVERHEAD + j.max_new_tokens}: generation.max_prompt_tokens + generation.max_new_tokens + "
          f"{JUDGE_OVERHEAD} + judge.max_new_tokens)"),
+    ]
+
+
+def _loss_checks(c: RunConfig) -> list[tuple[bool, str]]:
+    """training.loss and its ε: each key is checked on its own, then against the loss and the method."""
+    t = c.training
+    auto = t.flip_rate == "auto"
+    fixed = type(t.flip_rate) is float and 0 <= t.flip_rate < 0.5
+    return [
+        (t.loss in LOSSES, f"training.loss must be one of {', '.join(LOSSES)}, got {t.loss!r}"),
+        (c.method != "sppo" or t.loss == "dpo",
+         f"training.loss={t.loss} applies to DPO-trained methods; method=sppo trains with its own loss "
+         "(baseline.sppo_eta): leave training.loss at dpo"),
+        (0 <= t.label_smoothing < 0.5, f"training.label_smoothing must lie in [0, 0.5), got {t.label_smoothing}"),
+        (t.loss != "cdpo" or t.label_smoothing > 0,
+         "training.loss=cdpo needs training.label_smoothing in (0, 0.5) (0 is plain dpo)"),
+        (t.loss == "cdpo" or t.label_smoothing == 0,
+         f"training.label_smoothing applies only to training.loss=cdpo (training.loss is {t.loss})"),
+        (auto or fixed, f"training.flip_rate must be 'auto' or a number in [0, 0.5), got {t.flip_rate!r}"),
+        (t.loss == "rdpo" or auto,
+         f"training.flip_rate applies only to training.loss=rdpo (training.loss is {t.loss})"),
+        (t.loss != "rdpo" or not auto or c.method == "sparta",
+         f"training.flip_rate=auto estimates the flip rate from the judges of SPARTA's duels; method={c.method} has "
+         "none: give training.flip_rate a number"),
+        (t.loss != "rdpo" or not auto or len(c.pool.members) >= 4,
+         f"training.flip_rate=auto needs two judges per duel to see them disagree (a pool of at least 4 members), "
+         f"got {len(c.pool.members)} members: give training.flip_rate a number"),
+        (t.loss != "margin" or c.method in MARGIN_METHODS,
+         f"training.loss=margin weights each pair by its score gap, which only {' and '.join(MARGIN_METHODS)} pairs "
+         f"carry; got method={c.method}"),
     ]
 
 

@@ -2,6 +2,8 @@
 
 Our own DPO loss (Rafailov et al. 2023, eq. 7; the same as trl's `sigmoid` loss, cross-checked in a test):
     L = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])
+and, for labels that may be flipped (training.loss, `pair_losses`): conservative DPO, robust DPO and
+margin-weighted DPO.
 SPPO's (Wu et al. 2024, arXiv 2405.00675; docs/sppo.md), a regression of each sample's log-ratio on its win rate:
     L = mean over samples of (log π(y|x) - log π_ref(y|x) - η (P̂(y ≻ π_ref | x) - 1/2))²
 The reference is the member as it was at the start of the iteration: its log-probs are computed once per
@@ -14,7 +16,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,9 +24,10 @@ import torch.nn.functional as F
 
 from .backends import MemberModel
 from .chat import PromptTooLong, encode_chat
-from .config import ExpertsConfig, TrainingConfig
+from .config import LOSSES, ExpertsConfig, TrainingConfig
 from .hf_compat import is_checkpointing
 from .kv_continuation import continue_rows, padded
+from .pairs import judge_disagreement, margin_weights
 from .precision import fp32_linear
 from .seeding import derive_seed
 
@@ -213,12 +216,37 @@ def _fp32_head(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean DPO loss and the implicit rewards β·(log π − log π_ref) of chosen and rejected."""
+             ref_rejected: torch.Tensor, beta: float, kind: str = "dpo", eps: float = 0.0,
+             weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean preference loss (`pair_losses`; plain DPO by default) and the implicit rewards β·(log π − log π_ref) of
+    chosen and rejected."""
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
-    loss = -F.logsigmoid(chosen_reward - rejected_reward).mean()
+    loss = pair_losses(chosen_reward - rejected_reward, kind, eps, weights).mean()
     return loss, chosen_reward.detach(), rejected_reward.detach()
+
+
+def pair_losses(h: torch.Tensor, kind: str, eps: float = 0.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Each pair's loss from its reward margin h = β[(log π − log π_ref)(y_w) − (log π − log π_ref)(y_l)]:
+      dpo     −log σ(h)                                   Rafailov et al. 2023, eq. 7
+      cdpo    −(1−ε) log σ(h) − ε log σ(−h)               conservative DPO (Mitchell 2023, "A note on DPO with noisy
+                                                          preferences"; trl's sigmoid loss with label_smoothing=ε):
+                                                          the label is taken as flipped with probability ε
+      rdpo    [−(1−ε) log σ(h) + ε log σ(−h)] / (1 − 2ε)  robust DPO (Chowdhury et al. 2024, "Provably Robust DPO",
+                                                          arXiv 2403.00409): in expectation over labels flipped at
+                                                          rate ε < ½ it equals DPO's loss on the true labels
+      margin  w · (−log σ(h))                             margin-weighted DPO, w: the pair's weight
+                                                          (sparta.pairs.margin_weights)
+    ε = 0 gives DPO's loss exactly for cdpo and rdpo, and so do weights of 1 for margin."""
+    if kind == "dpo":
+        return -F.logsigmoid(h)
+    if kind == "cdpo":
+        return -(1 - eps) * F.logsigmoid(h) - eps * F.logsigmoid(-h)
+    if kind == "rdpo":
+        return (-(1 - eps) * F.logsigmoid(h) + eps * F.logsigmoid(-h)) / (1 - 2 * eps)
+    if kind == "margin":
+        return weights * -F.logsigmoid(h)
+    raise ValueError(f"unknown preference loss {kind!r}")
 
 
 def sppo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, win_prob: torch.Tensor, eta: float
@@ -387,6 +415,7 @@ def train_dpo(slot, member: str, pairs: list[dict], s: TrainingConfig, seed: int
     examples = [e for e in examples if e is not None]
     if not pairs:
         return {"member": member, "pairs": 0, "steps": 0, **counts}
+    objective = Objective.of(s, pairs, slot.device)
 
     def logps(indices):
         seqs = [examples[i][0] for i in indices] + [examples[i][1] for i in indices]
@@ -394,7 +423,7 @@ def train_dpo(slot, member: str, pairs: list[dict], s: TrainingConfig, seed: int
         return total[:len(indices)], total[len(indices):]
 
     def loss_of(indices, policy, ref):
-        loss, rc, rr = dpo_loss(*policy, *ref, s.beta)
+        loss, rc, rr = objective.loss(indices, *policy, *ref, s.beta)
         return loss, {"reward_chosen": rc.mean().item(), "reward_rejected": rr.mean().item(),
                       "reward_margin": (rc - rr).mean().item(), "reward_accuracy": (rc > rr).float().mean().item()}
 
@@ -405,15 +434,61 @@ def train_dpo(slot, member: str, pairs: list[dict], s: TrainingConfig, seed: int
     history = fit.history
     return {"member": member, "pairs": len(pairs), "steps": len(history), "history": history,
             "seconds": fit.seconds, "cpu_seconds": fit.cpu_seconds, **counts,
-            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], **_dpo_after(fit, s.beta)}
+            "loss_first": history[0]["loss"], "loss_last": history[-1]["loss"], **objective.stats,
+            **_dpo_after(fit, s.beta, objective)}
 
 
-def _dpo_after(fit: _Fit, beta: float) -> dict:
+@dataclass(frozen=True)
+class Objective:
+    """The preference loss train_dpo minimises (training.loss, `pair_losses`) with what it needs: ε (cdpo's label
+    smoothing, rdpo's flip rate), margin's weight per pair (by index); and what the member's metrics say of it
+    (`stats`: nothing for plain dpo, so its metrics are as they always were)."""
+
+    kind: str = "dpo"
+    eps: float = 0.0
+    weights: torch.Tensor | None = None
+    stats: dict = field(default_factory=dict)
+
+    @staticmethod
+    def of(s: TrainingConfig, pairs: list[dict], device) -> Objective:
+        if s.loss == "cdpo":
+            return Objective("cdpo", s.label_smoothing, stats={"objective": {"loss": "cdpo", "eps": s.label_smoothing}})
+        if s.loss == "rdpo":
+            return _rdpo(s.flip_rate, pairs)
+        if s.loss == "margin":
+            w = margin_weights(pairs)
+            return Objective("margin", weights=torch.tensor(w, dtype=torch.float32, device=device),
+                             stats={"objective": {"loss": "margin", "weight_min": min(w), "weight_max": max(w)}})
+        if s.loss != "dpo":
+            raise ValueError(f"training.loss must be one of {', '.join(LOSSES)}, got {s.loss!r}")
+        return Objective()
+
+    def loss(self, indices, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):
+        """`dpo_loss` over the pairs at `indices` (their rows, in order)."""
+        weights = None if self.weights is None else self.weights[list(indices)]
+        return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, self.kind, self.eps, weights)
+
+
+def _rdpo(flip_rate: float | str, pairs: list[dict]) -> Objective:
+    """rdpo at the given flip rate, or at the judges' disagreement on these pairs (auto), clipped to [0, 0.49]:
+    the loss divides by 1 − 2ε."""
+    if flip_rate != "auto":
+        return Objective("rdpo", float(flip_rate), stats={"objective": {"loss": "rdpo", "eps": float(flip_rate)}})
+    estimate, used = judge_disagreement(pairs)
+    eps = min(max(estimate, 0.0), FLIP_RATE_MAX)
+    return Objective("rdpo", eps, stats={"objective": {"loss": "rdpo", "eps": eps, "flip_rate_estimate": estimate,
+                                                       "estimated_from_pairs": used}})
+
+
+FLIP_RATE_MAX = 0.49  # rdpo's largest ε: at ½ its loss divides by zero
+
+
+def _dpo_after(fit: _Fit, beta: float, objective: Objective) -> dict:
     """After training, on the scored pairs: did the member learn to prefer the chosen responses? (none: {})"""
     if not fit.scored:
         return {}
     stacked = [torch.cat([d[rows][k] for rows in fit.scored]) for d in (fit.after, fit.reference) for k in (0, 1)]
-    loss, rc, rr = dpo_loss(*stacked, beta)
+    loss, rc, rr = objective.loss([i for rows in fit.scored for i in rows], *stacked, beta)
     return {"after": {"loss": loss.item(), "reward_margin": (rc - rr).mean().item(),
                       "reward_accuracy": (rc > rr).float().mean().item(), "pairs": len(rc)}}
 
