@@ -44,9 +44,10 @@ $(LOWER)/.installed: lower_env/requirements.lock $(VENV)/.installed
 lower-env: $(LOWER)/.installed
 
 # The fast tests on the lower end, but Ray's (test_cluster: minutes of worker start-up, no transformers API of its
-# own). conftest stops the run if SPARTA_TRANSFORMERS is not the transformers actually imported.
+# own) and the browser's (test_viewer: a page read from run files, no transformers or accelerate API). conftest
+# stops the run if SPARTA_TRANSFORMERS is not the transformers actually imported.
 TEST_LOWER = SPARTA_TRANSFORMERS=$(LOWER_TRANSFORMERS) PYTHONPATH=$(CURDIR)/$(LOWER) \
-	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_cluster.py
+	$(PY) -m pytest -q -m "not slow" --ignore=tests/test_cluster.py --ignore=tests/test_viewer.py
 
 # A headless browser for tests/test_viewer.py (`sparta view`'s page, driven and screenshotted): Debian's chromium,
 # installed with apt-get when missing (needs root; about 25 s and 414 MB here). Without root it says so and the
@@ -66,7 +67,7 @@ demo: install
 
 test: install vllm-env lower-env browser
 	$(VENV)/bin/ruff check sparta tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 	$(TEST_LOWER)
 
 test-lower: lower-env
