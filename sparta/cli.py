@@ -169,15 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "export":
         return _export(args)
     from .config import ConfigError, dump_yaml, load_config
+    from .rundir import RunDir, RunDirError
 
     config_path, overrides = args.config, list(args.overrides)
     if "=" in config_path and not Path(config_path).exists() and args.command in ("run", "validate", "experts"):
         config_path, overrides = str(DEFAULT_CONFIG), [config_path, *overrides]  # `sparta run iterations=1`: the demo
-    if Path(config_path).is_dir():  # a run directory: its own config, and it stays where it is
-        config_path, overrides = str(Path(config_path) / "config.yaml"), [*overrides, f"run_dir={args.config}"]
-    try:
-        config = load_config(config_path, overrides)
-    except ConfigError as e:
+    try:  # a run directory: its own config, and it stays where it is
+        config = RunDir(Path(config_path)).config(overrides) if Path(config_path).is_dir() else \
+            load_config(config_path, overrides)
+    except (ConfigError, RunDirError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     if args.command == "validate":

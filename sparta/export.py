@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunConfig, load_config
+from .config import RunConfig
 from .eval_results import EvalFile
 from .methods import method_for
 from .models import ResolvedModel, default_cache_dir, resolve_adapter, resolve_model
@@ -69,20 +69,12 @@ class Export:
         return self.config.method
 
 
-def run_config(root: Path) -> RunConfig:
-    """The run's own config (RUN/config.yaml), with the run directory where it is now."""
-    run = RunDir(root)
-    if not run.config_file.exists():
-        raise ExportError(f"{root} is not a sparta run directory (no config.yaml)")
-    return load_config(str(run.config_file), [f"run_dir={root}"])
-
-
 def plan(root: Path, member: str, task: str | None = None, iteration: int | None = None,
          metric: str | None = None) -> Export:
     """Which member at which iteration, its base and adapter, and the evaluations to report."""
     root = Path(root)
-    config = run_config(root)
     run = RunDir(root)
+    config = run.config()
     members = [m.name for m in config.pool.members]
     finished = run.done_iterations()
     if iteration is None:

@@ -22,7 +22,6 @@ from scipy.stats import kendalltau, rankdata
 
 from .arena.judging import judge_weights
 from .arena.reputation import EloParams, ReputationState, apply_duel, initial_state
-from .config import load_config
 from .records import Duel, read_json, read_jsonl, write_json_atomic
 from .rundir import RunDir
 from .seeding import derive_seed
@@ -260,7 +259,7 @@ def run_ratings(root: Path, members: list[str], iterations: list[int] | None = N
     run's seed, so the summary is the same every time it is rebuilt. The replays dominate the cost, about 75 us
     per duel and order: n_perm=100 over a paper-sized iteration (1000 duels) takes some 8 s."""
     root = Path(root)
-    config = load_config(RunDir(root).config_file)
+    config = RunDir(root).config()
     params = config.reputation
     if iterations is None:
         iterations = RunDir(root).done_iterations("combat")

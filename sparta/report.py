@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import load_config
 from .eval_results import EvalFile, ModelResult
 from .methods import METHODS
 from .ratings import duel_record, iteration_duels, start_state, write_ratings
@@ -80,7 +79,8 @@ def _glance(root: Path, iterations: list[int], members: list[str]) -> list[str]:
     the duel the judges split most clearly, linked to the duel browser."""
     if not iterations:
         return []
-    run, params = RunDir(root), load_config(RunDir(root).config_file).reputation
+    run = RunDir(root)
+    params = run.config().reputation
     start = start_state(root, 1, members, params).ratings
     end = read_json(run.reputations(iterations[-1]))["ratings"]
     duels = [d for t in iterations for d in iteration_duels(root, t)]

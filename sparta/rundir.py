@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import RESUMABLE_KEYS, RunConfig, diff_keys, dump_yaml, fingerprint, to_dict
+from .config import RESUMABLE_KEYS, RunConfig, diff_keys, dump_yaml, fingerprint, load_config, to_dict
 from .records import _write_atomic, read_json, write_json_atomic
 
 PACKAGES = ("sparta-align", "torch", "transformers", "peft", "trl", "tokenizers", "safetensors")
@@ -119,6 +119,12 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.root / "config.yaml"
+
+    def config(self, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+        """The run's own config (config.yaml), with `overrides`, and run_dir where the directory is now."""
+        if not self.config_file.exists():
+            raise RunDirError(f"{self.root} is not a sparta run directory (no config.yaml)")
+        return load_config(str(self.config_file), [*overrides, f"run_dir={self.root}"])
 
     @property
     def view(self) -> Path:
