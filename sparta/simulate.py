@@ -237,16 +237,22 @@ def simulate(c: SimConfig) -> dict:
 
 # ---- the sweep -----------------------------------------------------------------------------------
 
-# one factor at a time, from the base config; the base value of each axis is in its list
-AXES = (("skill", ("tied", "independent")),
-        ("comparison", ("pointwise", "pairwise")),
-        ("judge_sd_max", (0.5, 1.5, 3.0, 6.0)),
-        ("spread", (0.5, 1.0, 2.0, 4.0)),
-        ("members", (4, 8, 16, 32)),
-        ("arena.alpha", (0.0, 0.2, 0.5, 1.0)),
-        ("arena.k", (1, 3, 7)),
-        ("initial", ("fair", "quality")),
-        ("reputation.scaling", (20.0, 2.0, 0.2)))
+# One factor at a time from the base: (key, values, overrides that also apply). The base value of each axis is in
+# its list. The last three axes repeat a factor with reputations spread from the start (initial=quality), the one
+# case at the paper's constants where the weights differ enough from uniform to matter.
+AXES = (("skill", ("tied", "independent"), ()),
+        ("comparison", ("pointwise", "pairwise"), ()),
+        ("integer_scores", (True, False), ()),
+        ("judge_sd_max", (0.5, 1.5, 3.0, 6.0), ()),
+        ("spread", (0.5, 1.0, 2.0, 4.0), ()),
+        ("members", (4, 8, 16, 32), ()),
+        ("duels", (100, 400, 1000), ()),
+        ("arena.alpha", (0.0, 0.2, 0.5, 1.0), ()),
+        ("arena.k", (1, 3, 7), ()),
+        ("reputation.scaling", (20.0, 2.0, 0.2), ()),
+        ("initial", ("fair", "quality"), ()),
+        ("skill", ("tied", "independent"), ("initial=quality",)),
+        ("judge_sd_max", (0.5, 3.0, 6.0), ("initial=quality",)))
 
 
 def run(base: SimConfig, out: Path, axes=AXES, progress=None) -> tuple[list[dict], Path]:
@@ -258,16 +264,16 @@ def run(base: SimConfig, out: Path, axes=AXES, progress=None) -> tuple[list[dict
 
 
 def sweep(base: SimConfig, axes=AXES, progress=None) -> list[dict]:
-    """A row per (axis, value): `simulate`'s numbers for the base with that one key changed. A config met twice
-    (the base value on each axis) is simulated once."""
+    """A row per (axis, value): `simulate`'s numbers for the base with that key changed (and the axis' other
+    overrides). A config met twice (the base value on each axis) is simulated once."""
     done: dict[SimConfig, dict] = {}
     rows = []
-    for key, values in axes:
+    for key, values, also in axes:
         for value in values:
-            c = with_overrides(base, [f"{key}={value}"])
+            c = with_overrides(base, [*also, f"{key}={value}"])
             if c not in done:
                 done[c] = simulate(c)
-            rows.append(_row(key, value, c, done[c]))
+            rows.append(_row(" ".join([key, *also]), value, c, done[c]))
             if progress:
                 progress(rows[-1])
     return rows
@@ -281,9 +287,11 @@ def write_results(out: Path, base: SimConfig, rows: list[dict], seconds: float) 
     """OUT/simulate.json, OUT/simulate.md and two plots; returns the markdown's path."""
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "simulate.json", {"base": dataclasses.asdict(base), "seconds": seconds, "rows": rows})
-    plots = [_plot(out, rows, "precision.png", "pair precision", [("precision", w) for w in WEIGHTINGS]),
-             _plot(out, rows, "reputation.png", "Spearman ρ of final reputation (reputation weighting)",
-                   [("rho_quality", "reputation"), ("rho_skill", "reputation")])]
+    plots = [_plot(out, rows, "gain.png", "pair precision, reputation − uniform weighting (paired by seed)",
+                   {"reputation − uniform": lambda r: r["precision_gain"]}, zero=True),
+             _plot(out, rows, "reputation.png", "Spearman ρ of the final reputations (reputation weighting)",
+                   {"ρ(R, quality)": lambda r: r["reputation"]["rho_quality"],
+                    "ρ(R, judging skill)": lambda r: r["reputation"]["rho_skill"]})]
     lines = [f"# sparta simulate: {base.seeds} seeds per cell, {seconds:.0f} s", "", f"Base: {describe(base)}.",
              "One factor at a time; each row changes one key of the base. Mean [95% t-interval over seeds].", "",
              *table(rows), "", *[f"![{p.stem}]({p.name})" for p in plots], ""]
@@ -322,29 +330,36 @@ def cell(s: dict, digits: int = 3, signed: bool = False, ci: bool = True) -> str
     return text + (f" [{f.format(s['ci95'][0])}, {f.format(s['ci95'][1])}]" if ci and s["ci95"] else "")
 
 
-def _plot(out: Path, rows: list[dict], name: str, title: str, series: list[tuple[str, str]]) -> Path:
-    """A panel per axis: each series' mean with its interval, per value of the axis."""
+def _plot(out: Path, rows: list[dict], name: str, title: str, series: dict, zero: bool = False) -> Path:
+    """A panel per axis: each series' mean with its interval, per value of the axis. `series` maps a label to
+    the function that picks its {mean, ci95} out of a row's result."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     axes = list(dict.fromkeys(row["axis"] for row in rows))
-    fig, panels = plt.subplots(1, len(axes), figsize=(2.1 * len(axes), 2.6), sharey=True, squeeze=False)
-    for panel, axis in zip(panels[0], axes):
+    columns = min(5, len(axes))
+    lines = -(-len(axes) // columns)
+    fig, panels = plt.subplots(lines, columns, figsize=(2.2 * columns, 0.4 + 2.1 * lines), sharey=True,
+                               squeeze=False)
+    for panel in panels.flat[len(axes):]:
+        panel.set_visible(False)
+    for panel, axis in zip(panels.flat, axes):
         mine = [row for row in rows if row["axis"] == axis]
-        for offset, (metric, weighting) in enumerate(series):
-            stats = [row["result"][weighting][metric] for row in mine]
-            xs = [i + 0.1 * (offset - (len(series) - 1) / 2) for i, s in enumerate(stats) if s["mean"] is not None]
-            got = [s for s in stats if s["mean"] is not None]
-            errors = [[s["mean"] - s["ci95"][0] if s["ci95"] else 0 for s in got],
-                      [s["ci95"][1] - s["mean"] if s["ci95"] else 0 for s in got]]
-            panel.errorbar(xs, [s["mean"] for s in got], yerr=errors, fmt="o-", markersize=3, linewidth=1,
-                           capsize=2, label=f"{metric} ({weighting})" if len(series) > 1 else metric)
+        for offset, (label, pick) in enumerate(series.items()):
+            shown = [(i, pick(row["result"])) for i, row in enumerate(mine) if pick(row["result"])["mean"] is not None]
+            errors = [[s["mean"] - s["ci95"][0] if s["ci95"] else 0 for _, s in shown],
+                      [s["ci95"][1] - s["mean"] if s["ci95"] else 0 for _, s in shown]]
+            panel.errorbar([i + 0.1 * (offset - (len(series) - 1) / 2) for i, _ in shown],
+                           [s["mean"] for _, s in shown], yerr=errors, fmt="o-", markersize=3, linewidth=1,
+                           capsize=2, label=label)
+        if zero:
+            panel.axhline(0.0, color="grey", linewidth=0.6)
         panel.set_xticks(range(len(mine)), [str(row["value"]) for row in mine], fontsize=7)
         panel.set_title(axis, fontsize=8)
         panel.tick_params(axis="y", labelsize=7)
-    panels[0][0].legend(fontsize=6)
+    panels.flat[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     path = out / name

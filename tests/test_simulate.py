@@ -12,7 +12,17 @@ import pytest
 from sparta.arena.reputation import apply_duel, initial_state
 from sparta.cli import main
 from sparta.config import ConfigError
-from sparta.simulate import AXES, SimConfig, judge_scores, make_pool, measure, run_arena, simulate, with_overrides
+from sparta.simulate import (
+    AXES,
+    SimConfig,
+    judge_scores,
+    make_pool,
+    measure,
+    run,
+    run_arena,
+    simulate,
+    with_overrides,
+)
 
 NOISELESS = SimConfig(members=4, duels=100, judge_sd_min=0.0, judge_sd_max=0.0, response_sd=0.0,
                       integer_scores=False)
@@ -125,13 +135,30 @@ def test_overrides_reach_nested_sections_and_cast_ints_to_floats():
         SimConfig(comparison="both")
 
 
-def test_cli_sweep_writes_a_row_per_axis_value_and_plots(tmp_path, capsys):
+def test_sweep_writes_a_row_per_axis_value_with_its_table_line_and_plots(tmp_path):
+    axes = (("arena.k", (1, 7), ()), ("skill", ("tied", "independent"), ("initial=quality",)))
+    rows, md = run(SimConfig(duels=16, seeds=2), tmp_path, axes)
+    assert [(r["axis"], r["value"]) for r in json.loads((tmp_path / "simulate.json").read_text())["rows"]] == [
+        ("arena.k", 1), ("arena.k", 7), ("skill initial=quality", "tied"), ("skill initial=quality", "independent")]
+    table = md.read_text()
+    assert "\n| arena.k | 7 (uniform match-making) |" in table  # 8 members: k=7 is all the others
+    assert "\n| skill initial=quality | independent |" in table
+    assert rows[2]["result"]["reputation"]["rating_range"]["mean"] > 50  # initial=quality did apply
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("gain.png", "reputation.png"))
+
+
+def test_default_sweep_axes_are_valid_configs():
+    for key, values, also in AXES:
+        for value in values:
+            c = with_overrides(SimConfig(), [*also, f"{key}={value}"])
+            section, _, name = key.rpartition(".")
+            assert getattr(getattr(c, section) if section else c, name) == value
+
+
+def test_cli_runs_one_config_and_refuses_a_bad_key(tmp_path, capsys):
     out = tmp_path / "sim"
-    assert main(["simulate", "--sweep", "--seeds", "2", "duels=16", "--out", str(out)]) == 0
-    rows = json.loads((out / "simulate.json").read_text())["rows"]
-    assert [(r["axis"], r["value"]) for r in rows] == [(axis, v) for axis, values in AXES for v in values]
-    table = (out / "simulate.md").read_text()
-    assert table.count("\n| arena.k | 7 (uniform match-making) |") == 1  # 8 members: k=7 is all the others
-    assert all((out / name).stat().st_size > 0 for name in ("precision.png", "reputation.png"))
+    assert main(["simulate", "--seeds", "2", "duels=20", "members=4", "--out", str(out)]) == 0
+    assert "| base | - (uniform match-making) |" in capsys.readouterr().out  # 4 members, k=3: all the others
+    assert json.loads((out / "simulate.json").read_text())["base"]["members"] == 4
     assert main(["simulate", "skill=often", "--out", str(out)]) == 2
     assert "skill must be" in capsys.readouterr().err
