@@ -1,5 +1,5 @@
-"""`sparta run | validate | experts | report | eval | compare | view | export` — the only module that prints or draws
-progress."""
+"""`sparta run | validate | experts | report | eval | compare | view | export | simulate` — the only module that prints
+or draws progress."""
 
 from __future__ import annotations
 
@@ -43,7 +43,18 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--serve", action="store_true", help="then serve it on 127.0.0.1 until Ctrl-C")
     p.add_argument("--port", type=int, default=0, help="with --serve: the port (default 0: a free one)")
     _add_export(sub)
+    _add_simulate(sub)
     return parser
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="the arena's match-making, weighting, Elo and pair rule on a synthetic pool "
+                       "(no model): pair precision and reputation quality over seeds (docs/simulate.md)")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. members=16 skill=independent arena.alpha=0.5")
+    p.add_argument("--seeds", type=int, help="seeds per configuration (default 20)")
+    p.add_argument("--sweep", action="store_true", help="change one key of the base at a time over the default axes")
+    p.add_argument("--out", default="simulate", help="where simulate.md, simulate.json and the plots go "
+                   "(default: ./simulate)")
 
 
 def _add_export(sub) -> None:
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return _view(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "simulate":
+        return _simulate(args)
     from .config import ConfigError, dump_yaml, load_config
     from .rundir import RunDir, RunDirError
 
@@ -291,6 +304,23 @@ def _export(args) -> int:
         except ExportError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _simulate(args) -> int:
+    from .config import ConfigError
+    from .simulate import AXES, SimConfig, run, table, with_overrides
+
+    seeds = [] if args.seeds is None else [f"seeds={args.seeds}"]
+    try:
+        config = with_overrides(SimConfig(), [*args.overrides, *seeds])
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    rows, path = run(config, Path(args.out), AXES if args.sweep else (),
+                     progress=lambda row: print(f"{row['axis']}={row['value']} done", file=sys.stderr, flush=True))
+    print("\n".join(table(rows)))
+    print(f"wrote {path}")
     return 0
 
 

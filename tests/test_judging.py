@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from sparta.arena.combat import Match, _decide, run_round
+from sparta.arena.combat import Match, decide, run_round
 from sparta.arena.judging import ANSWER_PREFIX, ScoreTokens, aggregate, expected_score, judge_messages, parse_judgment
 from sparta.arena.reputation import EloParams, initial_state
 from sparta.backends import Generated, MemberModel
@@ -99,7 +99,7 @@ def test_reputation_weighting_switch_decides_the_duel(override, scores, weights,
     state = initial_state(list("abcdef"), params)
     state.ratings.update(c=150.0, d=50.0, e=100.0, f=100.0)
     duel = crafted_duel()
-    _decide(duel, state, params, min_margin=0.0)
+    decide(duel, state, params, min_margin=0.0)
     assert (duel.score_a, duel.score_b) == (pytest.approx(scores[0]), pytest.approx(scores[1]))
     assert duel.weights == weights and duel.outcome == outcome
     assert duel.update is not None and state.n_updates == 1

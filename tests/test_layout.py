@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "hf_compat",
-         "kv_continuation", "precision", "mixed_lora", "backends", "arena", "pairs", "baselines", "methods",
+         "kv_continuation", "precision", "mixed_lora", "backends", "arena", "pairs", "simulate", "baselines", "methods",
          "training", "cluster", "experts", "eval_results", "evaluation", "run_evaluation", "ratings", "report",
          "viewer", "export", "tracking", "pipeline", "compare", "cli"]
 

@@ -11,10 +11,11 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..chat import PromptTooLong, encode_chat
-from ..config import GenerationConfig, JudgeConfig
+from ..config import ArenaConfig, GenerationConfig, JudgeConfig
 from ..records import Duel, Judgment, Prompt, Response
 from .judges import JudgeAsk, judge_asks
 from .judging import aggregate
+from .matchmaking import pick_opponent
 from .reputation import EloParams, ReputationState, apply_duel
 
 
@@ -24,6 +25,15 @@ class Match:
     prompt: Prompt
     a: str
     b: str
+
+
+def round_matches(prompts: list[Prompt], leaders: list[str], indices: range, ratings: dict[str, float],
+                  arena: ArenaConfig, draw) -> list[Match]:
+    """The matches of one round, duels `indices`: each leader's opponent is picked (alpha, k) on the reputations as
+    they are at the start of the round, drawn from the `random.Random` `draw`."""
+    snapshot = dict(ratings)  # the round's updates must not move the k-nearest sets of its later picks
+    return [Match(i, prompts[i], leaders[i], pick_opponent(leaders[i], snapshot, arena.alpha, arena.k, draw))
+            for i in indices]
 
 
 def run_round(backend, matches: list[Match], members: list[str], state: ReputationState, elo: EloParams,
@@ -44,7 +54,7 @@ def run_round(backend, matches: list[Match], members: list[str], state: Reputati
         ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
         duel = Duel(iteration, round_no, m.index, m.prompt.id, m.prompt.text, m.a, m.b, ra, rb,
                     judgments.get(m.index, []))
-        _decide(duel, state, elo, min_margin)
+        decide(duel, state, elo, min_margin)
         duels.append(duel)
     timings["reputation"] = timings.get("reputation", 0.0) + time.perf_counter() - clock
     return duels
@@ -95,8 +105,9 @@ def _judge(backend, matches, responses, members, judge: JudgeConfig, seed: int, 
     return out
 
 
-def _decide(duel: Duel, state: ReputationState, elo: EloParams, min_margin: float) -> None:
-    """Aggregate, pick the outcome and update reputations (both sides from pre-duel ratings)."""
+def decide(duel: Duel, state: ReputationState, elo: EloParams, min_margin: float) -> None:
+    """Aggregate, pick the outcome and update reputations (both sides from pre-duel ratings). Shared by combat and
+    `sparta simulate`, so that the simulation decides duels exactly as a run does."""
     if duel.response_a.text is None or duel.response_b.text is None:
         duel.outcome = "void:generation_failed"
         return

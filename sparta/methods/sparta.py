@@ -12,8 +12,8 @@ import functools
 from dataclasses import asdict
 from pathlib import Path
 
-from ..arena.combat import Match, run_round
-from ..arena.matchmaking import leader_order, pick_opponent
+from ..arena.combat import round_matches, run_round
+from ..arena.matchmaking import leader_order
 from ..arena.reputation import ReputationState, apply_duel
 from ..backends import check_generations
 from ..config import RunConfig
@@ -93,11 +93,8 @@ class Sparta:
         for r, start in enumerate(range(0, len(prompts), size)):
             if r in done_rounds:
                 continue
-            draw = rng(c.seed, t, "opponents", r)
-            ratings = dict(state.ratings)  # match-making reads the reputations at the start of the round
-            matches = [Match(i, prompts[i], leaders[i], pick_opponent(leaders[i], ratings, c.arena.alpha,
-                                                                      c.arena.k, draw))
-                       for i in range(start, min(start + size, len(prompts)))]
+            matches = round_matches(prompts, leaders, range(start, min(start + size, len(prompts))), state.ratings,
+                                    c.arena, rng(c.seed, t, "opponents", r))
             new = run_round(engine.backend_at(t), matches, engine.members, state, c.reputation, c.generation,
                             c.judge, c.arena.min_margin, derive_seed(c.seed, t, "round", r), r, t, engine.progress,
                             timings)
