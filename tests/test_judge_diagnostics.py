@@ -23,13 +23,16 @@ nan = math.nan
 def duel(k: int, a: str, b: str, scores: dict[str, tuple], text_a: str = "x", text_b: str = "y",
          outcome: str | None = None) -> Duel:
     """A duel judged by `scores` {judge: (score of a, score of b)}; a score None is an unparsed judgment. The
-    outcome is the mean of the ok scores' verdict unless given."""
+    aggregated scores are the means over the judges that scored both sides, the outcome their verdict unless
+    given."""
     judgments = [Judgment(j, side, s, "ok" if s is not None else "unparsed", None if s is not None else "??")
                  for j, pair in scores.items() for side, s in zip("ab", pair)]
     ok = [(sa, sb) for sa, sb in scores.values() if sa is not None and sb is not None]
     gap = sum(sa - sb for sa, sb in ok)
     outcome = outcome or ("a" if gap > 0 else "b" if gap < 0 else "tie")
-    return Duel(1, 0, k, f"p:{k}", "q", a, b, Response(a, text_a), Response(b, text_b), judgments, outcome=outcome)
+    mean = [sum(pair[i] for pair in ok) / len(ok) for i in (0, 1)] if ok else [None, None]
+    return Duel(1, 0, k, f"p:{k}", "q", a, b, Response(a, text_a), Response(b, text_b), judgments,
+                score_a=mean[0], score_b=mean[1], outcome=outcome)
 
 
 # ---- Krippendorff's alpha ----------------------------------------------------------------------------------
@@ -153,3 +156,15 @@ def test_gamma_follows_reputation_when_reputation_ranks_the_judges_right():
     assert lo < result["per_judge"]["sharp"]["value"] < hi
     assert result["per_judge"]["random"]["reputation"] == 60.0
     assert diagnose(duels, list(STRENGTH), reputations, seed=3, n_boot=30)["gamma"] == result  # seeded
+
+
+def test_gold_agreement_per_judge_where_prompts_have_answers():
+    """p:0 and p:1 have one correct response each (72 is right): x scores the right one higher in both, y in
+    neither; p:2 has no reference. Without references the section is None."""
+    duels = [duel(0, "a", "b", {"x": (7, 3), "y": (2, 6)}, "The answer is 72.", "It is 70."),
+             duel(1, "a", "b", {"x": (1, 9), "y": (5, 4)}, "I get 71", "72"),
+             duel(2, "a", "b", {"x": (1, 9), "y": (5, 4)}, "72", "71")]
+    gold = diagnose(duels, ["a", "b"], {}, seed=0, n_boot=0, gold=({"p:0": "72", "p:1": "72"}, "gsm8k"))["gold"]
+    assert gold["duels"] == 2
+    assert gold["per_judge"] == {"x": {"agree": 2, "of": 2, "rate": 1.0}, "y": {"agree": 0, "of": 2, "rate": 0.0}}
+    assert diagnose(duels, ["a", "b"], {}, seed=0, n_boot=0)["gold"] is None
