@@ -1,7 +1,8 @@
 """Judge diagnostics from an iteration's combat log, no gold answers needed (docs/ratings.md, "Judges").
 
-- krippendorff_alpha / pairwise_agreement: do the judges agree on the same responses?
-- length_bias / style_bias: are verdicts bought by longer (or listed, headed, code-fenced) answers?
+- score_table: each judge's ok scores of each duel's two responses, unreadable judgments as missing values;
+- krippendorff_alpha / pair_agreement: do the judges agree on the same responses?
+- longer_won / length_spearman / marked_won: are verdicts bought by longer (or listed, headed, code-fenced) answers?
 - judge_aware_bt: a Bradley-Terry fit with one discrimination γ_j per judge, P(a beats b | j) = σ(γ_j (β_a − β_b)),
   to set beside the reputations SPARTA gave the judges;
 - judge_agreement: where prompts carry gold answers, how often each judge scored the correct response higher;
@@ -150,6 +151,7 @@ class Verdicts:
 
 
 def per_judge_verdicts(table: Scores, members: list[str]) -> Verdicts:
+    """The judge-aware fit's data: every (duel, judge) verdict, fighters as indices into `members`."""
     index = {m: i for i, m in enumerate(members)}
     signs = table.verdicts()
     d, j = np.nonzero(~np.isnan(signs))
