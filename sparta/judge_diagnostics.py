@@ -348,5 +348,6 @@ def diagnose(duels: Sequence[Duel], members: list[str], reputations: dict[str, f
                    "longer_wins": _rate(longer_won(table), n, resamples, level)},
         "style": {name: _rate(marked_won(table, marker), n, resamples, level) for name, marker in STYLE.items()},
         "gamma": gamma_section(table, members, reputations, resamples, level),
-        "gold": judge_agreement([to_json(d) for d in table.duels], *gold) if gold else None,
+        # None where no prompt has a reference (GSM8K's shipped combat pool is questions only)
+        "gold": judge_agreement([to_json(d) for d in table.duels], *gold) if gold and gold[0] else None,
     }

@@ -168,3 +168,4 @@ def test_gold_agreement_per_judge_where_prompts_have_answers():
     assert gold["duels"] == 2
     assert gold["per_judge"] == {"x": {"agree": 2, "of": 2, "rate": 1.0}, "y": {"agree": 0, "of": 2, "rate": 0.0}}
     assert diagnose(duels, ["a", "b"], {}, seed=0, n_boot=0)["gold"] is None
+    assert diagnose(duels, ["a", "b"], {}, seed=0, n_boot=0, gold=({}, "gsm8k"))["gold"] is None  # no references
