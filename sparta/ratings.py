@@ -5,7 +5,8 @@ The adapted Elo rule (arena/reputation.py) keeps driving training; this module o
 - win_matrix: who beat whom, counted from the logged outcomes;
 - bradley_terry / bootstrap_bt: order-free maximum-likelihood strengths with bootstrap intervals;
 - order_dependence: how much the sequential ratings depend on the order the duels happened to be fought in;
-- run_ratings / write_ratings: all of it for a run directory, as RUN/ratings.json.
+- run_ratings / write_ratings: all of it for a run directory, as RUN/ratings.json, with each iteration's judge
+  diagnostics (sparta/judge_diagnostics.py: agreement, length bias, judge discrimination beside reputation).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from scipy.stats import kendalltau, rankdata
 
 from .arena.judging import judge_weights
 from .arena.reputation import EloParams, ReputationState, apply_duel, initial_state
+from .judge_diagnostics import N_BOOT as JUDGE_N_BOOT
+from .judge_diagnostics import diagnose, gold_references
 from .records import Duel, read_json, read_jsonl, write_json_atomic
 from .rundir import RunDir
 from .seeding import derive_seed
@@ -252,18 +255,21 @@ def start_state(root: Path, t: int, members: list[str], params: EloParams) -> Re
 
 
 def run_ratings(root: Path, members: list[str], iterations: list[int] | None = None, n_boot: int = N_BOOT,
-                n_perm: int = N_PERM) -> dict:
+                n_perm: int = N_PERM, n_boot_judges: int = JUDGE_N_BOOT) -> dict:
     """The JSON-able summary of RUN/ratings.json for `iterations` (default: those whose combat finished):
     the pooled win matrix and Bradley-Terry fit over all of them, and per iteration its win matrix,
-    Bradley-Terry point strengths and the order dependence of its sequential ratings. Seeds derive from the
-    run's seed, so the summary is the same every time it is rebuilt. The replays dominate the cost, about 75 us
-    per duel and order: n_perm=100 over a paper-sized iteration (1000 duels) takes some 8 s."""
+    Bradley-Terry point strengths, the order dependence of its sequential ratings and its judge diagnostics
+    (`judges`: judge_diagnostics.diagnose, n_boot_judges resamples, the judges' reputations after the iteration).
+    Seeds derive from the run's seed, so the summary is the same every time it is rebuilt. The replays dominate
+    the cost, about 75 us per duel and order: n_perm=100 over a paper-sized iteration (1000 duels) takes some 8 s;
+    the judge-aware fits add about 20 ms per resample there."""
     root = Path(root)
     config = RunDir(root).config()
     params = config.reputation
     if iterations is None:
         iterations = RunDir(root).done_iterations("combat")
     per_iteration, pooled = {}, []
+    gold = gold_references(config.data.prompts, config.data.user_data)
     for t in iterations:
         duels = iteration_duels(root, t)
         pooled += duels
@@ -273,6 +279,8 @@ def run_ratings(root: Path, members: list[str], iterations: list[int] | None = N
             "wins": wins.tolist(), "void": void,
             "bradley_terry": dict(zip(members, bradley_terry(wins).tolist())),
             "order_dependence": order_dependence(duels, start, params, n_perm, derive_seed(config.seed, "perm", t)),
+            "judges": diagnose(duels, members, read_json(RunDir(root).reputations(t))["ratings"],
+                               derive_seed(config.seed, "judges", t), n_boot_judges, gold=gold),
         }
     wins, void = win_matrix(pooled, members)
     final = read_json(RunDir(root).reputations(iterations[-1]))["ratings"] if iterations else {}

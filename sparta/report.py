@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from .eval_results import EvalFile, ModelResult
+from .judge_diagnostics import gold_references, judge_agreement
 from .methods import METHODS
 from .ratings import duel_record, iteration_duels, start_state, write_ratings
 from .records import read_json, read_jsonl
 from .rundir import RunDir, method_of
-from .tasks.catalog import TASKS, MissingUserData
-from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, normad_verdict
-
-_OPTION_LINE = re.compile(r"^([A-Z])\. (.+)$", re.MULTILINE)
 
 
 def write_report(root: Path, members: list[str]) -> Path:
@@ -42,6 +38,7 @@ def write_report(root: Path, members: list[str]) -> Path:
     lines += _agreement_section(root, iterations)
     ratings = write_ratings(root, members, iterations) if iterations else None
     lines += _ratings_section(ratings)
+    lines += _judges_section(ratings)
     plots = [_plot_trajectories(root, trajectory), _plot_win_matrix(root, ratings)]
     plots += _plot_reputation_vs_accuracy(root, iterations, evals, members)
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p] + [""]
@@ -208,68 +205,19 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
     return out
 
 
-def judge_agreement(duels: list[dict], references: dict[str, str], kind: str) -> dict:
-    """On duels where exactly one response is correct (graded against the prompt's reference answer): how often
-    the reputation-weighted verdict, and each judge on its own, scored the correct response higher.
-
-    `kind` picks the grader: "gsm8k", "math", "mc" (the letter), or "normad": the yes / no / neutral verdict a
-    response states (normad_verdict) against the reference, a label (normad_country's prompts, the authors'
-    "Choose from:'Yes', 'No', 'Neutral'") or an option letter (normad_value's MC prompts). A response whose
-    verdict cannot be read is neither correct nor wrong: its duel is left out."""
-    def correct(text: str, ref: str, prompt: str) -> bool | None:
-        if kind == "gsm8k":
-            return grade_gsm8k(text, ref)["flexible"].correct
-        if kind == "math":
-            return grade_math(text, ref).correct
-        choices = dict(_OPTION_LINE.findall(prompt))  # MC prompts list their options as "A. text" lines
-        if kind == "normad":
-            said = normad_verdict(text, choices)
-            return None if said is None else said == choices.get(ref, ref).strip().lower()
-        return grade_mc_letter(text, choices, ref).correct if ref in choices else None
-
-    agg, per_judge = [0, 0], {}
-    for d in duels:
-        ref = references.get(d["prompt_id"])
-        if ref is None or d["score_a"] is None:
-            continue
-        ok = {side: correct(d[f"response_{side}"]["text"], ref, d["prompt"]) for side in "ab"}
-        if None in ok.values():
-            continue
-        if ok["a"] == ok["b"]:
-            continue
-        right = "a" if ok["a"] else "b"
-        agg[0] += d["outcome"] == right
-        agg[1] += 1
-        scores: dict[str, dict[str, float]] = {}
-        for j in d["judgments"]:
-            if j["status"] == "ok":
-                scores.setdefault(j["judge"], {})[j["target"]] = j["score"]
-        for judge, s in scores.items():
-            if len(s) == 2:
-                wrong = "b" if right == "a" else "a"
-                tally = per_judge.setdefault(judge, [0, 0])
-                tally[0] += s[right] > s[wrong]
-                tally[1] += 1
-    return {"duels": agg[1], "aggregate": agg[0] / agg[1] if agg[1] else None,
-            "per_judge": {j: {"agree": a, "of": n, "rate": a / n} for j, (a, n) in sorted(per_judge.items())}}
-
-
 def _agreement_section(root: Path, iterations: list[int]) -> list[str]:
     config = yaml.safe_load(RunDir(root).config_file.read_text())
-    task = TASKS.get(config["data"]["prompts"])
-    if task is None or task.kind == "judged" or not iterations:
+    gold = gold_references(config["data"]["prompts"], config["data"].get("user_data"))
+    if gold is None or not iterations:
         return []
-    try:
-        references = task.combat_references(config["data"].get("user_data") or None)
-    except MissingUserData:
-        return []
-    grader = "normad" if task.name.startswith("normad") else task.kind
+    references, grader = gold
+    task = config["data"]["prompts"]
     out = ["## Judge agreement with reference answers", "",
-           f"Duels on `{task.name}` prompts where exactly one response is correct: how often the verdict (and "
+           f"Duels on `{task}` prompts where exactly one response is correct: how often the verdict (and "
            "each judge alone) scored the correct one higher. 0.5 is chance.", "",
            "| iter | duels | aggregated verdict | per judge |", "|---|---|---|---|"]
     if not references:
-        return out[:2] + [f"`{task.name}` combat prompts have no reference answers: agreement cannot be measured.", ""]
+        return out[:2] + [f"`{task}` combat prompts have no reference answers: agreement cannot be measured.", ""]
     for t in iterations:
         a = judge_agreement(read_jsonl(RunDir(root).journal(t)), references, grader)
         rate = f"{a['aggregate']:.2f}" if a["duels"] else "-"
@@ -308,6 +256,51 @@ def _ratings_section(ratings: dict | None) -> list[str]:
         out.append("Some members never lost (or never won) against the rest: their BT strengths are set by the "
                    f"ridge prior (λ = {bt['ridge']}), read them as bounds.")
     return out + ["", "Per-iteration numbers are in `ratings.json`.", ""]
+
+
+def _ci(estimate: dict) -> str:
+    """A diagnostics estimate as "value [low, high]" ("-" where undefined, e.g. no variation)."""
+    if estimate["value"] is None:
+        return "-"
+    ci = estimate.get("ci")
+    return f"{estimate['value']:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def _judges_section(ratings: dict | None) -> list[str]:
+    """Judge diagnostics per iteration, and the last iteration's judges beside their reputations (docs/ratings.md)."""
+    if ratings is None:
+        return []
+    its = ratings["iterations"]
+    last = ratings["per_iteration"][str(its[-1])]["judges"]
+    out = ["## Judges", "",
+           "No gold needed: α is Krippendorff's alpha (interval metric) of the judges' 1-10 scores of the same "
+           "response (1 = perfect agreement, 0 = chance); longer wins is how often the longer response (in "
+           "characters) won a decided duel; ρ(score, length) is Spearman's rho of every score with its response's "
+           f"length. {last['level']:.0%} bootstrap intervals over {last['n_boot']} resamples of the duels.", "",
+           "| iter | duels | α | longer wins (duels) | ρ(score, length) | ρ(γ, reputation) |",
+           "|---|---|---|---|---|---|"]
+    for t in its:
+        j = ratings["per_iteration"][str(t)]["judges"]
+        longer = j["length"]["longer_wins"]
+        out.append(f"| {t} | {j['duels']} | {_ci(j['alpha'])} | {_ci(longer)} ({longer['duels']}) | "
+                   f"{_ci(j['length']['spearman'])} | {_ci(j['gamma']['spearman_reputation'])} |")
+    gold = last["gold"]
+    out += ["", f"Iteration {its[-1]}: γ is each judge's discrimination in a judge-aware Bradley-Terry fit, "
+            "P(a beats b | judge j) = σ(γ_j (β_a − β_b)), mean γ = 1 (0: its verdicts say nothing about who is "
+            f"stronger). Over {last['gamma']['judges_compared']} judges the rank correlation of γ with reputation "
+            "has a wide interval: read it as a direction, not a measurement."
+            + (" Gold: how often the judge scored the correct response higher where exactly one was correct "
+               "(0.5 is chance)." if gold else ""), "",
+            "| judge | reputation | γ | verdicts |" + (" gold agreement |" if gold else ""),
+            "|---|---|---|---|" + ("---|" if gold else "")]
+    for name, g in last["gamma"]["per_judge"].items():
+        rep = "-" if g["reputation"] is None else f"{g['reputation']:.3f}"
+        row = f"| {name} | {rep} | {_ci(g)} | {g['verdicts']} |"
+        if gold:
+            agree = gold["per_judge"].get(name)
+            row += f" {agree['agree']}/{agree['of']} |" if agree else " - |"
+        out.append(row)
+    return out + [""]
 
 
 def _trajectories(root: Path, iterations: list[int], members: list[str]) -> dict[str, list[tuple[int, float]]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .config import RunConfig, to_dict
 from .eval_results import EvalFile
+from .judge_diagnostics import diagnose
 from .ratings import bradley_terry, iteration_duels, leaderboard_at, win_matrix
 from .records import read_json, write_json_atomic
 from .rundir import RunDir
@@ -189,6 +190,8 @@ class Tracking:
         if duels:  # the iteration's Bradley-Terry strengths, as ratings.json's per_iteration (no bootstrap here)
             strengths = bradley_terry(win_matrix(duels, self.members)[0])
             values.update({f"bradley_terry/{m}": float(s) for m, s in zip(self.members, strengths)})
+            values.update(judge_scalars(diagnose(duels, self.members, read_json(self.run.reputations(t))["ratings"],
+                                                 seed=0, n_boot=0)))
         return [(values, t, "iteration")]
 
     def locations(self) -> list[str]:
@@ -224,6 +227,17 @@ def _finish(name: str, tracker) -> None:
 
 def _done(run: RunDir, t: int, stage: str):
     return lambda: run.is_done(t, stage)
+
+
+def judge_scalars(judges: dict) -> dict[str, float]:
+    """The point values of an iteration's judge diagnostics (ratings.json's per_iteration `judges`, without the
+    bootstrap); undefined ones (no variation, a judge with no verdicts) are left out."""
+    values = {"judges/alpha": judges["alpha"]["value"],
+              "judges/length_win_rate": judges["length"]["longer_wins"]["value"],
+              "judges/length_spearman": judges["length"]["spearman"]["value"],
+              "judges/gamma_reputation_spearman": judges["gamma"]["spearman_reputation"]["value"]}
+    values.update({_tag(f"judges/gamma/{j}"): g["value"] for j, g in judges["gamma"]["per_judge"].items()})
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _evaluation(path: Path) -> list[tuple[dict, int, str]]:

@@ -178,6 +178,13 @@ def test_report_has_judge_agreement_for_math_prompts(tiny_config):
     root = Pipeline(config).run_all().root
     report = (root / "report.md").read_text()
     assert "## Judge agreement with reference answers" in report and "| 1 |" in report
+    # ratings.json's judge diagnostics carry the same per-judge agreement with the references
+    from sparta.judge_diagnostics import gold_references, judge_agreement
+    from sparta.records import read_json, read_jsonl
+
+    references, grader = gold_references("math_easy", None)
+    expected = judge_agreement(read_jsonl(root / "iter_01" / "combat.jsonl"), references, grader)
+    assert read_json(root / "ratings.json")["per_iteration"]["1"]["judges"]["gold"] == expected
 
 
 def test_shared_prefix_option_scores_equal_full_sequence_scores(backend):

@@ -1,6 +1,6 @@
-"""Imports flow one way (records/config → models → backend → arena → pairs → training → ratings → report →
-viewer → export → pipeline → compare → cli), and importing the package or the CLI stays light (no torch until a model is
-needed)."""
+"""Imports flow one way (records/config → models → backend → arena → pairs → training → judge_diagnostics → ratings →
+report → viewer → export → pipeline → compare → cli), and importing the package or the CLI stays light (no torch until
+a model is needed)."""
 
 import ast
 import subprocess
@@ -9,9 +9,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "sparta"
 ORDER = ["seeding", "records", "config", "rundir", "models", "chat", "tasks", "prompts", "hf_compat",
-         "kv_continuation", "precision", "mixed_lora", "backends", "arena", "pairs", "simulate", "baselines", "methods",
-         "training", "cluster", "experts", "eval_results", "evaluation", "run_evaluation", "ratings", "report",
-         "viewer", "export", "tracking", "pipeline", "compare", "cli"]
+         "kv_continuation", "precision", "mixed_lora", "backends", "arena", "pairs", "simulate", "baselines",
+         "methods", "training", "cluster", "experts", "eval_results", "evaluation", "run_evaluation",
+         "judge_diagnostics", "ratings", "report", "viewer", "export", "tracking", "pipeline", "compare", "cli"]
 
 
 def layer(module: str) -> int:

@@ -250,4 +250,14 @@ def test_a_real_run_replays_into_its_ratings(tiny_config):
         assert perm["duels"] == sum(r["update"] is not None for r in rows) > 0
         final = json.loads((root / f"iter_{t:02d}" / "reputations.json").read_text())["ratings"]
         assert {m: v["logged"] for m, v in perm["members"].items()} == final
-    assert "## Robust ratings" in (root / "report.md").read_text()
+        judges = ratings["per_iteration"][str(t)]["judges"]
+        # every duel of the tiny pool is judged by the two members not fighting it
+        assert judges["duels"] == len(rows) and judges["judges"] == ["a", "b", "c", "d"]
+        assert judges["judgments"]["ok"] + judges["judgments"]["not_ok"] == sum(len(r["judgments"]) for r in rows)
+        assert {m: g["reputation"] for m, g in judges["gamma"]["per_judge"].items()} == final
+        assert judges["alpha"]["value"] is None or -1 <= judges["alpha"]["value"] <= 1
+        assert set(judges["pairwise"]) == {"a~b", "a~c", "a~d", "b~c", "b~d", "c~d"}
+    report = (root / "report.md").read_text()
+    assert "## Robust ratings" in report and "## Judges" in report
+    last = ratings["per_iteration"]["2"]["judges"]["gamma"]["per_judge"]["a"]
+    assert f"| a | {final['a']:.3f} | " in report and f"| {last['verdicts']} |" in report

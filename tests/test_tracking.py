@@ -97,6 +97,14 @@ def test_tensorboard_shows_what_the_run_directory_holds(tracked):
         strengths = read_json(run.root / "ratings.json")["per_iteration"][str(t)]["bradley_terry"]
         for m in MEMBERS:
             assert dict(got[f"bradley_terry/{m}"])[t] == f32(strengths[m])
+        judges = read_json(run.root / "ratings.json")["per_iteration"][str(t)]["judges"]  # the bootstrap's points
+        assert dict(got["judges/length_win_rate"])[t] == f32(judges["length"]["longer_wins"]["value"])
+        fitted = [m for m in MEMBERS if judges["gamma"]["per_judge"][m]["value"] is not None]
+        assert fitted  # a member with no verdicts this iteration has no γ and no scalar
+        for m in fitted:
+            assert dict(got[f"judges/gamma/{m}"])[t] == f32(judges["gamma"]["per_judge"][m]["value"])
+        if judges["alpha"]["value"] is not None:
+            assert dict(got["judges/alpha"])[t] == f32(judges["alpha"]["value"])
     for m in MEMBERS:  # each member's DPO steps, numbered on across iterations
         history = [h for t in (1, 2) for h in read_json(run.training(t, m))["history"]]
         assert [s for s, _ in got[f"train/{m}/loss"]] == list(range(1, len(history) + 1))
