@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .eval_results import EvalFile, ModelResult  # json only: `sparta --help` stays light
+from .eval_results import EvalFile  # json only: `sparta --help` stays light
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -32,7 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", nargs="+",
                    help="members to score (default: all); a model spec scores that model from outside the pool")
     p.add_argument("--iteration", type=int, help="the pool after this iteration (0 = initial; default: the last)")
-    p.add_argument("--limit", type=int, help="only the first N examples of the split")
+    p.add_argument("--limit", type=int, help="N items of the split, drawn with the run seed (the same N for "
+                   "every member and iteration; default: all)")
     p.add_argument("--evaluator", help="alpaca, com2: who scores free-text answers 1-10, a member or a model spec "
                    "(packaged:NAME, a .gguf, an HF dir, tiny[:SEED], a hub id); default: eval.evaluator, else the "
                    "member with the top reputation")
@@ -70,8 +71,10 @@ def _add_compare(sub) -> None:
                    "tasks: [...], split: test, limit: N}; config paths relative to the file")
     p.add_argument("--tasks", nargs="+", help="task names (docs/tasks.md); default: the sweep's")
     p.add_argument("--split", choices=["dev", "test"], help="default: the sweep's, else test")
-    p.add_argument("--limit", type=int, help="only the first N examples (default: the sweep's, else each arm's "
-                   "eval.limit; 0 = all)")
+    p.add_argument("--limit", type=int, help="N items of the split, drawn with each arm's seed (default: the sweep's, "
+                   "else each arm's eval.limit; 0 = all)")
+    p.add_argument("--metric", help="the metric compared (default: each task's primary), e.g. loglik_circular; a "
+                   "member without it is a cell that says so")
     p.add_argument("--merge", nargs="+", metavar="COMPARE",
                    help="instead of running arms: merge per-task compares (compare.json files, or the directories "
                    "they are in) into the paper's table, OUT/table.md and OUT/table.json; reads json only")
@@ -132,9 +135,12 @@ def _training_cell(t: dict) -> str:
     return f"{t['loss_first']:.3f}→{after['loss']:.3f}, {fit} ({scored(after)})"
 
 
-def print_eval(task: str, split: str, results: dict[str, ModelResult], path: Path) -> None:
-    print(f"\n{task} ({split}):")
-    for member, r in results.items():
+def print_eval(data: EvalFile, path: Path) -> None:
+    drawn = data.subset
+    items = f"{data.n_examples} of {drawn['of']} items, drawn with seed {drawn['seed']}" if drawn else \
+        f"{data.n_examples} items"
+    print(f"\n{data.task} ({data.split}, {items}):")
+    for member, r in data.results.items():
         cells = []
         for name, m in r.metrics.items():
             lo, hi = m.ci95
@@ -143,11 +149,23 @@ def print_eval(task: str, split: str, results: dict[str, ModelResult], path: Pat
                          + (f" failed={m.failed}" if m.failed else "")
                          + (f" excluded={m.excluded}" if m.excluded else ""))
         print(f"  {member:<16} " + "; ".join(cells) + f"  ({r.wall_s:.0f}s)")
-    judge = next((r.evaluator for r in results.values() if r.evaluator), None)
+        picks = [f"{name} {letter_counts(m.picks)}" for name, m in r.metrics.items() if m.picks is not None]
+        if picks:
+            print(f"  {'':<16} picked: " + "; ".join(picks))
+    baseline = next((r.majority_baseline for r in data.results.values() if r.majority_baseline), None)
+    if baseline:
+        print(f"majority-letter baseline (always {baseline.letter}): {baseline.value:.3f}; gold letters "
+              f"{letter_counts(baseline.gold)}; a circular metric's is 0")
+    judge = next((r.evaluator for r in data.results.values() if r.evaluator), None)
     if judge:
         print(f"scored 1-10 by {judge['name']!r}" + (f" ({judge['spec']})" if judge.get("spec") != judge["name"]
                                                       else ""))
     print(f"(* primary metric; 95% bootstrap intervals) written to {path}")
+
+
+def letter_counts(counts: dict[str, int]) -> str:
+    """{"A": 9, "B": 2, "none": 1} -> "A 9 B 2 none 1"."""
+    return " ".join(f"{k} {v}" for k, v in counts.items()) or "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             path = pipeline.evaluate(args.task, args.split, args.iteration, args.members, args.limit,
                                      args.evaluator)
             bars.close()
-            print_eval(args.task, args.split, EvalFile.read(path).results, path)  # what the file says
+            print_eval(EvalFile.read(path), path)  # what the file says
         elif args.command == "experts":
             pipeline.check()
             for member, path in pipeline.build_initial_adapters().items():
