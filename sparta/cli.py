@@ -68,7 +68,7 @@ def _add_compare(sub) -> None:
     p.add_argument("arms", nargs="*", metavar="ARM",
                    help="a YAML config, or NAME=CONFIG (default name: the file's stem); each arm needs its own run_dir")
     p.add_argument("--sweep", help="a YAML file instead of ARMs: {arms: {NAME: {config: PATH, overrides: [k=v, ...]}}, "
-                   "tasks: [...], split: test, limit: N}; config paths relative to the file")
+                   "tasks: [...], split: test, limit: N, metric: NAME}; config paths relative to the file")
     p.add_argument("--tasks", nargs="+", help="task names (docs/tasks.md); default: the sweep's")
     p.add_argument("--split", choices=["dev", "test"], help="default: the sweep's, else test")
     p.add_argument("--limit", type=int, help="N items of the split, drawn with each arm's seed (default: the sweep's, "
@@ -255,7 +255,7 @@ def _compare(args) -> int:
     from .config import ConfigError
 
     try:
-        plan = make_plan(args.arms, args.sweep, args.tasks, args.split, args.limit)
+        plan = make_plan(args.arms, args.sweep, args.tasks, args.split, args.limit, args.metric)
         configs = arm_configs(plan)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -269,7 +269,8 @@ def _compare(args) -> int:
         return 1
     finally:
         bars.close()
-    table = collect({name: (Path(c.run_dir), c.iterations) for name, c in configs.items()}, plan.tasks, plan.split)
+    table = collect({name: (Path(c.run_dir), c.iterations) for name, c in configs.items()}, plan.tasks, plan.split,
+                    plan.metric)
     md, js = write_comparison(Path(args.out), table)
     print("\n" + "\n".join(render_summary(table)))
     print(f"wrote {md} and {js}")
@@ -303,7 +304,8 @@ def _merge(args) -> int:
     from .compare import merge, read_compares, table_lines, write_table
 
     given = [flag for flag, value in (("ARM", args.arms), ("--sweep", args.sweep), ("--tasks", args.tasks),
-                                      ("--split", args.split), ("--limit", args.limit)) if value not in (None, [])]
+                                      ("--split", args.split), ("--limit", args.limit), ("--metric", args.metric))
+             if value not in (None, [])]
     if given:
         print(f"error: --merge reads compare.json files only; drop {', '.join(given)}", file=sys.stderr)
         return 2

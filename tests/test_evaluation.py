@@ -143,6 +143,15 @@ def test_run_with_evaluation_writes_report_and_plots(tiny_config, tmp_path):
     assert "### medqa (test, n=4): letter (primary)" in report and "after iter 2" in report
     assert "### medqa (test, n=4): loglik_norm" in report and "### gsm8k (dev, n=4): strict" in report
     assert "Best initial member (chosen on dev)" in report
+    # the letter-bias checks of the last MC file: its majority-letter baseline and each member's picks
+    last = json.loads((root / "eval" / "iter_02" / "medqa-test.json").read_text())
+    baseline = last["results"]["a"]["majority_baseline"]
+    assert (f"Majority-letter baseline: always answering **{baseline['letter']}** scores {baseline['value']:.3f} "
+            "on these 4 items") in report
+    picks = last["results"]["a"]["metrics"]["loglik_circular"]["picks"]
+    assert "| member | letter | loglik | loglik_norm | loglik_listed | loglik_circular |" in report
+    assert ", ".join(f"{k} {v}" for k, v in picks.items()) + " |\n| b |" in report
+    assert "### gsm8k (dev, n=4): strict" in report and "always answering" not in report.split("### gsm8k")[1]
     assert (root / "reputations.png").stat().st_size > 1000
     assert (root / "reputation_vs_medqa.png").exists() and (root / "reputation_vs_gsm8k.png").exists()
     # rerunning redoes nothing: evaluation files are done once
