@@ -43,7 +43,7 @@ from .chat import encode_chat
 from .config import EvalConfig
 from .seeding import rng
 from .tasks.catalog import Example, Task, format_mc, rotate_choices
-from .tasks.graders import Grade, grade_gsm8k, grade_math, grade_mc_letter, pick_by_loglik
+from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, pick_by_loglik
 from .training import encode_example
 
 PROMPTS = {
@@ -188,7 +188,8 @@ def _mc(backend, member, examples, c, seed, progress) -> dict:
                      "letter_correct": bool(grade and grade.correct), "loglik_pick": picked,
                      "loglik_correct": picked == e.answer, "loglik_norm_pick": picked_norm,
                      "option_logliks": option_scores, "loglik_error": failed[0] if failed else None})
-        scores.add("letter", None if grade is None else float(grade.correct), grade and [_letter_pick(grade)])
+        scores.add("letter", None if grade is None else float(grade.correct),
+                   grade and [_letter_pick(grade.extracted, grade.method)])
         scores.add("loglik", None if failed else float(picked == e.answer), [picked])
         scores.add("loglik_norm", None if failed else float(picked_norm == e.answer), [picked_norm])
     _rotations(backend, member, examples, outputs, rows, scores, c, seed, progress)
@@ -212,9 +213,10 @@ class _Scores:
                 for name, values in self.values.items()}
 
 
-def _letter_pick(grade: Grade) -> str:
-    """What a generated answer picked: its letter, or "none" / "ambiguous" (no letter, or two)."""
-    return grade.method if grade.method in ("none", "ambiguous") else grade.extracted
+def _letter_pick(extracted: str | None, method: str) -> str:
+    """What a generated answer picked (grade_mc_letter's reading): its letter, or "none" / "ambiguous" (no
+    letter, or two)."""
+    return method if method in ("none", "ambiguous") else extracted
 
 
 def majority_baseline(gold: list[str]) -> dict:
@@ -240,7 +242,8 @@ def _rotations(backend, member, examples, outputs, rows, scores: _Scores, c, see
                               [_shown(e, r) for e, r in scored], c)
     for (_, rotation), option_scores in zip(scored, logliks, strict=True):
         failed = [v.error for v in option_scores.values() if isinstance(v, Failure)]
-        rotation.update(loglik_pick=None if failed else pick_by_loglik(option_scores), option_logliks=option_scores,
+        rotation.update(loglik_pick=None if failed else pick_by_loglik(option_scores),
+                        option_logliks={k: None if isinstance(v, Failure) else v for k, v in option_scores.items()},
                         loglik_error=failed[0] if failed else None)
     for row in rows:
         loglik = row["rotations"][: None if c.circular_loglik else 1]
@@ -273,14 +276,15 @@ def _letter_rotations(backend, member, examples, outputs, rows, c, seed, progres
     """The generated letter in every rotation (`letter_pick`, None where the generation failed): rotation 0's is
     the `letter` metric's answer; the others are generated from the MC prompt showing the rotated options."""
     for row, out in zip(rows, outputs, strict=True):
-        pick = None if out.text is None else _letter_pick(Grade(False, row["letter"], row["letter_method"]))
+        pick = None if out.text is None else _letter_pick(row["letter"], row["letter_method"])
         row["rotations"][0].update(output=out.text, error=out.error, letter_pick=pick)
     asked = [(e, rotation) for e, row in zip(examples, rows) for rotation in row["rotations"][1:]]
     generated = _generate(backend, member, [format_mc(e.question, _shown(e, r)) for e, r in asked], c, seed,
                           progress, c.mc_max_new_tokens)
     for (e, rotation), out in zip(asked, generated, strict=True):
         grade = None if out.text is None else grade_mc_letter(out.text, _shown(e, rotation), rotation["gold"])
-        rotation.update(output=out.text, error=out.error, letter_pick=grade and _letter_pick(grade))
+        rotation.update(output=out.text, error=out.error,
+                        letter_pick=grade and _letter_pick(grade.extracted, grade.method))
 
 
 def _option_logliks(backend, member, prompts: list[str], options: list[dict[str, str]], c) -> list[dict]:

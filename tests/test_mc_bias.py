@@ -4,11 +4,12 @@ and run once on the tiny model."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from sparta.backends import Generated, MemberModel
+from sparta.backends import Failure, Generated, MemberModel
 from sparta.backends.hf import HFBackend
 from sparta.config import EvalConfig, LoraConfig
 from sparta.evaluation import draw_items, evaluate, majority_baseline
@@ -131,6 +132,22 @@ def test_circular_letter_is_off_by_default_and_a_failed_rotation_is_failed(backe
     m = r["metrics"]["letter_circular"]
     assert (m["n"], m["failed"], m["picks"]) == (3, 1, {"A": 12})  # the failed item's picks are not counted
     assert r["examples"][0]["rotations"][2]["letter_pick"] is None
+
+
+def test_a_failed_option_score_in_one_rotation_fails_the_item_and_is_kept_as_none(backend):
+    def fails_once(prompt, option):  # item 2's rotation 1 (BCDA): a remote backend could not score its options
+        if "Question 2?" in prompt and shown_options(prompt).get("A") == "wrong B":
+            return Failure("server lost")
+        return always_a(prompt, option)
+
+    r = evaluate(Picker(backend, lambda p: "A", fails_once), ["a"], MEDQA, ITEMS, SETTINGS)["a"]
+    listed, circular = r["metrics"]["loglik_listed"], r["metrics"]["loglik_circular"]
+    assert (listed["n"], listed["failed"]) == (4, 0)  # rotation 0 of item 2 was scored
+    assert (circular["n"], circular["failed"], circular["picks"]) == (3, 1, {"A": 12})
+    failed = r["examples"][2]["rotations"][1]
+    assert failed["loglik_pick"] is None and failed["loglik_error"] == "server lost"
+    assert set(failed["option_logliks"].values()) == {None}  # written to the eval file as null, never a score
+    json.dumps(r["examples"])
 
 
 def test_majority_baseline_and_letter_picks_by_hand(backend):
