@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .eval_results import EvalFile, ModelResult  # json only: `sparta --help` stays light
+from .eval_results import EvalFile  # json only: `sparta --help` stays light
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -32,7 +32,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", nargs="+",
                    help="members to score (default: all); a model spec scores that model from outside the pool")
     p.add_argument("--iteration", type=int, help="the pool after this iteration (0 = initial; default: the last)")
-    p.add_argument("--limit", type=int, help="only the first N examples of the split")
+    p.add_argument("--limit", type=int, help="N items of the split, drawn with the run seed (the same N for "
+                   "every member and iteration; default: all)")
     p.add_argument("--evaluator", help="alpaca, com2: who scores free-text answers 1-10, a member or a model spec "
                    "(packaged:NAME, a .gguf, an HF dir, tiny[:SEED], a hub id); default: eval.evaluator, else the "
                    "member with the top reputation")
@@ -79,11 +80,13 @@ def _add_compare(sub) -> None:
     p.add_argument("arms", nargs="*", metavar="ARM",
                    help="a YAML config, or NAME=CONFIG (default name: the file's stem); each arm needs its own run_dir")
     p.add_argument("--sweep", help="a YAML file instead of ARMs: {arms: {NAME: {config: PATH, overrides: [k=v, ...]}}, "
-                   "tasks: [...], split: test, limit: N}; config paths relative to the file")
+                   "tasks: [...], split: test, limit: N, metric: NAME}; config paths relative to the file")
     p.add_argument("--tasks", nargs="+", help="task names (docs/tasks.md); default: the sweep's")
     p.add_argument("--split", choices=["dev", "test"], help="default: the sweep's, else test")
-    p.add_argument("--limit", type=int, help="only the first N examples (default: the sweep's, else each arm's "
-                   "eval.limit; 0 = all)")
+    p.add_argument("--limit", type=int, help="N items of the split, drawn with each arm's seed (default: the sweep's, "
+                   "else each arm's eval.limit; 0 = all)")
+    p.add_argument("--metric", help="the metric compared (default: each task's primary), e.g. loglik_circular; a "
+                   "member without it is a cell that says so")
     p.add_argument("--merge", nargs="+", metavar="COMPARE",
                    help="instead of running arms: merge per-task compares (compare.json files, or the directories "
                    "they are in) into the paper's table, OUT/table.md and OUT/table.json; reads json only")
@@ -152,9 +155,12 @@ def _objective_note(t: dict) -> str:
     return f"; {o['loss']}" + (f" ε {o['eps']:.3f}" if "eps" in o else "")
 
 
-def print_eval(task: str, split: str, results: dict[str, ModelResult], path: Path) -> None:
-    print(f"\n{task} ({split}):")
-    for member, r in results.items():
+def print_eval(data: EvalFile, path: Path) -> None:
+    drawn = data.subset
+    items = f"{data.n_examples} of {drawn['of']} items, drawn with seed {drawn['seed']}" if drawn else \
+        f"{data.n_examples} items"
+    print(f"\n{data.task} ({data.split}, {items}):")
+    for member, r in data.results.items():
         cells = []
         for name, m in r.metrics.items():
             lo, hi = m.ci95
@@ -163,11 +169,23 @@ def print_eval(task: str, split: str, results: dict[str, ModelResult], path: Pat
                          + (f" failed={m.failed}" if m.failed else "")
                          + (f" excluded={m.excluded}" if m.excluded else ""))
         print(f"  {member:<16} " + "; ".join(cells) + f"  ({r.wall_s:.0f}s)")
-    judge = next((r.evaluator for r in results.values() if r.evaluator), None)
+        picks = [f"{name} {letter_counts(m.picks)}" for name, m in r.metrics.items() if m.picks is not None]
+        if picks:
+            print(f"  {'':<16} picked: " + "; ".join(picks))
+    baseline = next((r.majority_baseline for r in data.results.values() if r.majority_baseline), None)
+    if baseline:
+        print(f"majority-letter baseline (always {baseline.letter}): {baseline.value:.3f}; gold letters "
+              f"{letter_counts(baseline.gold)}; a circular metric's is 0")
+    judge = next((r.evaluator for r in data.results.values() if r.evaluator), None)
     if judge:
         print(f"scored 1-10 by {judge['name']!r}" + (f" ({judge['spec']})" if judge.get("spec") != judge["name"]
                                                       else ""))
     print(f"(* primary metric; 95% bootstrap intervals) written to {path}")
+
+
+def letter_counts(counts: dict[str, int]) -> str:
+    """{"A": 9, "B": 2, "none": 1} -> "A 9 B 2 none 1"."""
+    return " ".join(f"{k} {v}" for k, v in counts.items()) or "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             path = pipeline.evaluate(args.task, args.split, args.iteration, args.members, args.limit,
                                      args.evaluator)
             bars.close()
-            print_eval(args.task, args.split, EvalFile.read(path).results, path)  # what the file says
+            print_eval(EvalFile.read(path), path)  # what the file says
         elif args.command == "experts":
             pipeline.check()
             for member, path in pipeline.build_initial_adapters().items():
@@ -264,7 +282,7 @@ def _compare(args) -> int:
     from .config import ConfigError
 
     try:
-        plan = make_plan(args.arms, args.sweep, args.tasks, args.split, args.limit)
+        plan = make_plan(args.arms, args.sweep, args.tasks, args.split, args.limit, args.metric)
         configs = arm_configs(plan)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
@@ -278,7 +296,8 @@ def _compare(args) -> int:
         return 1
     finally:
         bars.close()
-    table = collect({name: (Path(c.run_dir), c.iterations) for name, c in configs.items()}, plan.tasks, plan.split)
+    table = collect({name: (Path(c.run_dir), c.iterations) for name, c in configs.items()}, plan.tasks, plan.split,
+                    plan.metric)
     md, js = write_comparison(Path(args.out), table)
     print("\n" + "\n".join(render_summary(table)))
     print(f"wrote {md} and {js}")
@@ -329,7 +348,8 @@ def _merge(args) -> int:
     from .compare import merge, read_compares, table_lines, write_table
 
     given = [flag for flag, value in (("ARM", args.arms), ("--sweep", args.sweep), ("--tasks", args.tasks),
-                                      ("--split", args.split), ("--limit", args.limit)) if value not in (None, [])]
+                                      ("--split", args.split), ("--limit", args.limit), ("--metric", args.metric))
+             if value not in (None, [])]
     if given:
         print(f"error: --merge reads compare.json files only; drop {', '.join(given)}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ class Plan:
     tasks: tuple[str, ...]
     split: str = "test"
     limit: int | None = None  # None: each arm's own eval.limit
+    metric: str | None = None  # the metric compared; None: each task's primary
 
 
 # ---- the plan: arms and what they are compared on ---------------------------------------------------------
@@ -53,16 +54,16 @@ def parse_arm(text: str) -> Arm:
 
 
 def load_sweep(path: Path) -> Plan:
-    """A sweep file: {arms: {NAME: {config: PATH, overrides: [key=value, ...]}}, tasks, split, limit}; config
-    paths are relative to the sweep file."""
+    """A sweep file: {arms: {NAME: {config: PATH, overrides: [key=value, ...]}}, tasks, split, limit, metric};
+    config paths are relative to the sweep file."""
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict) or not isinstance(data.get("arms"), dict) or not data["arms"]:
         raise ConfigError(f"{path}: a sweep needs `arms: {{NAME: {{config: PATH, overrides: [key=value, ...]}}}}`")
-    unknown = sorted(set(data) - {"arms", "tasks", "split", "limit"})
+    unknown = sorted(set(data) - {"arms", "tasks", "split", "limit", "metric"})
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r} (known: arms, tasks, split, limit)")
+        raise ConfigError(f"{path}: unknown sweep key {unknown[0]!r} (known: arms, tasks, split, limit, metric)")
     tasks = data.get("tasks") or []
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         raise ConfigError(f"{path}: tasks must be a list of task names, got {tasks!r}")
@@ -73,17 +74,17 @@ def load_sweep(path: Path) -> Plan:
                 or not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides)):
             raise ConfigError(f"{path}: arms.{name} must be {{config: PATH, overrides: [key=value, ...]}}")
         arms.append(Arm(str(name), path.parent / spec["config"], tuple(overrides)))
-    return Plan(tuple(arms), tuple(tasks), data.get("split", "test"), data.get("limit"))
+    return Plan(tuple(arms), tuple(tasks), data.get("split", "test"), data.get("limit"), data.get("metric"))
 
 
 def make_plan(arms: list[str], sweep: str | None, tasks: list[str] | None, split: str | None,
-              limit: int | None) -> Plan:
-    """The command line's plan: ARMs or a sweep file; --tasks, --split and --limit win over the sweep's."""
+              limit: int | None, metric: str | None = None) -> Plan:
+    """The command line's plan: ARMs or a sweep file; --tasks, --split, --limit and --metric win over the sweep's."""
     if bool(arms) == bool(sweep):
         raise ConfigError("give the arms as CONFIG (or NAME=CONFIG) arguments, or one --sweep FILE, not both")
     plan = load_sweep(Path(sweep)) if sweep else Plan(tuple(parse_arm(a) for a in arms), ())
     plan = replace(plan, tasks=tuple(tasks or plan.tasks), split=split or plan.split,
-                               limit=plan.limit if limit is None else limit)
+                               limit=plan.limit if limit is None else limit, metric=metric or plan.metric)
     check_plan(plan)
     return plan
 
@@ -103,6 +104,8 @@ def check_plan(plan: Plan) -> None:
         raise ConfigError(f"split must be dev or test, got {plan.split!r}")
     if plan.limit is not None and (type(plan.limit) is not int or plan.limit < 0):
         raise ConfigError(f"limit must be an integer >= 0 (0 = all), got {plan.limit!r}")
+    if plan.metric is not None and (not isinstance(plan.metric, str) or not plan.metric.strip()):
+        raise ConfigError(f"metric must be a metric's name (e.g. loglik_circular), got {plan.metric!r}")
 
 
 def arm_configs(plan: Plan) -> dict[str, RunConfig]:
@@ -120,9 +123,11 @@ def arm_configs(plan: Plan) -> dict[str, RunConfig]:
 
 def with_compare_eval(c: RunConfig, plan: Plan) -> RunConfig:
     """The compared tasks on the compared split, scored before iteration 1 and after the last (eval.every =
-    iterations: nothing in between, so an arm costs two evaluations per task)."""
+    iterations: nothing in between, so an arm costs two evaluations per task); comparing letter_circular turns
+    eval.circular_letter on."""
     e = replace(c.eval, tasks=plan.tasks, splits=(plan.split,), every=c.iterations,
-                limit=c.eval.limit if plan.limit is None else plan.limit)
+                limit=c.eval.limit if plan.limit is None else plan.limit,
+                circular_letter=c.eval.circular_letter or plan.metric == "letter_circular")
     c = replace(c, eval=e)
     validate(c)
     return c
@@ -140,11 +145,12 @@ def run_arms(configs: dict[str, RunConfig], progress=None, on_iteration=None, on
 
 # ---- reading run directories ------------------------------------------------------------------------------
 
-def collect(runs: dict[str, tuple[Path, int]], tasks: tuple[str, ...], split: str) -> dict:
-    """The comparison (compare.json) of arms {name: (run directory, the iteration compared with iteration 0)}."""
+def collect(runs: dict[str, tuple[Path, int]], tasks: tuple[str, ...], split: str, metric: str | None = None) -> dict:
+    """The comparison (compare.json) of arms {name: (run directory, the iteration compared with iteration 0)} on
+    `metric` (None: each task's primary)."""
     arms = {}
     for name, (root, iteration) in runs.items():
-        rows = {task: task_row(Path(root), iteration, task, split) for task in tasks}
+        rows = {task: task_row(Path(root), iteration, task, split, metric) for task in tasks}
         arms[name] = {"run_dir": str(root), "iteration": iteration, "tasks": rows, **_mean_gain(rows.values())}
     return {"split": split, "tasks": list(tasks), "arms": arms}
 
@@ -155,13 +161,14 @@ def _mean_gain(rows) -> dict:
     return {"mean_relative_gain": sum(gains) / len(gains) if gains else None, "tasks_with_gain": len(gains)}
 
 
-def task_row(root: Path, iteration: int, task: str, split: str) -> dict:
-    """Best initial member, best member and top-reputation member after `iteration`, and the relative gain.
-    A cell that has no number says why ({"missing": reason})."""
+def task_row(root: Path, iteration: int, task: str, split: str, metric: str | None = None) -> dict:
+    """Best initial member, best member and top-reputation member after `iteration` on `metric` (None: the task's
+    primary), the relative gain, and (MC) the majority-letter baseline of the items scored after. A cell that has
+    no number says why ({"missing": reason})."""
     initial = _eval_file(root, 0, task, split)
     finished = RunDir(root).is_done(iteration, "iteration")
     after = _eval_file(root, iteration, task, split) if finished else None
-    metric = _primary(initial or after)
+    metric = metric or _primary(initial or after)
     if after is not None:
         best, top = _best(after, metric), _top_reputation(root, iteration, after, metric)
     else:
@@ -170,7 +177,15 @@ def task_row(root: Path, iteration: int, task: str, split: str) -> dict:
     best_initial = _best(initial, metric) if initial else {"missing": "not evaluated at iteration 0"}
     return {"metric": metric, "best_initial": best_initial, "best": best, "top_reputation": top,
             "relative_gain": _gain(best_initial, best), "cis_overlap": _overlap(best_initial, best),
+            "majority_baseline": _baseline(after or initial),
             "notes": _notes(initial, after) if initial and after else []}
+
+
+def _baseline(data: EvalFile | None) -> dict | None:
+    """The file's majority-letter baseline ({letter, value}; the same for every model of a file); None: not MC,
+    or a file written before it was kept."""
+    found = next((r.majority_baseline for r in data.results.values() if r.majority_baseline), None) if data else None
+    return {"letter": found.letter, "value": found.value} if found else None
 
 
 def _eval_file(root: Path, t: int, task: str, split: str) -> EvalFile | None:
@@ -199,7 +214,8 @@ def _best(data: EvalFile, metric: str) -> dict:
     scored = [s for s in (_score(m, r, metric) for m, r in data.results.items() if m not in outside)
               if "value" in s]
     if not scored:
-        return {"missing": "no member has a scored example"}
+        unscored = not any(metric in r.metrics for r in data.results.values())
+        return {"missing": f"not scored on {metric}" if unscored else "no member has a scored example"}
     return max(scored, key=lambda s: s["value"])  # ties: the first member in the file's (the pool's) order
 
 
@@ -234,6 +250,8 @@ def _notes(initial: EvalFile, after: EvalFile) -> list[str]:
     if initial.n_examples != after.n_examples:  # made by runs with different eval.limit
         notes.append(f"iteration 0 and {after.iteration} were scored on different numbers of examples "
                      f"({initial.n_examples} vs {after.n_examples})")
+    elif initial.subset != after.subset:  # drawn with another seed, or one file predates the draw
+        notes.append(f"iteration 0 and {after.iteration} were scored on different items of the split")
     judges = [(d.evaluator or {}).get("name") for d in (initial, after)]
     if any(judges):
         same = "" if judges[0] == judges[1] else " (a different evaluator: scores are on different scales)"
@@ -247,8 +265,10 @@ HEADER = """\
 # SPARTA comparison ({split} split)
 
 Every number is a task's primary metric on the {split} split (accuracy; COM2 and Alpaca: the mean 1-10 judged
-score), with its 95% bootstrap interval, `n` scored examples and `failed` ones (a generation or a judgment that
-failed: counted, never scored as wrong or right).
+score), or the metric `--metric` named (each task's heading says which), with its 95% bootstrap interval, `n`
+scored examples and `failed` ones (a generation or a judgment that failed: counted, never scored as wrong or right).
+On a multiple-choice task, the majority-letter baseline (always answering the most frequent gold letter of the
+scored items) is the score a pure letter bias reaches; a circular metric's is 0 (docs/tasks.md).
 **Where two 95% intervals overlap, the difference between them is noise at this sample size**;
 such gains are marked "CIs overlap".
 
@@ -275,6 +295,8 @@ def _task_table(table: dict, task: str) -> list[str]:
     rows = {name: arm["tasks"][task] for name, arm in table["arms"].items()}
     metrics = sorted({r["metric"] for r in rows.values() if r["metric"]})
     out = [f"## {task} ({', '.join(metrics) or 'not evaluated'})", "",
+           *[f"- {name}: {_baseline_text(r)}" for name, r in rows.items() if r.get("majority_baseline")],
+           *([""] if any(r.get("majority_baseline") for r in rows.values()) else []),
            "| arm | best initial | best after | top reputation | gain |", "|---|---|---|---|---|"]
     notes = []
     for name, r in rows.items():
@@ -284,6 +306,12 @@ def _task_table(table: dict, task: str) -> list[str]:
                    f"{_gain_cell(r)} |")
         notes += [f"- {name}: {n}" for n in r["notes"]]
     return out + [""] + (notes + [""] if notes else [])
+
+
+def _baseline_text(row: dict) -> str:
+    b = row["majority_baseline"]
+    circular = " (a circular metric's is 0)" if row["metric"].endswith("_circular") else ""
+    return f"always answering {b['letter']} (the most frequent gold letter) scores {b['value']:.3f}{circular}"
 
 
 def _cell(s: dict) -> str:

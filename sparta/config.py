@@ -253,9 +253,16 @@ class EvalConfig:
     tasks: tuple[str, ...] = ()  # task names (docs/tasks.md); empty = no evaluation during the run
     splits: tuple[str, ...] = ("dev", "test")  # dev picks the best initial member, test reports it
     every: int = 1
-    limit: int = 0  # the first N examples of each split; 0 = all
+    # N items of each split, drawn at random with the run seed (the same items for every member, iteration and
+    # call: before/after stay paired; the eval file records which); 0 = all
+    limit: int = 0
     max_new_tokens: int = 256
     mc_max_new_tokens: int = 32  # enough to state a letter or an option; MC accuracy does not need reasoning
+    # MC circular metrics (docs/tasks.md): the options rotated n times, an item right only if right in every
+    # rotation. loglik_circular scores n prompts per item (no generation); letter_circular generates n - 1 more
+    # answers per item, so it is off unless asked for
+    circular_loglik: bool = True
+    circular_letter: bool = False
     batch_size: int = 16
     max_prompt_tokens: int = 1024
     bootstrap: int = 1000  # resamples of the 95% intervals

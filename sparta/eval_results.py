@@ -43,6 +43,10 @@ class Metric:
     failed: int  # examples without a score (a failed generation or judgment): counted, never scored
     ci95: tuple[float, float]  # percentile bootstrap interval of the mean
     excluded: int | None = None  # COM2's judged_score: items without a usable reference, left out
+    # MC: how often each letter was the pick (a letter read from the generated answer, or the option the
+    # log-likelihood chose; the generated answers that name no letter or two: "none", "ambiguous"). Circular
+    # metrics count every rotation's pick. None: not an MC metric, or a file written before picks were kept
+    picks: dict[str, int] | None = None
     extras: dict = field(default_factory=dict)
 
     KEYS = ("value", "n", "failed", "ci95")
@@ -50,13 +54,34 @@ class Metric:
     @classmethod
     def from_dict(cls, data: dict, where: str) -> Metric:
         d = _need(data, cls.KEYS, where)
-        return cls(d["value"], d["n"], d["failed"], tuple(d["ci95"]), d.get("excluded"),
-                   _extras(d, (*cls.KEYS, "excluded")))
+        return cls(d["value"], d["n"], d["failed"], tuple(d["ci95"]), d.get("excluded"), d.get("picks"),
+                   _extras(d, (*cls.KEYS, "excluded", "picks")))
 
     def to_dict(self) -> dict:
         excluded = {} if self.excluded is None else {"excluded": self.excluded}
+        picks = {} if self.picks is None else {"picks": self.picks}
         return {"value": self.value, "n": self.n, "failed": self.failed, "ci95": list(self.ci95), **excluded,
-                **self.extras}
+                **picks, **self.extras}
+
+
+@dataclass(frozen=True)
+class MajorityBaseline:
+    """MC: the accuracy of always answering the letter that is most often gold among the evaluated items (ties:
+    the first letter), the score a model with a pure letter bias can reach on them."""
+
+    letter: str
+    value: float
+    gold: dict[str, int]  # how often each letter is the gold answer
+
+    KEYS = ("letter", "value", "gold")
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> MajorityBaseline:
+        d = _need(data, cls.KEYS, where)
+        return cls(d["letter"], d["value"], d["gold"])
+
+    def to_dict(self) -> dict:
+        return {"letter": self.letter, "value": self.value, "gold": self.gold}
 
 
 @dataclass(frozen=True)
@@ -68,6 +93,7 @@ class ModelResult:
     examples: list[dict]
     wall_s: float
     evaluator: dict | None = None  # judged tasks and COM2: the record of the model that scored the answers
+    majority_baseline: MajorityBaseline | None = None  # MC; None in files written before it was kept
     extras: dict = field(default_factory=dict)
     # the keys as read, for to_dict: writers differ (COM2's results have `evaluator` after `examples`, alpaca's before)
     order: tuple[str, ...] = field(default=(), repr=False, compare=False)
@@ -81,8 +107,11 @@ class ModelResult:
                    _need(d["metrics"], (), f"{where}, metrics").items()}
         if d["primary"] not in metrics:
             raise EvalFileError(f"{where}: primary metric {d['primary']!r} is not among its metrics {list(metrics)}")
-        return cls(metrics, d["primary"], d["examples"], d["wall_s"], d.get("evaluator"),
-                   _extras(d, (*cls.KEYS, "evaluator")), tuple(d))
+        baseline = d.get("majority_baseline")
+        if baseline is not None:
+            baseline = MajorityBaseline.from_dict(baseline, f"{where}, majority_baseline")
+        return cls(metrics, d["primary"], d["examples"], d["wall_s"], d.get("evaluator"), baseline,
+                   _extras(d, (*cls.KEYS, "evaluator", "majority_baseline")), tuple(d))
 
     @property
     def primary_metric(self) -> Metric:
@@ -90,8 +119,10 @@ class ModelResult:
 
     def to_dict(self) -> dict:
         evaluator = {} if self.evaluator is None else {"evaluator": self.evaluator}
+        baseline = {} if self.majority_baseline is None else {"majority_baseline": self.majority_baseline.to_dict()}
         return _ordered({"metrics": {name: m.to_dict() for name, m in self.metrics.items()}, "primary": self.primary,
-                         "examples": self.examples, "wall_s": self.wall_s, **evaluator, **self.extras}, self.order)
+                         "examples": self.examples, "wall_s": self.wall_s, **evaluator, **baseline, **self.extras},
+                        self.order)
 
 
 @dataclass(frozen=True)
@@ -127,6 +158,13 @@ class EvalFile:
         """The record of the model that scored free-text answers; None without one. It stays in `extras`: an
         older file has no key at all, a newer one null, and to_dict must give back which."""
         return self.extras.get("evaluator")
+
+    @property
+    def subset(self) -> dict | None:
+        """Which items of the split were scored: {"seed", "of" (the split's size), "indices"} when eval.limit drew
+        some; None when every item was (a file without the key: written before the draw, the first n_examples
+        items). In `extras`, as `evaluator`."""
+        return self.extras.get("subset")
 
     def outside(self) -> set[str]:
         """The scored models from outside the pool (`sparta eval --members SPEC`)."""

@@ -15,6 +15,12 @@ Per task kind (sparta.tasks.catalog):
   per-character one long ones ("neutral" for every NormAd item). They stay reported, as probes that need no
   instruction following. `letter` has its own bias (a small model leans on one letter, and an echo of the
   options is `ambiguous`, graded wrong); docs/tasks.md has the measurements.
+  Beside them, on the same items: `loglik_listed` (the option log-likelihood picker, the prompt listing the
+  options as the MC prompt does) and, with eval.circular_loglik, `loglik_circular`: the options rotated n
+  times (each rotation moves every text to another letter), an item right only if the picker chose the gold
+  text in every rotation; with eval.circular_letter, `letter_circular` the same for the generated letter. A
+  pure letter or position bias scores 0 on a circular metric. Every MC metric keeps how often each letter was
+  picked (`picks`), and every MC result the majority-letter baseline on its items (`majority_baseline`).
 - judged: greedy generation, then an evaluator scores the answer 1-10 with the logprob judge (the authors'
   judge prompt; the reference answer is recorded with each example, not shown to the judge).
 - COM2 (an mc task with a free-text form, `Task.free_text`): the MC metrics, plus, when an evaluator is given,
@@ -28,13 +34,15 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .arena.judging import ANSWER_PREFIX, JUDGE_PROMPT, ScoreTokens, expected_score, judge_messages
-from .backends import Failure
+from .backends import BackendError, Failure
 from .chat import encode_chat
 from .config import EvalConfig
-from .tasks.catalog import Example, Task, format_mc
+from .seeding import rng
+from .tasks.catalog import Example, Task, format_mc, rotate_choices
 from .tasks.graders import grade_gsm8k, grade_math, grade_mc_letter, pick_by_loglik
 from .training import encode_example
 
@@ -59,6 +67,21 @@ class Evaluator:
 def needs_evaluator(task: Task) -> bool:
     """Judged tasks, and MC tasks with a judged free-text form (COM2)."""
     return task.kind == "judged" or task.free_text
+
+
+def draw_items(n_items: int, limit: int | None, seed: int, task: str, split: str) -> list[int] | None:
+    """The indices (ascending) of `limit` items of a split of `n_items`, drawn at random from the run seed, the
+    task and the split: the same for every member and every call, so evaluations before and after training stay
+    paired. A larger limit keeps the items of a smaller one (the first `limit` of one seeded order). None: every
+    item (limit 0 or None, or not below n_items). Not the first N: a split's head can be skewed (MedQA test's
+    first 20 items have gold A 10 times)."""
+    if not limit or limit >= n_items:
+        return None
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 (0 = all), got {limit}")
+    order = list(range(n_items))
+    rng(seed, "eval-items", task, split).shuffle(order)
+    return sorted(order[:limit])
 
 
 def bootstrap_ci(values: list[float], resamples: int, seed: int) -> tuple[float, float]:
@@ -146,45 +169,136 @@ def _generated(backend, member, kind, examples, c, seed, progress) -> dict:
 def _mc(backend, member, examples, c, seed, progress) -> dict:
     outputs = _generate(backend, member, [format_mc(e.question, e.choices) for e in examples], c, seed,
                         progress, c.mc_max_new_tokens)
-    logliks = _option_logliks(backend, member, examples, c)
+    # the bare question, the options not shown: each option's text as the answer
+    logliks = _option_logliks(backend, member, [e.question for e in examples], [e.choices for e in examples], c)
+    scores = _Scores()
     rows: list[dict] = []
-    letter: list[float | None] = []
-    loglik: list[float | None] = []
-    loglik_norm: list[float | None] = []
-    for e, out, scores in zip(examples, outputs, logliks):
+    for e, out, option_scores in zip(examples, outputs, logliks, strict=True):
         grade = grade_mc_letter(out.text, e.choices, e.answer) if out.text is not None else None
-        failed = [v.error for v in scores.values() if isinstance(v, Failure)]
+        failed = [v.error for v in option_scores.values() if isinstance(v, Failure)]
         if failed:  # a remote backend could not score an option: no loglik pick for this example
             picked = picked_norm = None
-            scores = {k: None if isinstance(v, Failure) else v for k, v in scores.items()}
+            option_scores = {k: None if isinstance(v, Failure) else v for k, v in option_scores.items()}
         else:
-            picked = pick_by_loglik(scores)
+            picked = pick_by_loglik(option_scores)
             # per-character normalisation (the harnesses' acc_norm): the plain sum favours short options
-            picked_norm = pick_by_loglik({k: v / max(1, len(e.choices[k])) for k, v in scores.items()})
+            picked_norm = pick_by_loglik({k: v / max(1, len(e.choices[k])) for k, v in option_scores.items()})
         rows.append({"id": e.id, "gold": e.answer, "output": out.text, "error": out.error,
                      "letter": grade.extracted if grade else None, "letter_method": grade.method if grade else "failed",
                      "letter_correct": bool(grade and grade.correct), "loglik_pick": picked,
-                     "loglik_correct": picked == e.answer, "loglik_norm_pick": picked_norm, "option_logliks": scores,
-                     "loglik_error": failed[0] if failed else None})
-        letter.append(float(grade.correct) if grade else None)
-        loglik.append(None if failed else float(picked == e.answer))
-        loglik_norm.append(None if failed else float(picked_norm == e.answer))
-    metrics = {name: summarise(values, c, seed)
-               for name, values in (("letter", letter), ("loglik", loglik), ("loglik_norm", loglik_norm))}
-    return {"metrics": metrics, "primary": "letter", "examples": rows}
+                     "loglik_correct": picked == e.answer, "loglik_norm_pick": picked_norm,
+                     "option_logliks": option_scores, "loglik_error": failed[0] if failed else None})
+        scores.add("letter", None if grade is None else float(grade.correct),
+                   grade and [_letter_pick(grade.extracted, grade.method)])
+        scores.add("loglik", None if failed else float(picked == e.answer), [picked])
+        scores.add("loglik_norm", None if failed else float(picked_norm == e.answer), [picked_norm])
+    _rotations(backend, member, examples, outputs, rows, scores, c, seed, progress)
+    return {"metrics": scores.summaries(c, seed), "primary": "letter", "examples": rows,
+            "majority_baseline": majority_baseline([e.answer for e in examples])}
 
 
-def _option_logliks(backend, member, examples, c) -> list[dict[str, float]]:
-    """Summed log-probability of each option's text as the answer to the question (options not listed)."""
+class _Scores:
+    """Per MC metric: each item's value (None: failed) and the letters picked, in the order metrics are added."""
+
+    def __init__(self):
+        self.values: dict[str, list[float | None]] = {}
+        self.picks: dict[str, Counter] = {}
+
+    def add(self, metric: str, value: float | None, picks) -> None:
+        self.values.setdefault(metric, []).append(value)
+        self.picks.setdefault(metric, Counter()).update(picks if value is not None else ())
+
+    def summaries(self, c: EvalConfig, seed: int) -> dict:
+        return {name: {**summarise(values, c, seed), "picks": dict(sorted(self.picks[name].items()))}
+                for name, values in self.values.items()}
+
+
+def _letter_pick(extracted: str | None, method: str) -> str:
+    """What a generated answer picked (grade_mc_letter's reading): its letter, or "none" / "ambiguous" (no
+    letter, or two)."""
+    return method if method in ("none", "ambiguous") else extracted
+
+
+def majority_baseline(gold: list[str]) -> dict:
+    """The accuracy of always answering the most frequent gold letter of these items (ties: the first letter)."""
+    counts = Counter(gold)
+    letter = max(sorted(counts), key=counts.__getitem__)
+    return {"letter": letter, "value": counts[letter] / len(gold), "gold": dict(sorted(counts.items()))}
+
+
+def _rotations(backend, member, examples, outputs, rows, scores: _Scores, c, seed, progress) -> None:
+    """loglik_listed, loglik_circular (eval.circular_loglik) and letter_circular (eval.circular_letter). Each
+    row keeps its item's rotations (rotate_choices; rotation 0 is the task's own order) under `rotations`: the
+    original letters in the order shown, the letter the gold is shown at, and each picker's choice. A failure
+    in any rotation leaves the item's circular value failed, never scored."""
+    for e, row in zip(examples, rows, strict=True):
+        # rotating the letters themselves gives, for each shown letter, the original option it shows
+        rotations = [rotate_choices(dict(zip(e.choices, e.choices)), e.answer, r)
+                     for r in range(len(e.choices) if c.circular_loglik or c.circular_letter else 1)]
+        row["rotations"] = [{"shown": "".join(shown.values()), "gold": gold} for shown, gold in rotations]
+    scored = [(e, rotation) for e, row in zip(examples, rows)
+              for rotation in row["rotations"][: None if c.circular_loglik else 1]]
+    logliks = _option_logliks(backend, member, [format_mc(e.question, _shown(e, r)) for e, r in scored],
+                              [_shown(e, r) for e, r in scored], c)
+    for (_, rotation), option_scores in zip(scored, logliks, strict=True):
+        failed = [v.error for v in option_scores.values() if isinstance(v, Failure)]
+        rotation.update(loglik_pick=None if failed else pick_by_loglik(option_scores),
+                        option_logliks={k: None if isinstance(v, Failure) else v for k, v in option_scores.items()},
+                        loglik_error=failed[0] if failed else None)
+    for row in rows:
+        loglik = row["rotations"][: None if c.circular_loglik else 1]
+        _add_circular(scores, "loglik", loglik, [r["loglik_pick"] if r["loglik_error"] is None else None
+                                                 for r in loglik])
+    if c.circular_letter:
+        _letter_rotations(backend, member, examples, outputs, rows, c, seed, progress)
+        for row in rows:
+            _add_circular(scores, "letter", row["rotations"], [r["letter_pick"] for r in row["rotations"]],
+                          listed=False)
+
+
+def _shown(e: Example, rotation: dict) -> dict[str, str]:
+    """The options as a rotation shows them: shown letter -> text."""
+    return {letter: e.choices[original] for letter, original in zip(e.choices, rotation["shown"])}
+
+
+def _add_circular(scores: _Scores, picker: str, rotations: list[dict], picks: list[str | None],
+                  listed: bool = True) -> None:
+    """One item's `{picker}_listed` (rotation 0; where `listed`) and `{picker}_circular` (right in every
+    rotation; only with more than one). `picks`: the letter chosen in each rotation, None where it failed."""
+    correct = [None if p is None else float(p == r["gold"]) for p, r in zip(picks, rotations, strict=True)]
+    if listed:
+        scores.add(f"{picker}_listed", correct[0], picks[:1])
+    if len(rotations) > 1:
+        scores.add(f"{picker}_circular", None if None in correct else float(all(correct)), picks)
+
+
+def _letter_rotations(backend, member, examples, outputs, rows, c, seed, progress) -> None:
+    """The generated letter in every rotation (`letter_pick`, None where the generation failed): rotation 0's is
+    the `letter` metric's answer; the others are generated from the MC prompt showing the rotated options."""
+    for row, out in zip(rows, outputs, strict=True):
+        pick = None if out.text is None else _letter_pick(row["letter"], row["letter_method"])
+        row["rotations"][0].update(output=out.text, error=out.error, letter_pick=pick)
+    asked = [(e, rotation) for e, row in zip(examples, rows) for rotation in row["rotations"][1:]]
+    generated = _generate(backend, member, [format_mc(e.question, _shown(e, r)) for e, r in asked], c, seed,
+                          progress, c.mc_max_new_tokens)
+    for (e, rotation), out in zip(asked, generated, strict=True):
+        grade = None if out.text is None else grade_mc_letter(out.text, _shown(e, rotation), rotation["gold"])
+        rotation.update(output=out.text, error=out.error,
+                        letter_pick=grade and _letter_pick(grade.extracted, grade.method))
+
+
+def _option_logliks(backend, member, prompts: list[str], options: list[dict[str, str]], c) -> list[dict]:
+    """Summed log-probability of each option's text as the answer to its prompt: {letter: float or Failure}."""
     tok = backend.tokenizer(member)
-    # the question as a prompt (shortened in the middle if needed), and each option as the assistant's answer
-    # (its tokens and the template's end-of-turn, as in DPO), independent of the question's length
-    prefixes = [encode_chat(tok, [("user", "{0}")], [e.question], max_tokens=c.max_prompt_tokens).ids
-                for e in examples]
+    # the prompt (shortened in the middle if needed), and each option as the assistant's answer (its tokens and
+    # the template's end-of-turn, as in DPO), independent of the prompt's length
+    prefixes = [encode_chat(tok, [("user", "{0}")], [p], max_tokens=c.max_prompt_tokens).ids for p in prompts]
     continuations = [[ids[start:] for ids, start in (encode_example(tok, "?", text, 10**6)
-                                                    for text in e.choices.values())] for e in examples]
+                                                    for text in choices.values())] for choices in options]
     scores = backend.continuation_logprobs(member, prefixes, continuations, batch_size=c.batch_size)
-    return [dict(zip(e.choices, row)) for e, row in zip(examples, scores)]
+    if len(scores) != len(prompts):
+        raise BackendError(f"continuation_logprobs gave {len(scores)} rows for {len(prompts)} prompts")
+    return [dict(zip(choices, row, strict=True)) for choices, row in zip(options, scores)]
 
 
 def _judged(backend, member, evaluator: Evaluator, examples, c, seed, progress) -> dict:

@@ -192,6 +192,7 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
                          for t in its]
                 out.append(f"| {m} | " + " | ".join(cells) + " |")
             out.append("")
+        out += _letter_bias(by_iter[its[-1]], labels)
         dev = evals.get((task, "dev"), {})
         if split == "test" and 0 in by_iter and its[-1] != 0:
             chosen_on = dev if 0 in dev else by_iter
@@ -204,6 +205,27 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
             out += [f"Best initial member (chosen on {note}): **{best}** {_cell(by_iter[0].results[best])} → "
                     f"after iteration {its[-1]}: {_cell(last[best])}.", ""]
     return out
+
+
+def _letter_bias(data: EvalFile, labels: list[str]) -> list[str]:
+    """MC: the majority-letter baseline of the file's items and how often each model picked each letter, per
+    metric (the latest file: the earlier ones are in eval/)."""
+    results = {m: data.results[m] for m in labels if m in data.results}
+    baseline = next((r.majority_baseline for r in results.values() if r.majority_baseline), None)
+    if baseline is None:
+        return []
+    gold = ", ".join(f"{k} {v}" for k, v in baseline.gold.items())
+    out = [f"Majority-letter baseline: always answering **{baseline.letter}** scores {baseline.value:.3f} on these "
+           f"{data.n_examples} items (gold letters: {gold}); a circular metric's baseline is 0.", ""]
+    metrics = [name for name, m in next(iter(results.values())).metrics.items() if m.picks is not None]
+    label = "initial" if data.iteration == 0 else f"after iter {data.iteration}"
+    out += [f"Letters picked ({label}; circular metrics: every rotation's pick):", "",
+            "| member | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+    for m, r in results.items():
+        picks = [r.metrics[x].picks if x in r.metrics else None for x in metrics]
+        cells = [", ".join(f"{k} {v}" for k, v in p.items()) if p else "-" for p in picks]
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _agreement_section(root: Path, iterations: list[int]) -> list[str]:

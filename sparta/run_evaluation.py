@@ -10,7 +10,7 @@ from typing import Protocol
 from .arena.judging import JUDGE_PROMPT
 from .backends import MemberModel
 from .eval_results import EvalFile, ModelResult
-from .evaluation import Evaluator, evaluate, needs_evaluator
+from .evaluation import Evaluator, draw_items, evaluate, needs_evaluator
 from .methods.base import Engine
 from .models import ModelSpecError, resolve_model
 from .records import write_json_atomic
@@ -63,12 +63,16 @@ class RunEvaluation:
 
     def score(self, t: int, task_name: str, split: str, members: list[str], limit: int | None,
               evaluator: str | None) -> Path:
-        """Score `members` (members or specs) as they stand after iteration t on a task split; the file written.
+        """Score `members` (members or specs) as they stand after iteration t on a task split, `limit` items of it
+        drawn with the run seed (draw_items; None or 0: all); the file written.
         The evaluator, where the task needs one: `evaluator`, else eval.evaluator, else the member with the
         highest reputation."""
         engine = self.engine
         task = get_task(task_name)
-        examples = task.examples(split, engine.c.data.user_data or None)[:limit or None]
+        examples = task.examples(split, engine.c.data.user_data or None)
+        drawn = draw_items(len(examples), limit, engine.c.seed, task_name, split)
+        subset = None if drawn is None else {"seed": engine.c.seed, "of": len(examples), "indices": drawn}
+        examples = examples if drawn is None else [examples[i] for i in drawn]
         requested = (evaluator or engine.c.eval.evaluator) if needs_evaluator(task) else None
         if requested:
             self._backend_name(requested)  # an outside evaluator joins the pool first (its backend name: @0)
@@ -79,7 +83,8 @@ class RunEvaluation:
                           engine.c.seed)
         path = engine.run.evaluation(t, task_name, split)
         write_json_atomic(path, {"task": task_name, "kind": task.kind, "split": split, "iteration": t,
-                                 "n_examples": len(examples), "models": {m: self._record(m, t) for m in members},
+                                 "n_examples": len(examples), "subset": subset,
+                                 "models": {m: self._record(m, t) for m in members},
                                  "evaluator": judge.record if judge else None,
                                  "judge_prompt": JUDGE_PROMPT if judge else None,
                                  "results": {m: scored[names[m]] for m in members}})

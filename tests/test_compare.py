@@ -117,6 +117,51 @@ def test_markdown_shows_cells_failed_counts_and_the_noise_rule(table, tmp_path):
     assert render_markdown(table) == md  # the markdown is a function of the table alone
 
 
+def mc_result(letter: float, circular: float, baseline: float = 0.5) -> dict:
+    """An MC result as _mc writes it: letter primary, a circular metric beside it, the majority-letter baseline."""
+    return {"primary": "letter", "examples": [], "wall_s": 1.0,
+            "metrics": {"letter": {"value": letter, "n": 10, "failed": 0, "ci95": [letter - 0.1, letter + 0.1]},
+                        "loglik_circular": {"value": circular, "n": 10, "failed": 0,
+                                            "ci95": [circular / 2, circular * 2]}},
+            "majority_baseline": {"letter": "A", "value": baseline, "gold": {"A": 5, "B": 3, "C": 2}}}
+
+
+def test_metric_chooses_the_compared_metric_and_the_baseline_is_shown(tmp_path):
+    """Letter: b is best at 0.6, then a at 0.55 -- a gain of -8.3% that beats no baseline (always A: 0.5). On
+    loglik_circular the same files say a rose from 0.1 to 0.3, a gain of +200%."""
+    root = tmp_path / "run"
+    write_eval(root, 0, "medqa", {"a": mc_result(0.5, 0.1), "b": mc_result(0.6, 0.0)})
+    write_eval(root, 1, "medqa", {"a": mc_result(0.55, 0.3), "b": mc_result(0.5, 0.2)})
+    finish(root, 1, {"a": 110.0, "b": 90.0})
+    letter = collect({"x": (root, 1)}, ("medqa",), "test")["arms"]["x"]["tasks"]["medqa"]
+    assert (letter["metric"], letter["best"]["member"]) == ("letter", "a")
+    assert letter["relative_gain"] == pytest.approx((0.55 - 0.6) / 0.6)
+    assert letter["majority_baseline"] == {"letter": "A", "value": 0.5}
+    table = collect({"x": (root, 1)}, ("medqa",), "test", metric="loglik_circular")
+    circular = table["arms"]["x"]["tasks"]["medqa"]
+    assert circular["metric"] == "loglik_circular" and circular["best_initial"]["value"] == 0.1
+    assert circular["relative_gain"] == pytest.approx(2.0)
+    md = render_markdown(table)
+    assert "## medqa (loglik_circular)" in md
+    assert ("- x: always answering A (the most frequent gold letter) scores 0.500 (a circular metric's is 0)"
+            in md)
+    missing = collect({"x": (root, 1)}, ("medqa",), "test", metric="letter_circular")["arms"]["x"]["tasks"]["medqa"]
+    assert missing["best"] == {"missing": "not scored on letter_circular"}  # eval.circular_letter was off
+
+
+def test_files_scored_on_other_items_are_noted(tmp_path):
+    root = tmp_path / "run"
+    write_eval(root, 0, "medqa", {"a": mc_result(0.5, 0.1)})
+    write_eval(root, 1, "medqa", {"a": mc_result(0.6, 0.1)})
+    finish(root, 1, {"a": 100.0})
+    for t, seed in ((0, 0), (1, 1)):  # the same limit, drawn with two seeds
+        path = root / "eval" / f"iter_{t:02d}" / "medqa-test.json"
+        write_json_atomic(path, {**json.loads(path.read_text()), "subset": {"seed": seed, "of": 20,
+                                                                            "indices": list(range(seed, 10 + seed))}})
+    row = collect({"x": (root, 1)}, ("medqa",), "test")["arms"]["x"]["tasks"]["medqa"]
+    assert row["notes"] == ["iteration 0 and 1 were scored on different items of the split"]
+
+
 # ---- the plan ---------------------------------------------------------------------------------------------
 
 def test_compare_eval_overrides(tiny_config):
@@ -124,7 +169,9 @@ def test_compare_eval_overrides(tiny_config):
     c = with_compare_eval(tiny_config("iterations=3", "eval.tasks=[alpaca]", "eval.limit=2"), plan)
     assert (c.eval.tasks, c.eval.splits, c.eval.every, c.eval.limit) == (("medqa", "gsm8k"), ("test",), 3, 7)
     kept = with_compare_eval(tiny_config("eval.limit=2"), Plan((), ("medqa",)))
-    assert kept.eval.limit == 2  # no --limit: the arm's own
+    assert kept.eval.limit == 2 and not kept.eval.circular_letter  # no --limit: the arm's own
+    circular = with_compare_eval(tiny_config(), Plan((), ("medqa",), metric="letter_circular"))
+    assert circular.eval.circular_letter  # comparing it needs the rotated generations
 
 
 @pytest.mark.parametrize("case,message", [
@@ -155,6 +202,7 @@ def test_sweep_paths_are_relative_to_the_sweep_file(tmp_path):
     assert plan.arms[0].config.resolve() == (tmp_path / "c.yaml").resolve()
     assert (plan.arms[0].overrides, plan.tasks, plan.split, plan.limit) == (("arena.alpha=1",), ("gsm8k",), "test", 3)
     assert make_plan([], str(sweep), ["medqa"], "dev", 0).tasks == ("medqa",)  # the command line wins
+    assert make_plan([], str(sweep), None, None, None, "loglik_circular").metric == "loglik_circular"
     sweep.write_text(yaml.safe_dump({"arms": {"x": {"config": "c.yaml", "override": []}}}))
     with pytest.raises(ConfigError, match="arms.x must be"):
         make_plan([], str(sweep), ["medqa"], None, None)

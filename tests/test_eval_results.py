@@ -8,7 +8,7 @@ import copy
 
 import pytest
 
-from sparta.eval_results import EvalFile, EvalFileError, Metric
+from sparta.eval_results import EvalFile, EvalFileError, MajorityBaseline, Metric
 from sparta.records import write_json_atomic
 
 NAN = float("nan")
@@ -49,7 +49,18 @@ def eval_file(task: str, kind: str, results: dict, old: bool = False) -> dict:
             "judge_prompt": "J" if judged else None, "results": results}
 
 
+def mc_with_picks(value: float) -> dict:
+    """Written since the draw and the letter-bias checks: picks per metric, a circular metric, the baseline."""
+    picks = {"A": 2, "none": 1}
+    return {"metrics": {"letter": metric(value, picks=picks), "loglik": metric(0.25, picks={"B": 3}),
+                        "loglik_circular": metric(0.0, picks={"A": 12})},
+            "primary": "letter", "examples": [{"id": "medqa:7", "letter": "A", "rotations": []}],
+            "majority_baseline": {"letter": "A", "value": 2 / 3, "gold": {"A": 2, "C": 1}}, "wall_s": 2.5}
+
+
+SUBSET = {"seed": 0, "of": 637, "indices": [7, 100, 512]}
 FILES = {"mc": eval_file("medqa", "mc", {"a": mc(0.5), "tiny:1": mc(0.75)}),
+         "drawn": {**eval_file("medqa", "mc", {"a": mc_with_picks(0.5)}), "subset": SUBSET},
          "old": eval_file("medqa", "mc", {"a": mc(0.5)}, old=True),
          "com2": eval_file("com2", "mc", {"a": com2()}),
          "alpaca": eval_file("alpaca", "judged", {"a": alpaca(), "b": alpaca()})}
@@ -71,6 +82,13 @@ def test_typed_reads():
     assert mc_file.outside() == {"tiny:1"} and mc_file.evaluator is None
     old = EvalFile.from_dict(FILES["old"], "x.json")
     assert old.models is None and old.outside() == set() and old.evaluator is None
+    assert old.subset is None and old.results["a"].majority_baseline is None
+    assert old.results["a"].primary_metric.picks is None  # written before picks were kept
+    drawn = EvalFile.from_dict(FILES["drawn"], "x.json")
+    assert drawn.subset == SUBSET and drawn.extras == {"evaluator": None, "judge_prompt": None, "subset": SUBSET}
+    a = drawn.results["a"]
+    assert a.majority_baseline == MajorityBaseline("A", 2 / 3, {"A": 2, "C": 1}) and a.extras == {}
+    assert a.metrics["letter"].picks == {"A": 2, "none": 1} and a.metrics["letter"].extras == {}
     result = EvalFile.from_dict(FILES["com2"], "x.json").results["a"]
     assert result.primary_metric.excluded == 1 and result.metrics["letter"].excluded is None
     assert result.evaluator == EVALUATOR and result.extras == {"judge_prompt": "J"}
@@ -90,6 +108,8 @@ def broken(edit) -> dict:
     (broken(lambda d: d["results"]["a"].update(primary="accuracy")),
      "results['a']: primary metric 'accuracy' is not among its metrics ['letter', 'loglik', 'loglik_norm']"),
     (broken(lambda d: d.update(results=[])), "results: expected an object, got list"),
+    (broken(lambda d: d["results"]["a"].update(majority_baseline={"letter": "A"})),
+     "results['a'], majority_baseline: missing 'value', 'gold'"),
 ])
 def test_a_bad_file_names_itself_and_what_is_missing(data, says, tmp_path):
     path = tmp_path / "eval" / "iter_01" / "medqa-test.json"

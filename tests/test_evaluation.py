@@ -3,6 +3,7 @@ and `sparta eval` on a finished run."""
 
 import json
 import math
+from collections import Counter
 
 import pytest
 
@@ -105,9 +106,20 @@ def test_sparta_eval_on_a_run_directory(tiny_config, tmp_path, capsys):
     assert main(["eval", config.run_dir, "--task", "medqa", "--limit", "3"]) == 0
     out = capsys.readouterr().out
     assert "letter*" in out and "loglik " in out and "loglik_norm " in out  # letter is MC's primary
+    assert "loglik_circular " in out and "picked: letter " in out and "majority-letter baseline (always " in out
+    assert "medqa (dev, 3 of 636 items, drawn with seed 0)" in out
     before = json.loads((tmp_path / "run" / "eval" / "iter_00" / "medqa-dev.json").read_text())
     after = json.loads((tmp_path / "run" / "eval" / "iter_01" / "medqa-dev.json").read_text())
     assert before["iteration"] == 0 and after["iteration"] == 1 and set(after["results"]) == set("abcd")
+    # --limit 3 drew three items with the run seed, not the first three: the same for every member and both files
+    dev = get_task("medqa").examples("dev")
+    assert before["subset"] == after["subset"] == {"seed": 0, "of": 636, "indices": before["subset"]["indices"]}
+    drawn = [dev[i].id for i in before["subset"]["indices"]]
+    assert drawn != [e.id for e in dev[:3]]
+    assert {tuple(row["id"] for row in r["examples"]) for data in (before, after)
+            for r in data["results"].values()} == {tuple(drawn)}
+    assert before["results"]["a"]["majority_baseline"]["gold"] == dict(Counter(dev[i].answer for i in
+                                                                               before["subset"]["indices"]))
     # DPO changed the adapters (lr 0.01 on the tiny model), so option log-likelihoods moved
     assert before["results"]["a"]["examples"][0]["option_logliks"] != after["results"]["a"]["examples"][0][
         "option_logliks"]
@@ -131,6 +143,15 @@ def test_run_with_evaluation_writes_report_and_plots(tiny_config, tmp_path):
     assert "### medqa (test, n=4): letter (primary)" in report and "after iter 2" in report
     assert "### medqa (test, n=4): loglik_norm" in report and "### gsm8k (dev, n=4): strict" in report
     assert "Best initial member (chosen on dev)" in report
+    # the letter-bias checks of the last MC file: its majority-letter baseline and each member's picks
+    last = json.loads((root / "eval" / "iter_02" / "medqa-test.json").read_text())
+    baseline = last["results"]["a"]["majority_baseline"]
+    assert (f"Majority-letter baseline: always answering **{baseline['letter']}** scores {baseline['value']:.3f} "
+            "on these 4 items") in report
+    picks = last["results"]["a"]["metrics"]["loglik_circular"]["picks"]
+    assert "| member | letter | loglik | loglik_norm | loglik_listed | loglik_circular |" in report
+    assert ", ".join(f"{k} {v}" for k, v in picks.items()) + " |\n| b |" in report
+    assert "### gsm8k (dev, n=4): strict" in report and "always answering" not in report.split("### gsm8k")[1]
     assert (root / "reputations.png").stat().st_size > 1000
     assert (root / "reputation_vs_medqa.png").exists() and (root / "reputation_vs_gsm8k.png").exists()
     # rerunning redoes nothing: evaluation files are done once
@@ -231,7 +252,9 @@ def test_loglik_norm_divides_by_option_length(backend):
 
     class Fixed(Scripted):
         def continuation_logprobs(self, member, prefixes, continuations, batch_size):
-            return [[-8.0, -12.0]]
+            # by option text, whichever letter shows it (the listed prompts rotate the options)
+            tok = backend.tokenizer("a")
+            return [[-12.0 if "Paris" in tok.decode(ids) else -8.0 for ids in row] for row in continuations]
 
     r = evaluate(Fixed(backend, [Generated("B")]), ["a"], get_task("medqa"), [ex], SETTINGS)["a"]
     assert r["examples"][0]["loglik_pick"] == "A" and r["examples"][0]["loglik_norm_pick"] == "B"
@@ -276,7 +299,8 @@ def test_com2_judged_free_text_beside_the_mc_metrics(backend):
     judge = Watched(backend)
     evaluator = Evaluator(judge, "b", {"name": "b", "spec": "tiny"})
     r = evaluate(member, ["a"], get_task("com2"), usable + [nota], SETTINGS, evaluator)["a"]
-    assert r["primary"] == "judged_score" and list(r["metrics"]) == ["judged_score", "letter", "loglik", "loglik_norm"]
+    assert r["primary"] == "judged_score"
+    assert list(r["metrics"]) == ["judged_score", "letter", "loglik", "loglik_norm", "loglik_listed", "loglik_circular"]
     judged = r["metrics"]["judged_score"]
     assert (judged["n"], judged["failed"], judged["excluded"]) == (1, 1, 1) and 1 <= judged["value"] <= 10
     assert r["metrics"]["letter"]["n"] == 3 and r["evaluator"] == {"name": "b", "spec": "tiny"}

@@ -7,8 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 from sparta.config import ConfigError
+from sparta.evaluation import draw_items
 from sparta.pipeline import Pipeline
 from sparta.records import read_jsonl
+from sparta.tasks.catalog import get_task
 
 ARTIFACTS = ["prompts.jsonl", "combat.jsonl", "pairs.jsonl", "reputations.json"]
 
@@ -259,6 +261,11 @@ def test_initial_reputations_evaluate_dev_when_missing(tiny_config):
     assert kept["task"] == "gsm8k" and set(kept["scores"]) == set("abcd")
     assert (pipeline.run.root / "eval" / "iter_00" / "gsm8k-dev.json").exists()
     assert state.ratings == kept["state"]["ratings"]
+    # scored on eval.limit items drawn as every evaluation of the run draws them (run seed, task, split)
+    dev = json.loads((pipeline.run.root / "eval" / "iter_00" / "gsm8k-dev.json").read_text())
+    n_dev = len(get_task("gsm8k").examples("dev"))
+    assert dev["subset"] == {"seed": config.seed, "of": n_dev, "indices": draw_items(n_dev, 2, config.seed, "gsm8k",
+                                                                                      "dev")}
 
 
 @pytest.mark.parametrize("value,message", [("alpaca", "scored by an evaluator"), ("nope", "nope")])

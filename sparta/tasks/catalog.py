@@ -36,6 +36,7 @@ from .common import (
     Task,
     UserFile,
     format_mc,
+    rotate_choices,
     with_input,
 )
 from .gsm8k import GSM8K_DEV
@@ -48,8 +49,8 @@ __all__ = [
     "ALPACA_EVAL_FILE", "ALPACA_SEED_SPLIT", "ALPACA_TRAIN_FILE", "COM2_INSTRUCTION", "DATA", "GSM8K_DEV",
     "KC_EVAL_FILE", "KC_TRAIN_FILE", "LETTERS", "MATH_DEV_FRACTION", "MATH_HARD_FILE", "MATH_LEVELS",
     "MC_INSTRUCTION", "MEDQA_TRAIN_FILE", "NORMAD_CHOICES", "NORMAD_ROT_FILE", "NORMAD_SUFFIX", "SPLITS", "TASKS",
-    "CombatRows", "Example", "MissingUserData", "Task", "UserFile", "format_mc", "get_task", "self_instruct_seeds",
-    "with_input",
+    "CombatRows", "Example", "MissingUserData", "Task", "UserFile", "format_mc", "get_task", "rotate_choices",
+    "self_instruct_seeds", "with_input",
 ]
 
 # The 12 tasks, in the paper's order; each family module's TASKS holds its own.

@@ -120,6 +120,17 @@ def format_mc(question: str, choices: dict[str, str]) -> str:
     return f"{question.strip()}\n\n{options}\n\n{MC_INSTRUCTION}"
 
 
+def rotate_choices(choices: dict[str, str], answer: str, rotation: int) -> tuple[dict[str, str], str]:
+    """Rotation r of the options (circular evaluation): letter i shows the text of option (i + r) mod n; returns
+    the rotated choices and the letter the gold answer is shown at. Over the n rotations every letter holds the
+    gold once, so a picker that always says one letter is right in one rotation only.
+    `rotate_choices({"A": "3", "B": "4"}, "B", 1)` is ({"A": "4", "B": "3"}, "A")."""
+    _check_choices(choices, "rotate_choices")
+    keys, texts = list(choices), list(choices.values())
+    n = len(keys)
+    return {keys[i]: texts[(i + rotation) % n] for i in range(n)}, keys[(keys.index(answer) - rotation) % n]
+
+
 # ------------------------------------------------------------------------------------------- file reading
 
 
