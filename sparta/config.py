@@ -258,10 +258,13 @@ class EvalConfig:
     limit: int = 0
     max_new_tokens: int = 256
     mc_max_new_tokens: int = 32  # enough to state a letter or an option; MC accuracy does not need reasoning
-    # MC circular metrics (docs/tasks.md): the options rotated n times, an item right only if right in every
-    # rotation. loglik_circular scores n prompts per item (no generation); letter_circular generates n - 1 more
-    # answers per item, so it is off unless asked for
-    circular_loglik: bool = True
+    # MC scorers beside the bare-question loglik (docs/tasks.md). mc_generate: the generated letter (`letter`, the
+    # paper's metric and the primary one; false: no generation, `loglik` is primary). listed_loglik: the options'
+    # likelihood under the MC prompt that lists them, in the task's order (`loglik_listed`) and rotated n times, an
+    # item right only if right in every rotation (`loglik_circular`): n prompts per item. circular_letter: the
+    # generated letter in every rotation (`letter_circular`), n - 1 more generations per item, off unless asked for
+    mc_generate: bool = True
+    listed_loglik: bool = True
     circular_letter: bool = False
     batch_size: int = 16
     max_prompt_tokens: int = 1024
@@ -488,6 +491,8 @@ def validate(c: RunConfig) -> None:
         (not c.reputation.initial_metric or c.reputation.initial != "fair",
          f"reputation.initial_metric={c.reputation.initial_metric!r} needs reputation.initial = a task"),
         (c.eval.every >= 1 and c.eval.limit >= 0, "eval.every must be >= 1 and eval.limit >= 0"),
+        (c.eval.mc_generate or not c.eval.circular_letter,
+         "eval.circular_letter rotates the generated letter: it needs eval.mc_generate=true"),
         *_length_checks(c),
         *_loss_checks(c),
         (set(c.tracking.report_to) <= set(TRACKERS),

@@ -15,10 +15,11 @@ Per task kind (sparta.tasks.catalog):
   per-character one long ones ("neutral" for every NormAd item). They stay reported, as probes that need no
   instruction following. `letter` has its own bias (a small model leans on one letter, and an echo of the
   options is `ambiguous`, graded wrong); docs/tasks.md has the measurements.
-  Beside them, on the same items: `loglik_listed` (the option log-likelihood picker, the prompt listing the
-  options as the MC prompt does) and, with eval.circular_loglik, `loglik_circular`: the options rotated n
-  times (each rotation moves every text to another letter), an item right only if the picker chose the gold
-  text in every rotation; with eval.circular_letter, `letter_circular` the same for the generated letter. A
+  Beside them, on the same items, with eval.listed_loglik: `loglik_listed` (the option log-likelihood picker,
+  the prompt listing the options as the MC prompt does) and `loglik_circular`: the options rotated n times
+  (each rotation moves every text to another letter), an item right only if the picker chose the gold text in
+  every rotation; with eval.circular_letter, `letter_circular` the same for the generated letter. With
+  eval.mc_generate=false nothing is generated: no `letter`, and `loglik` is the primary metric. A
   pure letter or position bias scores 0 on a circular metric. Every MC metric keeps how often each letter was
   picked (`picks`), and every MC result the majority-letter baseline on its items (`majority_baseline`).
 - judged: greedy generation, then an evaluator scores the answer 1-10 with the logprob judge (the authors'
@@ -168,13 +169,13 @@ def _generated(backend, member, kind, examples, c, seed, progress) -> dict:
 
 def _mc(backend, member, examples, c, seed, progress) -> dict:
     outputs = _generate(backend, member, [format_mc(e.question, e.choices) for e in examples], c, seed,
-                        progress, c.mc_max_new_tokens)
+                        progress, c.mc_max_new_tokens) if c.mc_generate else [None] * len(examples)
     # the bare question, the options not shown: each option's text as the answer
     logliks = _option_logliks(backend, member, [e.question for e in examples], [e.choices for e in examples], c)
     scores = _Scores()
     rows: list[dict] = []
     for e, out, option_scores in zip(examples, outputs, logliks, strict=True):
-        grade = grade_mc_letter(out.text, e.choices, e.answer) if out.text is not None else None
+        grade = grade_mc_letter(out.text, e.choices, e.answer) if out and out.text is not None else None
         failed = [v.error for v in option_scores.values() if isinstance(v, Failure)]
         if failed:  # a remote backend could not score an option: no loglik pick for this example
             picked = picked_norm = None
@@ -183,17 +184,20 @@ def _mc(backend, member, examples, c, seed, progress) -> dict:
             picked = pick_by_loglik(option_scores)
             # per-character normalisation (the harnesses' acc_norm): the plain sum favours short options
             picked_norm = pick_by_loglik({k: v / max(1, len(e.choices[k])) for k, v in option_scores.items()})
-        rows.append({"id": e.id, "gold": e.answer, "output": out.text, "error": out.error,
-                     "letter": grade.extracted if grade else None, "letter_method": grade.method if grade else "failed",
-                     "letter_correct": bool(grade and grade.correct), "loglik_pick": picked,
-                     "loglik_correct": picked == e.answer, "loglik_norm_pick": picked_norm,
-                     "option_logliks": option_scores, "loglik_error": failed[0] if failed else None})
-        scores.add("letter", None if grade is None else float(grade.correct),
-                   grade and [_letter_pick(grade.extracted, grade.method)])
+        row = {"id": e.id, "gold": e.answer}
+        if out is not None:  # eval.mc_generate
+            row.update(output=out.text, error=out.error, letter=grade.extracted if grade else None,
+                       letter_method=grade.method if grade else "failed", letter_correct=bool(grade and grade.correct))
+            scores.add("letter", None if grade is None else float(grade.correct),
+                       grade and [_letter_pick(grade.extracted, grade.method)])
+        rows.append({**row, "loglik_pick": picked, "loglik_correct": picked == e.answer,
+                     "loglik_norm_pick": picked_norm, "option_logliks": option_scores,
+                     "loglik_error": failed[0] if failed else None})
         scores.add("loglik", None if failed else float(picked == e.answer), [picked])
         scores.add("loglik_norm", None if failed else float(picked_norm == e.answer), [picked_norm])
-    _rotations(backend, member, examples, outputs, rows, scores, c, seed, progress)
-    return {"metrics": scores.summaries(c, seed), "primary": "letter", "examples": rows,
+    if c.listed_loglik or c.circular_letter:
+        _rotations(backend, member, examples, outputs, rows, scores, c, seed, progress)
+    return {"metrics": scores.summaries(c, seed), "primary": "letter" if c.mc_generate else "loglik", "examples": rows,
             "majority_baseline": majority_baseline([e.answer for e in examples])}
 
 
@@ -227,17 +231,17 @@ def majority_baseline(gold: list[str]) -> dict:
 
 
 def _rotations(backend, member, examples, outputs, rows, scores: _Scores, c, seed, progress) -> None:
-    """loglik_listed, loglik_circular (eval.circular_loglik) and letter_circular (eval.circular_letter). Each
+    """loglik_listed, loglik_circular (eval.listed_loglik) and letter_circular (eval.circular_letter). Each
     row keeps its item's rotations (rotate_choices; rotation 0 is the task's own order) under `rotations`: the
     original letters in the order shown, the letter the gold is shown at, and each picker's choice. A failure
     in any rotation leaves the item's circular value failed, never scored."""
     for e, row in zip(examples, rows, strict=True):
         # rotating the letters themselves gives, for each shown letter, the original option it shows
         rotations = [rotate_choices(dict(zip(e.choices, e.choices)), e.answer, r)
-                     for r in range(len(e.choices) if c.circular_loglik or c.circular_letter else 1)]
+                     for r in range(len(e.choices))]
         row["rotations"] = [{"shown": "".join(shown.values()), "gold": gold} for shown, gold in rotations]
-    scored = [(e, rotation) for e, row in zip(examples, rows)
-              for rotation in row["rotations"][: None if c.circular_loglik else 1]]
+    scored = [(e, rotation) for e, row in zip(examples, rows) for rotation in row["rotations"]] if c.listed_loglik \
+        else []
     logliks = _option_logliks(backend, member, [format_mc(e.question, _shown(e, r)) for e, r in scored],
                               [_shown(e, r) for e, r in scored], c)
     for (_, rotation), option_scores in zip(scored, logliks, strict=True):
@@ -245,8 +249,8 @@ def _rotations(backend, member, examples, outputs, rows, scores: _Scores, c, see
         rotation.update(loglik_pick=None if failed else pick_by_loglik(option_scores),
                         option_logliks={k: None if isinstance(v, Failure) else v for k, v in option_scores.items()},
                         loglik_error=failed[0] if failed else None)
-    for row in rows:
-        loglik = row["rotations"][: None if c.circular_loglik else 1]
+    for row in rows if c.listed_loglik else ():
+        loglik = row["rotations"]
         _add_circular(scores, "loglik", loglik, [r["loglik_pick"] if r["loglik_error"] is None else None
                                                  for r in loglik])
     if c.circular_letter:

@@ -55,5 +55,5 @@ def test_baseline_arm_is_the_demo_pool_and_arena():
     demo, base = load_config(CONFIGS / "demo.yaml"), load_config(BASELINE)
     assert set(diff_keys(to_dict(demo), to_dict(base))) <= {
         "run_dir", "iterations", "generation.max_new_tokens", "training.pairs", "reputation.initial",
-        "reputation.initial_metric", "eval.limit", "tracking.report_to"}
+        "reputation.initial_metric", "eval.limit", "eval.mc_generate", "eval.listed_loglik", "tracking.report_to"}
     assert (demo.pool, demo.data, demo.arena, demo.judge) == (base.pool, base.data, base.arena, base.judge)

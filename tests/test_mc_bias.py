@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
 from sparta.backends import Failure, Generated, MemberModel
 from sparta.backends.hf import HFBackend
-from sparta.config import EvalConfig, LoraConfig
+from sparta.config import ConfigError, EvalConfig, LoraConfig, load_config
 from sparta.evaluation import draw_items, evaluate, majority_baseline
 from sparta.models import resolve_model
 from sparta.tasks.catalog import Example, get_task, rotate_choices
@@ -119,6 +120,24 @@ def test_a_picker_of_the_right_text_scores_one_everywhere(backend):
     assert len(picker.asked) == 4 + 12
     rotated = [p for p in picker.asked if "Question 1?" in p]
     assert [says_right_letter(p) for p in rotated] == ["B", "A", "D", "C"]
+
+
+def test_loglik_only_generates_nothing_and_scores_one_prompt_per_item(backend):
+    """eval.mc_generate=false, listed_loglik=false (the CPU demo's dev scores): no generation, no listed prompt,
+    loglik primary; circular_letter without generation is a config error."""
+    picker, prompts = Picker(backend, lambda p: "A", right_text), []
+    scoring = picker.continuation_logprobs
+    picker.continuation_logprobs = lambda m, prefixes, *a, **k: prompts.extend(prefixes) or scoring(m, prefixes, *a,
+                                                                                                   **k)
+    c = EvalConfig(max_new_tokens=8, mc_max_new_tokens=4, bootstrap=50, mc_generate=False, listed_loglik=False)
+    r = evaluate(picker, ["a"], MEDQA, ITEMS, c)["a"]
+    assert picker.asked == [] and len(prompts) == len(ITEMS)
+    assert list(r["metrics"]) == ["loglik", "loglik_norm"] and r["primary"] == "loglik"
+    assert r["metrics"]["loglik"]["value"] == 1.0 and "letter" not in r["examples"][0]
+    listed = evaluate(picker, ["a"], MEDQA, ITEMS, replace(c, listed_loglik=True))["a"]
+    assert list(listed["metrics"]) == ["loglik", "loglik_norm", "loglik_listed", "loglik_circular"]
+    with pytest.raises(ConfigError, match="circular_letter rotates the generated letter"):
+        load_config(None, ["eval.mc_generate=false", "eval.circular_letter=true"])
 
 
 def test_circular_letter_is_off_by_default_and_a_failed_rotation_is_failed(backend):
