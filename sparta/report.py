@@ -173,8 +173,8 @@ def _eval_tables(evals: dict, members: list[str]) -> list[str]:
     if not evals:
         return []
     out = ["## Evaluation", "", "Primary metric with its 95% bootstrap interval (GSM8K: flexible match; MC: the "
-           "generated letter; COM2 and Alpaca: mean 1-10 judged score), then the other metrics. Per-example outputs "
-           "are in `eval/`.", ""]
+           "generated letter, or loglik where nothing was generated; COM2 and Alpaca: mean 1-10 judged score), then "
+           "the other metrics. Per-example outputs are in `eval/`.", ""]
     for (task, split), by_iter in sorted(evals.items()):
         its = sorted(by_iter)
         # a file may hold some members only (`sparta eval --members`), or models from outside the pool
