@@ -26,7 +26,7 @@ from pathlib import Path
 from .config import RunConfig, to_dict
 from .eval_results import EvalFile
 from .judge_diagnostics import diagnose
-from .ratings import bradley_terry, iteration_duels, leaderboard_at, win_matrix
+from .ratings import bradley_terry, iteration_duels, leaderboard_at, start_state, win_matrix
 from .records import read_json, write_json_atomic
 from .rundir import RunDir
 
@@ -165,6 +165,8 @@ class Tracking:
         for path in run.evaluations():
             evals.setdefault(int(path.parent.name[len("iter_"):]), []).append(path)
         for t in range(0, self.c.iterations + 1):
+            if t == 1:  # where the reputations started (fair, or dev scores), at step 0, once combat has read it
+                yield "start", _done(run, 1, "combat"), self._start_reputations
             if t:
                 it = run.iteration(t).name
                 yield f"{it}/board", _done(run, t, "pairs"), lambda t=t: self._board(t)
@@ -173,6 +175,11 @@ class Tracking:
                 yield f"{it}/iteration", _done(run, t, "iteration"), lambda t=t: self._iteration(t)
             for path in evals.get(t, []):
                 yield path.relative_to(run.root).as_posix(), lambda: True, lambda path=path: _evaluation(path)
+
+    def _start_reputations(self) -> list[tuple[dict, int, str]]:
+        state = start_state(self.run.root, 1, self.members, self.c.reputation)
+        return [({**{f"reputation/{m}": state.ratings[m] for m in self.members},
+                  **{f"sigma/{m}": state.sigmas[m] for m in self.members}}, 0, "iteration")]
 
     def _board(self, t: int) -> list[tuple[dict, int, str]]:
         rows = leaderboard_at(self.run, t, self.members)

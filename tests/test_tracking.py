@@ -15,7 +15,7 @@ import pytest
 from sparta.config import ConfigError, load_config
 from sparta.eval_results import EvalFile
 from sparta.pipeline import Pipeline
-from sparta.ratings import leaderboard_at
+from sparta.ratings import leaderboard_at, start_state
 from sparta.records import read_json
 from sparta.rundir import RunDir
 from tests.conftest import tiny
@@ -81,6 +81,10 @@ class Kept(logging.Handler):
 def test_tensorboard_shows_what_the_run_directory_holds(tracked):
     run = tracked["run"]
     got = scalars(tracked["logs"] / "tensorboard" / "tiny")
+    start = start_state(run.root, 1, MEMBERS, run.config().reputation)  # step 0: where iteration 1 started
+    for m in MEMBERS:
+        assert dict(got[f"reputation/{m}"])[0] == f32(start.ratings[m]) == f32(100.0)
+        assert dict(got[f"sigma/{m}"])[0] == f32(start.sigmas[m])
     for t in (1, 2):
         ratings = read_json(run.reputations(t))
         for m in MEMBERS:
@@ -126,7 +130,7 @@ def test_a_killed_and_resumed_run_logs_each_step_once(tracked):
     for tag, points in got.items():
         steps = [s for s, _ in points]
         assert len(steps) == len(set(steps)), f"{tag}: a step logged twice: {steps}"
-    assert [s for s, _ in got["reputation/a"]] == [1, 2]
+    assert [s for s, _ in got["reputation/a"]] == [0, 1, 2]
     state = read_json(tracked["run"].tracking_state)
     for name in ("tensorboard", "mlflow"):
         assert state[name]["config_logged"] and len(state[name]["logged"]) == len(set(state[name]["logged"]))
@@ -145,7 +149,8 @@ def test_mlflow_continues_one_run_that_matches_the_files(tracked):
     params = found.data.params  # the resolved config, logged once
     assert params["arena.k"] == "1" and params["tracking.report_to"] == '["tensorboard", "mlflow"]'
     history = client.get_metric_history(run_id, "reputation/b")
-    assert [(m.step, m.value) for m in history] == [(t, read_json(run.reputations(t))["ratings"]["b"]) for t in (1, 2)]
+    assert [(m.step, m.value) for m in history] == [(0, 100.0)] + [
+        (t, read_json(run.reputations(t))["ratings"]["b"]) for t in (1, 2)]
     steps = [h for t in (1, 2) for h in read_json(run.training(t, "c"))["history"]]
     assert [m.value for m in client.get_metric_history(run_id, "train/c/loss")] == [h["loss"] for h in steps]
 
@@ -203,10 +208,10 @@ def test_failing_trackers_are_warnings_and_a_tracker_added_on_resume_gets_what_i
     assert "wandb did not start (ConnectionError" in warned and "trackio failed while logging" in warned
     state = read_json(run.tracking_state)
     assert "wandb" not in state or not state["wandb"]["logged"]
-    assert state["trackio"]["logged"] == ["iter_01/board"]  # broke on member a's second DPO step
+    assert state["trackio"]["logged"] == ["start", "iter_01/board"]  # broke on member a's second DPO step
     logdir = run.tracking_dir / "tensorboard" / run.root.name
     before = scalars(logdir)
-    assert [s for s, _ in before["reputation/a"]] == [1]
+    assert [s for s, _ in before["reputation/a"]] == [0, 1]
 
     # the same run, resumed by the CLI with MLflow added (tracking may change on a resumed run): it is given every
     # stage already finished; TensorBoard has nothing new to log
@@ -220,7 +225,7 @@ def test_failing_trackers_are_warnings_and_a_tracker_added_on_resume_gets_what_i
 
     client = MlflowClient((run.tracking_dir / "mlruns").resolve().as_uri())
     history = client.get_metric_history(state["mlflow"]["run_id"], "reputation/a")
-    assert [(m.step, m.value) for m in history] == [(1, read_json(run.reputations(1))["ratings"]["a"])]
+    assert [(m.step, m.value) for m in history] == [(0, 100.0), (1, read_json(run.reputations(1))["ratings"]["a"])]
 
 
 def test_tracking_config_is_checked():
