@@ -11,7 +11,7 @@ import pytest
 from sparta.arena.combat import Match, run_round
 from sparta.arena.judging import PAIRWISE_PREFIX, PairVerdict, label_tokens, pairwise_messages
 from sparta.arena.reputation import EloParams, initial_state
-from sparta.backends import Generated, MemberModel
+from sparta.backends import Failure, Generated, MemberModel
 from sparta.backends.hf import HFBackend, LoraShape
 from sparta.chat import encode_chat
 from sparta.config import ConfigError, GenerationConfig, JudgeConfig
@@ -99,6 +99,18 @@ def test_a_judge_that_always_prefers_the_first_position_gives_an_even_verdict(ti
     assert all(json.loads(j.raw)["p_a_better"] == pytest.approx(0.5) for j in d.judgments)
     assert all(json.loads(j.raw)["position_bias"] == pytest.approx(0.4) for j in d.judgments)
     assert d.score_a == pytest.approx(d.score_b)
+
+
+def test_an_order_the_backend_could_not_score_fails_the_verdict_never_defaults(tiny_backend):
+    """A remote backend that cannot read the labels (a server without logprob_token_ids) returns a Failure row:
+    both Judgments of that judge fail with its error, and with no verdict left the duel is void."""
+    backend = ScriptedPreference(tiny_backend, {"a": "four", "b": "five"}, {})
+    backend.grouped_next_token_logprobs = lambda members, groups, *args, **kwargs: [
+        [[[-0.1, -2.0]], Failure("no top_logprobs (needs vLLM's logprob_token_ids)")] for _ in groups]
+    d, state = duel(backend, {})
+    assert len(d.judgments) == 4
+    assert all(j.status == "failed" and j.score is None and "logprob_token_ids" in j.raw for j in d.judgments)
+    assert d.outcome == "void:no_valid_judges" and state.n_updates == 0
 
 
 def test_verdict_is_symmetric_in_the_order_read():
