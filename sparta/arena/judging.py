@@ -156,7 +156,9 @@ def label_tokens(tokenizer) -> list[int]:
 def first_better(logprobs: list[float]) -> float:
     """P(first response better) = p_A / (p_A + p_B) from the next-token log-probs of the two labels."""
     log_a, log_b = logprobs
-    return 1.0 / (1.0 + math.exp(log_b - log_a))
+    top = max(log_a, log_b)  # shifted so that exp cannot overflow however far apart the two are
+    p_a, p_b = math.exp(log_a - top), math.exp(log_b - top)
+    return p_a / (p_a + p_b)
 
 
 @dataclass(frozen=True)
