@@ -9,7 +9,8 @@ the judge being the base model: a fresh adapter):
 Agreement: the share of items where the judge strictly prefers the gold answer (pointwise: a higher score;
 pairwise: P(gold better) > ½ from both orders). Ties, and generate mode's unreadable judgments, count as
 disagreement and are reported. 95% Wilson intervals. Cost: seconds per duel judged (pointwise: two judgments, one
-per response; pairwise: one verdict, two forward passes) on this machine.
+per response; pairwise: one verdict, two forward passes) on this machine, the model loaded before timing;
+generate mode writes up to judge.max_new_tokens (32, the default) tokens, greedily.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)  # 0/n and n/n touch the bound: no rounding past it
 
 
 def agreement(margins: list[float | None]) -> dict:
@@ -120,7 +121,8 @@ def pairwise(backend, items: list[Item], config: JudgeConfig) -> tuple[list[floa
     return margins, [r["position_bias"] for r in raws if r], seconds / len(items)
 
 
-def evaluate(backend, items: list[Item], generate_tokens: int = 16) -> dict:
+def evaluate(backend, items: list[Item], generate_tokens: int = JudgeConfig.max_new_tokens) -> dict:
+    pointwise(backend, items[:1], JudgeConfig())  # load the model before any clock starts
     out = {}
     for mode in ("logprob", "generate", "pairwise"):
         config = JudgeConfig(mode, generate_tokens, 0.0, 8, 1024)

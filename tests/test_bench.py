@@ -214,6 +214,7 @@ def test_judge_agreement_counts_ties_and_unreadable_as_disagreement_with_wilson_
     assert (result["agree"], result["ties"], result["unreadable"], result["rate"]) == (2, 1, 1, 0.4)
     lo, hi = wilson(8, 10)  # the textbook 95% Wilson interval of 8/10
     assert round(lo, 4) == 0.4902 and round(hi, 4) == 0.9433
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0  # the bounds, not a rounding step past them
 
 
 def test_judge_agreement_judges_the_same_items_three_ways(tmp_path):
