@@ -156,7 +156,9 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class JudgeConfig:
-    mode: str = "logprob"  # "logprob" (expected score, one forward pass) or "generate" (the authors' way)
+    # "logprob" (expected score, one forward pass), "generate" (the authors' way) or "pairwise" (which of the duel's
+    # two responses is better, both orders read; method=sparta only)
+    mode: str = "logprob"
     max_new_tokens: int = 32  # generate mode only
     temperature: float = 0.0  # generate mode only; 0 = greedy
     batch_size: int = 8
@@ -447,7 +449,11 @@ def validate(c: RunConfig) -> None:
          f"pool.members: names may hold only letters, digits, '-' and '_': {names}"),
         (all(not (m.adapter and m.expert) for m in c.pool.members),
          "pool.members: a member takes an adapter or an expert recipe, not both"),
-        (c.judge.mode in ("logprob", "generate"), f"judge.mode must be 'logprob' or 'generate', got {c.judge.mode!r}"),
+        (c.judge.mode in ("logprob", "generate", "pairwise"),
+         f"judge.mode must be 'logprob', 'generate' or 'pairwise', got {c.judge.mode!r}"),
+        (c.judge.mode != "pairwise" or c.method == "sparta",
+         f"judge.mode=pairwise compares the two responses of a SPARTA duel; method={c.method} judges samples one at "
+         "a time: use judge.mode=logprob or generate"),
         (c.training.pairs in ("all", "own"), f"training.pairs must be 'all' or 'own', got {c.training.pairs!r}"),
         (0.0 <= c.arena.alpha <= 1.0, f"arena.alpha must lie in [0, 1], got {c.arena.alpha}"),
         (c.arena.k >= 1, f"arena.k must be >= 1, got {c.arena.k}"),

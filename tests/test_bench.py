@@ -192,3 +192,39 @@ def test_dpo_benchmark_trains_the_old_and_new_paths_on_the_same_pairs(tmp_path):
     assert result["layout_logp_max_abs_diff"] < 1e-3
     assert abs(result["new_minus_old"]["loss"]) < 1e-3 and result["tolerance"]["within"]
     assert result["old"]["quality"]["pairs"] == 3 and result["old"]["runs"][0]["loss_first"] > 0
+
+
+def test_judge_agreement_items_differ_only_where_meant():
+    from bench.judge_agreement import corrupt_final_number, gsm8k_items, math_items
+
+    gold, wrong = corrupt_final_number("She has 3 + 4 = <<3+4=7>>7 eggs.\n#### 7", 5)
+    assert gold == "She has 3 + 4 = 7 eggs.\nThe answer is 7." and wrong == "She has 3 + 4 = 7 eggs.\nThe answer is 12."
+    items = gsm8k_items(4)
+    assert len(items) == 4 and all(i.task == "gsm8k" for i in items)
+    for it in items:  # the same solution but its final line
+        assert it.gold != it.wrong and it.gold.splitlines()[:-1] == it.wrong.splitlines()[:-1]
+    maths = math_items(3)
+    assert [m.wrong for m in maths] == [maths[1].gold, maths[2].gold, maths[0].gold]  # the next problem's solution
+
+
+def test_judge_agreement_counts_ties_and_unreadable_as_disagreement_with_wilson_intervals():
+    from bench.judge_agreement import agreement, wilson
+
+    result = agreement([0.5, 0.0, None, -1.0, 2.0])
+    assert (result["agree"], result["ties"], result["unreadable"], result["rate"]) == (2, 1, 1, 0.4)
+    lo, hi = wilson(8, 10)  # the textbook 95% Wilson interval of 8/10
+    assert round(lo, 4) == 0.4902 and round(hi, 4) == 0.9433
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0  # the bounds, not a rounding step past them
+
+
+def test_judge_agreement_judges_the_same_items_three_ways(tmp_path):
+    from bench.judge_agreement import JUDGE, Item, evaluate
+
+    backend = HFBackend([MemberModel(JUDGE, resolve_model("tiny", tmp_path / "cache"), None)],
+                        LoraShape(dropout=0.0), seed=0)
+    items = [Item("t", "2+2?", "4", "5"), Item("t", "3+3?", "6", "7")]
+    result = evaluate(backend, items, generate_tokens=4)
+    assert set(result) == {"logprob", "generate", "pairwise"}
+    assert all(r["agreement"]["items"] == 2 and r["seconds_per_duel"] > 0 for r in result.values())
+    assert result["logprob"]["agreement"]["unreadable"] == 0 == result["pairwise"]["agreement"]["unreadable"]
+    assert -0.5 <= result["pairwise"]["position_bias_mean"] <= 0.5

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from ..chat import PromptTooLong, encode_chat
 from ..config import ArenaConfig, GenerationConfig, JudgeConfig
 from ..records import Duel, Judgment, Prompt, Response
-from .judges import JudgeAsk, judge_asks
+from .judges import JudgeAsk, PairAsk, judge_asks, judge_pairs
 from .judging import aggregate
 from .matchmaking import pick_opponent
 from .reputation import EloParams, ReputationState, apply_duel
@@ -91,15 +91,21 @@ def generate_responses(backend, asks: list[tuple[str, str]], gen: GenerationConf
 
 def _judge(backend, matches, responses, members, judge: JudgeConfig, seed: int, progress
            ) -> dict[int, list[Judgment]]:
-    """Every member that did not fight scores each response of every duel whose responses both exist."""
-    asks = []
-    for m in matches:
-        ra, rb = responses[(m.index, "a")], responses[(m.index, "b")]
-        if ra.text is None or rb.text is None:
-            continue  # a failed generation voids the duel: nothing is judged
-        asks += [JudgeAsk(j, m.prompt.text, r.text, m.index, target) for j in members if j not in (m.a, m.b)
-                 for target, r in (("a", ra), ("b", rb))]
+    """Every member that did not fight scores each response of every duel whose responses both exist (pairwise:
+    compares the two, giving a Judgment of each)."""
+    judged = [m for m in matches if responses[(m.index, "a")].text is not None
+              and responses[(m.index, "b")].text is not None]  # a failed generation voids the duel: nothing is judged
     out: dict[int, list[Judgment]] = {}
+    if judge.mode == "pairwise":
+        pair_asks = [(m.index, PairAsk(j, m.prompt.text, responses[(m.index, "a")].text,
+                                       responses[(m.index, "b")].text))
+                     for m in judged for j in members if j not in (m.a, m.b)]
+        verdicts = judge_pairs(backend, [ask for _, ask in pair_asks], judge, progress)
+        for (index, _), both in zip(pair_asks, verdicts):
+            out.setdefault(index, []).extend(both)
+        return out
+    asks = [JudgeAsk(j, m.prompt.text, responses[(m.index, side)].text, m.index, side) for m in judged
+            for j in members if j not in (m.a, m.b) for side in ("a", "b")]
     for ask, judgment in zip(asks, judge_asks(backend, asks, judge, seed, progress)):
         out.setdefault(ask.group, []).append(judgment)
     return out

@@ -5,10 +5,14 @@ records.Judgment, read (`ok`), unreadable (`unparsed`, generate mode) or failed,
   judge's next-token distribution over 1..10. Asks of one judge with the same `group` (a duel's two responses, a
   member's samples of one prompt) share the instructions and the question: the backend runs that prefix once.
 - `GenerateJudge`: the judge writes its answer; the score is parsed from it (judging.parse_judgment).
+- `judge_pairs` (judge.mode=pairwise, SPARTA duels only): a judge reads both responses of a duel in both orders
+  and says which is better (judging.PairVerdict); its verdict is recorded as two Judgments, "a" and "b", with the
+  mapped 1-10 scores, so everything that reads pointwise judgments reads these.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -16,7 +20,18 @@ from ..backends import Failure
 from ..chat import PromptTooLong, encode_chat
 from ..config import JudgeConfig
 from ..records import Judgment
-from .judging import ANSWER_PREFIX, ScoreTokens, expected_score, judge_messages, parse_judgment
+from .judging import (
+    ANSWER_PREFIX,
+    PAIRWISE_PREFIX,
+    PairVerdict,
+    ScoreTokens,
+    expected_score,
+    first_better,
+    judge_messages,
+    label_tokens,
+    pairwise_messages,
+    parse_judgment,
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,8 @@ JUDGES = {"logprob": LogprobJudge, "generate": GenerateJudge}
 def judge_asks(backend, asks: list[JudgeAsk], config: JudgeConfig, seed: int, progress=None) -> list[Judgment]:
     """A Judgment per ask, in order, by the judge of config.mode. A judge prompt that cannot be encoded (too
     long for judge.max_prompt_tokens even shortened) is a failed judgment."""
+    if config.mode not in JUDGES:
+        raise ValueError(f"judge.mode={config.mode} does not score one response on its own (pairwise judges duels)")
     judge_kind = JUDGES[config.mode](config)
     appended = {j: judge_kind.appended(backend.tokenizer(j)) for j in {a.judge for a in asks}}
     out: list = [None] * len(asks)
@@ -112,6 +129,64 @@ def judge_asks(backend, asks: list[JudgeAsk], config: JudgeConfig, seed: int, pr
     for i, was_shortened, (score, status, raw) in zip(todo, shortened, scored):
         out[i] = Judgment(asks[i].judge, asks[i].target, score, status, raw, was_shortened)
     return out
+
+
+@dataclass(frozen=True)
+class PairAsk:
+    """One pairwise verdict to make: `judge` compares `response_a` and `response_b` to `question`."""
+
+    judge: str
+    question: str
+    response_a: str
+    response_b: str
+
+
+def judge_pairs(backend, asks: list[PairAsk], config: JudgeConfig, progress=None) -> list[tuple[Judgment, Judgment]]:
+    """(Judgment of "a", Judgment of "b") per ask, in order: one forward pass per order (a first, then b first),
+    the two sharing the instructions and question. Both Judgments carry the verdict (PairVerdict.raw); a prompt that
+    cannot be encoded or a row the backend could not score fails both."""
+    labels = {j: label_tokens(backend.tokenizer(j)) for j in {a.judge for a in asks}}
+    out: list = [None] * len(asks)
+    todo, groups, shortened = [], [], []
+    for i, a in enumerate(asks):
+        try:
+            encoded = [encode_chat(backend.tokenizer(a.judge), pairwise_messages(), [a.question, first, second],
+                                   max_tokens=config.max_prompt_tokens, assistant_prefix=PAIRWISE_PREFIX)
+                       for first, second in ((a.response_a, a.response_b), (a.response_b, a.response_a))]
+        except PromptTooLong as e:
+            out[i] = _both(a.judge, None, "failed", str(e), False)
+            continue
+        todo.append(i)
+        groups.append([e.ids for e in encoded])
+        shortened.append(any(e.shortened for e in encoded))
+    tick = progress and progress("judge", len(todo))
+    lps = grouped_by_tokenizer(backend, [asks[i].judge for i in todo], groups, lambda j: (tuple(labels[j]), 1),
+                               config.batch_size, tick)
+    for i, was_shortened, (ab, ba) in zip(todo, shortened, lps):
+        failure = next((lp for lp in (ab, ba) if isinstance(lp, Failure)), None)
+        if failure is not None:  # a remote backend could not score one order: no verdict
+            out[i] = _both(asks[i].judge, None, "failed", failure.error, was_shortened)
+            continue
+        verdict = PairVerdict(first_better(ab[0]), first_better(ba[0]))
+        out[i] = _both(asks[i].judge, verdict.scores(), "ok", verdict.raw(), was_shortened)
+    return out
+
+
+def _both(judge: str, scores: tuple[float, float] | None, status: str, raw: str, shortened: bool
+          ) -> tuple[Judgment, Judgment]:
+    a, b = scores if scores is not None else (None, None)
+    return Judgment(judge, "a", a, status, raw, shortened), Judgment(judge, "b", b, status, raw, shortened)
+
+
+def position_bias_counts(judgments: list[Judgment]) -> dict[str, dict]:
+    """Per judge, over its read pairwise verdicts (one per duel: its "a" Judgment), the mean position bias
+    (PairVerdict.position_bias: + prefers the response shown first) and the mean of its absolute value."""
+    biases: dict[str, list[float]] = {}
+    for j in judgments:
+        if j.target == "a" and j.status == "ok":
+            biases.setdefault(j.judge, []).append(json.loads(j.raw)["position_bias"])
+    return {judge: {"verdicts": len(b), "mean": sum(b) / len(b), "mean_abs": sum(map(abs, b)) / len(b)}
+            for judge, b in sorted(biases.items())}
 
 
 def grouped_by_tokenizer(backend, members: list[str], groups: list[list[list[int]]], kind, batch_size: int,

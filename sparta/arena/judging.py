@@ -1,14 +1,18 @@
 """Judging: every non-contestant scores each response 1-10 on its own; scores are reputation-weighted
 (or equally weighted, reputation.weighting=uniform: the paper's ablation).
 
-Two modes:
+Three modes:
 - `generate`: the judge writes an answer to the authors' prompt; we parse JSON, then fallbacks. An
   answer we cannot read is recorded as `unparsed` and that judge is left out of the duel (the authors
   silently counted it as a 5-5 tie).
 - `logprob`: after the same prompt we append the start of the answer, `{"score": `, and read the judge's
   next-token distribution over "1".."10": the expected score. One forward pass, never unparsed.
-  Neither mode can be steered by a response that contains `{"score": 10}`: the response sits in a slot
-  of the user turn (special tokens split), and only the judge's own tokens are read.
+- `pairwise`: the judge sees the question and both responses, each in its own slot, and after the forced answer
+  start `{"better": "` we read P("A") and P("B") of its next token: P(first better) = p_A / (p_A + p_B). Both
+  orders are read, so a constant preference for one position cancels (`PairVerdict`), and the verdict becomes two
+  scores on the 1-10 scale that the pointwise aggregation and update take unchanged.
+  No mode can be steered by a response that contains `{"score": 10}` or "Response A is better": the response sits
+  in a slot of the user turn (special tokens split), and only the judge's own tokens are read.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 
 JUDGE_PROMPT = """Please judge the following response based on the question and the response to be evaluated.
 Question: {0}
@@ -111,6 +116,81 @@ def expected_score(distribution: list[float]) -> float:
 
 def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ---- pairwise mode -------------------------------------------------------------------------------
+
+PAIRWISE_PROMPT = """Please compare the two responses to the question below and decide which one is better.
+Question: {0}
+Response A: {1}
+Response B: {2}
+
+Operation: Output ONLY a JSON object naming the better response, "A" or "B", in this exact format.
+Your output should be like this:
+{"better": "A"}"""
+
+PAIRWISE_PREFIX = '{"better": "'
+LABELS = ("A", "B")  # the first and the second response shown
+
+
+def pairwise_messages() -> list[tuple[str, str]]:
+    return [("user", PAIRWISE_PROMPT)]
+
+
+def label_tokens(tokenizer) -> list[int]:
+    """The token ids of "A" and "B" right after PAIRWISE_PREFIX: each label must be one token of its own."""
+    prefix = token_ids(tokenizer, PAIRWISE_PREFIX)
+    ids = []
+    for label in LABELS:
+        full = token_ids(tokenizer, PAIRWISE_PREFIX + label)
+        if full[:len(prefix)] != prefix or len(full) != len(prefix) + 1:
+            raise ValueError(f"pairwise judging needs the label {label!r} to be one token after {PAIRWISE_PREFIX!r}; "
+                             f"this tokenizer encodes it as {full} and the prefix alone as {prefix}; "
+                             "use judge.mode=logprob or judge.mode=generate for this model")
+        ids.append(full[-1])
+    if ids[0] == ids[1]:
+        raise ValueError(f"pairwise judging: the labels {LABELS} are the same token {ids[0]}; use another judge.mode")
+    return ids
+
+
+def first_better(logprobs: list[float]) -> float:
+    """P(first response better) = p_A / (p_A + p_B) from the next-token log-probs of the two labels."""
+    log_a, log_b = logprobs
+    top = max(log_a, log_b)  # shifted so that exp cannot overflow however far apart the two are
+    p_a, p_b = math.exp(log_a - top), math.exp(log_b - top)
+    return p_a / (p_a + p_b)
+
+
+@dataclass(frozen=True)
+class PairVerdict:
+    """One judge's verdict on a duel from both orders: `ab` = P(first better) with a shown first, `ba` with b first.
+
+    P(a better) = ½[ab + (1 − ba)]: a judge that adds a constant δ to P(first better) in both orders is left with
+    P(a better) unmoved, and δ = ½(ab + ba) − ½ is its position bias (0 for a judge blind to the order; +½ for one
+    that always says "first")."""
+
+    ab: float
+    ba: float
+
+    @property
+    def p_a_better(self) -> float:
+        return 0.5 * (self.ab + 1.0 - self.ba)
+
+    @property
+    def position_bias(self) -> float:
+        return 0.5 * (self.ab + self.ba) - 0.5
+
+    def scores(self) -> tuple[float, float]:
+        """(s_a, s_b) on the 1-10 scale, symmetric about 5.5, with s_a − s_b = 9(2p − 1), p = P(a better): a sure
+        verdict is the full 9-point gap of the pointwise scale, an even one no gap. These go through `aggregate`
+        and reputation.apply_duel unchanged (SPARTA.md 1d-1e)."""
+        half_gap = 4.5 * (2.0 * self.p_a_better - 1.0)
+        return 5.5 + half_gap, 5.5 - half_gap
+
+    def raw(self) -> str:
+        """What a Judgment records (both of the duel's Judgments of this judge carry it)."""
+        return json.dumps({"p_first_ab": self.ab, "p_first_ba": self.ba, "p_a_better": self.p_a_better,
+                           "position_bias": self.position_bias})
 
 
 # ---- aggregation ---------------------------------------------------------------------------------

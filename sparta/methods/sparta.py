@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..arena.combat import round_matches, run_round
+from ..arena.judges import position_bias_counts
 from ..arena.matchmaking import leader_order
 from ..arena.reputation import ReputationState, apply_duel
 from ..backends import check_generations
@@ -45,7 +46,8 @@ class Sparta:
 
     def play(self, engine: Engine, t: int, prompts: list[Prompt], timings: dict) -> Played:
         duels = self.combat(engine, t, prompts, timings)[1]
-        return Played(preference_pairs(duels), functools.partial(combat_counts, duels))
+        return Played(preference_pairs(duels),
+                      functools.partial(combat_counts, duels, pairwise=self.c.judge.mode == "pairwise"))
 
     def rows_for(self, member: str, rows: list[dict]) -> list[dict]:
         return pairs_for(member, rows, self.c.training.pairs)
@@ -104,13 +106,18 @@ class Sparta:
                 tick(len(new))
 
 
-def combat_counts(duels: list[Duel], pairs: list[dict]) -> dict:
+def combat_counts(duels: list[Duel], pairs: list[dict], pairwise: bool = False) -> dict:
+    """metrics.json's counts of an iteration; pairwise judging adds each judge's position bias."""
     responses = [r for d in duels for r in (d.response_a, d.response_b)]
+    judgments = [j for d in duels for j in d.judgments]
     outcomes: dict[str, int] = {}
     for d in duels:
         outcomes[d.outcome] = outcomes.get(d.outcome, 0) + 1
-    return {
+    counts = {
         "duels": len(duels), "outcomes": outcomes, "pairs": len(pairs),
         "tie_rate": outcomes.get("tie", 0) / len(duels) if duels else 0.0,
-        "responses": response_counts(responses), "judgments": judgment_counts([j for d in duels for j in d.judgments]),
+        "responses": response_counts(responses), "judgments": judgment_counts(judgments),
     }
+    if pairwise:
+        counts["position_bias"] = position_bias_counts(judgments)
+    return counts
