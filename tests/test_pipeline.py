@@ -340,7 +340,7 @@ def test_a_run_without_the_after_pass_reports_and_summarises(tiny_config, tmp_pa
     training = [json.loads(p.read_text()) for p in sorted((root / "iter_01" / "training").glob("*.json"))]
     assert len(training) == 4 and all(t["steps"] > 0 and "after" not in t for t in training)
     assert all(set(t["seconds"]) == {"reference", "steps"} for t in training)
-    report = (root / "report.md").read_text()
+    report = (root / "report.md").read_text().split("## Reputations after each iteration")[1]
     assert all(f"| {m} |" in report and report.split(f"| {m} |")[1].split("\n")[0].endswith("| - |") for m in "abcd")
     print_summary(pipeline.summary(1))
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(tuple("abcd"))]
@@ -353,7 +353,7 @@ def test_the_report_and_summary_say_how_many_pairs_the_after_pass_scored(referen
 
     config, root = reference_run
     training = {m: json.loads((root / "iter_02" / "training" / f"{m}.json").read_text()) for m in "abcd"}
-    report = (root / "report.md").read_text()
+    report = (root / "report.md").read_text().split("## Reputations after each iteration")[1]
     for m, t in training.items():
         row = report.split(f"| {m} |")[1].split("\n")[0]
         assert row.endswith(f"({t['after']['pairs']} pairs) |") and t["after"]["pairs"] > 0
