@@ -50,10 +50,12 @@ def test_arm_changes_only_its_setting(arm):
 
 
 def test_baseline_arm_is_the_demo_pool_and_arena():
-    """The arms share the demo's pool, prompts, match-making and judging; the demo alone is made to be watched
-    (shorter, a dev-score start, TensorBoard), the arms keep the longer fair-start run they were sized for."""
+    """The arms share the demo's pool, prompt source, match-making and judging; the demo alone is made to be
+    watched in minutes (fewer steps, a dev-score start, TensorBoard), the arms keep the longer fair-start run."""
     demo, base = load_config(CONFIGS / "demo.yaml"), load_config(BASELINE)
     assert set(diff_keys(to_dict(demo), to_dict(base))) <= {
-        "run_dir", "iterations", "generation.max_new_tokens", "training.pairs", "reputation.initial",
+        "run_dir", "iterations", "pool.experts.steps", "data.prompts_per_iteration", "generation.max_new_tokens",
+        "training.pairs", "reputation.initial",
         "reputation.initial_metric", "eval.limit", "eval.mc_generate", "eval.listed_loglik", "tracking.report_to"}
-    assert (demo.pool, demo.data, demo.arena, demo.judge) == (base.pool, base.data, base.arena, base.judge)
+    assert (demo.pool.base, demo.pool.members, demo.pool.lora, demo.data.prompts, demo.arena, demo.judge) == (
+        base.pool.base, base.pool.members, base.pool.lora, base.data.prompts, base.arena, base.judge)
