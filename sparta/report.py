@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .arena.reputation import ReputationState
 from .eval_results import EvalFile, ModelResult
 from .judge_diagnostics import gold_references, judge_agreement
 from .methods import METHODS
-from .ratings import duel_record, iteration_duels, start_state, write_ratings
+from .ratings import iteration_duels, leaderboard, start_state, write_ratings
 from .records import read_json, read_jsonl
 from .rundir import RunDir, method_of
 
@@ -80,7 +81,7 @@ def _glance(root: Path, iterations: list[int], members: list[str]) -> list[str]:
     run = RunDir(root)
     params = run.config().reputation
     start = start_state(root, 1, members, params).ratings
-    end = read_json(run.reputations(iterations[-1]))["ratings"]
+    end = ReputationState.from_dict(read_json(run.reputations(iterations[-1])))
     duels = [d for t in iterations for d in iteration_duels(root, t)]
     pairs = [p for t in iterations for p in read_jsonl(run.pairs(t))]
     origin = read_json(run.initial_reputations) if run.initial_reputations.exists() else None
@@ -91,11 +92,10 @@ def _glance(root: Path, iterations: list[int], members: list[str]) -> list[str]:
            f"iteration(s). Reputations started {how}.", "",
            "| member | start | now | change | won | lost | tied | void | chosen | rejected |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    for m in sorted(members, key=lambda m: -end[m]):
-        r = duel_record(m, duels)
-        out.append(f"| {m} | {start[m]:.3f} | {end[m]:.3f} | {end[m] - start[m]:+.3f} | {r['wins']} | {r['losses']} | "
-                   f"{r['ties']} | {r['void']} | {sum(p.get('chosen_model') == m for p in pairs)} | "
-                   f"{sum(p.get('rejected_model') == m for p in pairs)} |")
+    for r in leaderboard(members, end, duels, pairs):  # over every iteration's duels and pairs
+        m, now = r["member"], r["reputation"]
+        out.append(f"| {m} | {start[m]:.3f} | {now:.3f} | {now - start[m]:+.3f} | {r['wins']} | {r['losses']} | "
+                   f"{r['ties']} | {r['void']} | {r['chosen']} | {r['rejected']} |")
     return out + [""] + _clearest_duel(duels)
 
 
