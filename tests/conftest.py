@@ -34,6 +34,15 @@ def model_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for the tests of a module, restored after them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def tiny_config(tmp_path, model_cache):
     """A factory: a small, fast run config on the tiny model, with dotted overrides."""

@@ -23,13 +23,7 @@ from sparta.seeding import derive_seed
 from sparta.training import Objective, _batches, dpo_loss, pair_losses, train_dpo
 from tests.test_training import PAIRS, changed, lora_names, slot, snapshot
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
